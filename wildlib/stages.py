@@ -1,0 +1,79 @@
+"""How the stages hand over to each other through ``RUN_DIR/<NN_stage>/`` folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .io import read_json, write_json, write_text
+
+EXPLORE, BASELINE = "00_explore", "01_baseline"
+
+
+def data_dir_for(run_dir, data_dir: str = "") -> Path:
+    """The dataset a stage should use: ``data_dir`` if given, else the one stage 00 explored
+    (recorded in ``RUN_DIR/00_explore/config.yaml``), else the embedded default set."""
+    from .data import resolve_data_dir
+
+    if data_dir:
+        return resolve_data_dir(data_dir)
+    recorded = Path(run_dir).expanduser().resolve() / EXPLORE / "config.yaml"
+    if recorded.exists():
+        saved = yaml.safe_load(recorded.read_text()) or {}
+        if saved.get("data_dir") and Path(saved["data_dir"]).is_dir():
+            return Path(saved["data_dir"])
+    return resolve_data_dir("")
+
+
+def write_stage(stage: Path, config: dict | str, metrics: dict) -> None:
+    """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string) and ``metrics.json``."""
+    write_text(stage / "config.yaml", config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
+    write_json(stage / "metrics.json", metrics)
+
+
+def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
+                       eval_period: int, seed: int, weights: str = "") -> dict:
+    """Notebook parameters -> Detectron2 config keys.  The LR drops 10x at 75% and 92% of the
+    schedule; warm-up is the first 100 iterations (or a fifth of a short run)."""
+    from .modeling import resolve_weights
+
+    out = {
+        "OUTPUT_DIR": str(stage / "train"),
+        "MODEL.DEVICE": device,
+        "SOLVER.MAX_ITER": int(max_iter),
+        "SOLVER.IMS_PER_BATCH": int(ims_per_batch),
+        "SOLVER.BASE_LR": float(lr),
+        "SOLVER.STEPS": [int(max_iter * 0.75), int(max_iter * 0.92)],
+        "SOLVER.WARMUP_ITERS": int(min(100, max(1, max_iter // 5))),
+        "SOLVER.CHECKPOINT_PERIOD": int(max(eval_period, 100)),
+        "TEST.EVAL_PERIOD": int(eval_period),
+        "SEED": int(seed),
+    }
+    if weights:
+        out["MODEL.WEIGHTS"] = resolve_weights(weights, weights if Path(weights).exists() else None)
+    return out
+
+
+def load_trained(stage_dir, weights_name: str = "model_final.pth"):
+    """(cfg, model) of a finished stage, rebuilt from its ``config.yaml`` and weights file."""
+    from .config import get_config
+    from .modeling import build_model
+
+    stage_dir = Path(stage_dir)
+    for f in ("config.yaml", weights_name):
+        if not (stage_dir / f).exists():
+            raise FileNotFoundError(f"{stage_dir / f}: not found (has that stage run?)")
+    import torch
+
+    cfg = get_config(str(stage_dir / "config.yaml"), {"MODEL.WEIGHTS": ""}, freeze=False)
+    if "MOBILENET" in cfg.MODEL:  # the checkpoint overwrites the ImageNet init anyway
+        cfg.MODEL.MOBILENET.PRETRAINED = "none"
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg, build_model(cfg, weights=str(stage_dir / weights_name))
+
+
+def metrics_of(run_dir, stage: str) -> dict:
+    return read_json(Path(run_dir).expanduser().resolve() / stage / "metrics.json")
