@@ -20,8 +20,14 @@ def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None) -> dict:
     from detectron2.data import MetadataCatalog, build_detection_test_loader
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
-    evaluator = COCOEvaluator(dataset_name, tasks=("bbox",), distributed=False,
-                              output_dir=str(output_dir) if output_dir else None, use_fast_impl=False)
+    from detectron2.evaluation import DatasetEvaluators
+
+    counter = DetectionCounter()
+    evaluator = DatasetEvaluators([
+        COCOEvaluator(dataset_name, tasks=("bbox",), distributed=False,
+                      output_dir=str(output_dir) if output_dir else None, use_fast_impl=False),
+        counter,
+    ])
     loader = build_detection_test_loader(cfg, dataset_name)
     was_training = model.training
     model.eval()
@@ -29,10 +35,27 @@ def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None) -> dict:
     model.train(was_training)
     bbox = dict(results.get("bbox", {})) if results else {}
     classes = MetadataCatalog.get(dataset_name).thing_classes
+    # No detection at all: Detectron2 reports nothing, but precision and recall are both zero,
+    # so every AP over classes that have ground truth is 0 (size buckets stay NaN).
     out = {k: float(bbox.get(k, math.nan)) for k in COCO_KEYS}
-    for c in classes:
-        out[f"AP-{c}"] = float(bbox.get(f"AP-{c}", math.nan))
+    out.update({f"AP-{c}": float(bbox.get(f"AP-{c}", math.nan)) for c in classes})
+    if counter.count == 0:
+        out.update({k: 0.0 for k in out if k in ("AP", "AP50", "AP75") or k.startswith("AP-")})
+    out["num_detections"] = counter.count
     return out
+
+
+class DetectionCounter:
+    """A DatasetEvaluator that only counts predicted boxes."""
+
+    def reset(self):
+        self.count = 0
+
+    def process(self, inputs, outputs):
+        self.count += sum(len(o["instances"]) for o in outputs if "instances" in o)
+
+    def evaluate(self):
+        return {}
 
 
 def per_class(metrics: dict):

@@ -944,7 +944,7 @@ def split_ids(rng, groups, valid_fraction):
     valid = set()
     for i in rng.permutation(len(groups)):
         g = groups[i]
-        if all(got[c] + g.count(c) <= target[c] + 0.5 for c in set(g)):
+        if all(got[c] + g.count(c) <= target[c] + 0.5 or (got[c] == 0 and g.count(c) < totals[c]) for c in set(g)):
             valid.add(int(i))
             for c in g:
                 got[c] += 1

@@ -51,12 +51,19 @@ class LossRecorder(HookBase):
         for k, (v, it) in s.latest().items():
             if it == self.trainer.iter and (k.startswith("loss") or k in ("total_loss", "lr", "time", "data_time")):
                 row[k] = float(v)
-        for k, (v, it) in s.latest().items():
-            if k.startswith("bbox/") and it == self.trainer.iter:
-                self.evals.append({"iter": it, **{kk[5:]: float(vv) for kk, (vv, ii) in s.latest().items()
-                                                  if kk.startswith("bbox/") and ii == it}})
-                break
+        self._collect_eval(done=self.trainer.iter + 1)
         self.rows.append(row)
+
+    def after_train(self):  # EvalHook runs the final evaluation in its after_train
+        self._collect_eval(done=self.trainer.iter)
+
+    def _collect_eval(self, done: int):
+        """Record the evaluation (if any) made at this point, as ``iter`` = iterations done."""
+        it = self.trainer.iter
+        found = {k[5:]: float(v) for k, (v, i) in self.trainer.storage.latest().items()
+                 if k.startswith("bbox/") and i == it}
+        if found and not (self.evals and self.evals[-1]["iter"] == done):
+            self.evals.append({"iter": done, **found})
 
 
 class Trainer(DefaultTrainer):

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from wildlib import runner
+
+EXPECTED = {
+    "00_explore_data": {"RUN_DIR", "DATA_DIR", "SYNTH_SEED", "SYNTH_SCALE", "DIFFICULTY", "N_SAMPLES"},
+    "01_train_baseline": {"RUN_DIR", "DATA_DIR", "CONFIG", "MAX_ITER", "IMS_PER_BATCH", "LR", "EVAL_PERIOD",
+                          "DEVICE", "SEED", "NUM_THREADS", "WEIGHTS", "RESUME", "N_SHOW"},
+}
+
+
+def test_notebooks_are_found_in_order():
+    names = [p.stem for p in runner.list_notebooks()]
+    assert names[: len(EXPECTED)] == list(EXPECTED)
+
+
+@pytest.mark.parametrize("stem", list(EXPECTED))
+def test_parameters_cell(stem):
+    path = runner.notebook_dir() / f"{stem}.ipynb"
+    params = runner.parameters_of(path)
+    assert set(params) == EXPECTED[stem]
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), "commit without outputs"
+
+
+def test_unknown_parameter_is_refused_before_running(tmp_path):
+    nb = runner.notebook_dir() / "00_explore_data.ipynb"
+    with pytest.raises(runner.ParameterError, match="unknown parameter"):
+        runner.run_notebook(nb, {"NOT_A_PARAM": 1}, tmp_path / "out.ipynb")
+    assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_parameters_cell_must_be_literals(tmp_path):
+    nb = json.loads((runner.notebook_dir() / "00_explore_data.ipynb").read_text())
+    for c in nb["cells"]:
+        if "parameters" in c["metadata"].get("tags", []):
+            c["source"] = "RUN_DIR = str(1)\n"
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text(json.dumps(nb))
+    with pytest.raises(runner.ParameterError, match="not a literal"):
+        runner.parameters_of(bad)
+
+
+def test_paths_are_made_absolute(tmp_path):
+    out = runner.absolutize({"RUN_DIR": "runs/x", "DATA_DIR": "", "MAX_ITER": 3}, base=tmp_path)
+    assert out == {"RUN_DIR": str(tmp_path / "runs" / "x"), "DATA_DIR": "", "MAX_ITER": 3}
