@@ -60,3 +60,76 @@ def test_01_baseline(run_dir, smoke_data):
     for fig in ("loss_curves.png", "predictions.png", "ap_over_training.png"):
         assert (stage / fig).exists(), fig
     assert m["config_name"] == "mobilenet_fpn_cpu"
+
+
+def test_02_prune(run_dir):
+    runner.run_all(run_dir, only=["02"], overrides={
+        "SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.3, 0.6], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5,
+        "FT_ITER": 10, "FT_LR": 0.0005, "PRUNE_EVERY": 2, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0})
+    stage = run_dir / "02_prune"
+    m = json.loads((stage / "metrics.json").read_text())
+    assert [(r["scope"], r["ratio"]) for r in m["one_shot"]] == [("all", 0.3), ("all", 0.6)]
+    for r in m["one_shot"]:
+        assert r["sparsity_all"] == pytest.approx(r["ratio"], abs=1e-3)
+        assert math.isfinite(r["AP50"])
+    assert {r["group"] for r in m["sensitivity"]} >= {"fpn", "rpn", "roi_head", "backbone.m5"}
+
+    # the sparsity the notebook reports is the fraction of zeros actually in the saved weights
+    from wildlib import prune, stages
+
+    _, model = stages.load_trained(run_dir / "01_baseline")
+    saved = torch.load(stage / "model_pruned.pth", weights_only=True)["model"]
+    assert prune.state_sparsity(saved, model) == pytest.approx(m["gradual"]["sparsity"], abs=1e-9)
+    assert m["gradual"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    sparse = prune.load_sparse(stage / "model_pruned.sparse.npz")
+    assert all(torch.equal(sparse[k], v) for k, v in saved.items())
+
+    sizes = m["sizes"]
+    assert sizes["pruned_sparse_bytes"] == (stage / "model_pruned.sparse.npz").stat().st_size
+    assert sizes["pruned_sparse_bytes"] < sizes["pruned_dense_bytes"] < sizes["pruned_with_masks_bytes"]
+    assert 0 <= m["max_sparsity_within_1ap50"] < 1
+    for fig in ("one_shot_sweep.png", "sensitivity.png", "gradual_schedule.png"):
+        assert (stage / fig).exists(), fig
+
+
+def test_03_weight_sharing(run_dir):
+    runner.run_all(run_dir, only=["03"], overrides={
+        "BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2})
+    stage = run_dir / "03_share"
+    m = json.loads((stage / "metrics.json").read_text())
+    s = m["shared"]
+    assert s["bit_exact"] is True
+    # the model decoded from the file measures exactly like the one in memory
+    assert s["from_file"]["AP50"] == s["after_finetune"]["AP50"]
+    assert {r["init"] for r in m["inits"]} == {"linear", "density", "random"}
+    assert {(r["layer_type"], r["bits"]) for r in m["bits_sweep"]} == {("conv", 3), ("conv", 8), ("fc", 3), ("fc", 8)}
+
+    from wildlib import codec
+
+    state = codec.load(stage / "model_shared.wlc")
+    for v in m["variants"]:
+        path = run_dir / v["file"]
+        assert v["file_bytes"] == path.stat().st_size
+        assert v["ratio"] == pytest.approx(v["dense_fp32_bytes"] / v["file_bytes"])
+    shared = next(v for v in m["variants"] if v["file"] == "03_share/model_shared.wlc")
+    assert shared["ratio"] > 5  # 50% sparse + 4-5 bit codes + entropy coding
+    # at most 2^bits distinct nonzero values per shared layer
+    w = state["backbone.bottom_up.m5.0.conv.0.0.weight"]
+    assert torch.unique(w[w != 0]).numel() <= 32
+
+
+def test_04_evaluate(run_dir):
+    runner.run_all(run_dir, only=["04"], overrides={"LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "N_SHOW": 2})
+    stage = run_dir / "04_evaluate"
+    m = json.loads((stage / "metrics.json").read_text())
+    rows = {r["variant"]: r for r in m["variants"]}
+    assert len(rows) == 5 and "baseline" in rows and "int8" in rows
+    base = rows["baseline"]["AP50"]
+    within = [r["ratio"] for r in rows.values() if r["AP50"] >= base - 1.0]
+    assert m["best_compression_ratio_within_1ap50"] == pytest.approx(max(within))
+    for r in rows.values():
+        assert r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"]
+        assert r["file_bytes"] > 0 and r["nonzero"] <= r["params"]
+    assert "# wildlib evaluation report" in (stage / "report.md").read_text()
+    for f in ("variants.csv", "per_class_ap.csv", "paper_vs_ours.csv", "pareto.png", "baseline_vs_compressed.png"):
+        assert (stage / f).exists(), f

@@ -281,10 +281,10 @@ def resolve_data_dir(data_dir: str = "", synth_seed: int = 0, synth_scale: float
     ``<project>/data/savanna`` (or ``.../savanna_s<seed>_x<scale>_d<difficulty>`` for other knobs)
     the first time it is needed."""
     from . import synth
-    from .runner import project_root
+    from .io import project_root, resolve
 
     if data_dir:
-        p = Path(data_dir).expanduser().resolve()
+        p = resolve(data_dir)
         if not p.is_dir():
             raise DatasetError(f"{p}: DATA_DIR does not exist")
         return p

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import time
@@ -13,7 +15,22 @@ import torch
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None) -> dict:
+@contextlib.contextmanager
+def quiet_logs(enabled: bool = True):
+    """Hold Detectron2's INFO logging (per-evaluation tables) back while sweeping."""
+    loggers = [logging.getLogger(n) for n in ("detectron2", "d2", "fvcore")]
+    levels = [lg.level for lg in loggers]
+    if enabled:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: bool = False) -> dict:
     """COCO box metrics of ``model`` on a registered dataset, as a plain dict with Detectron2's
     names (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AP-<class>``), in percent.
     Metrics that cannot be computed (no predictions, no boxes of that size) are NaN."""
@@ -31,7 +48,8 @@ def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None) -> dict:
     loader = build_detection_test_loader(cfg, dataset_name)
     was_training = model.training
     model.eval()
-    results = inference_on_dataset(model, loader, evaluator)
+    with quiet_logs(quiet):
+        results = inference_on_dataset(model, loader, evaluator)
     model.train(was_training)
     bbox = dict(results.get("bbox", {})) if results else {}
     classes = MetadataCatalog.get(dataset_name).thing_classes

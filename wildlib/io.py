@@ -20,6 +20,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
     os.close(fd)
     try:
         writer(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -68,8 +71,21 @@ def save_figure(fig, path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix[1:]))
 
 
+def project_root() -> Path:
+    """The checkout holding ``notebooks/`` (editable install), else the current folder."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "notebooks").is_dir() else Path.cwd()
+
+
+def resolve(path) -> Path:
+    """An absolute path; a relative one is taken from the project root (not from the notebook's
+    folder), so ``runs/default`` means the same folder in JupyterLab and under ``make run``."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (project_root() / p).resolve()
+
+
 def stage_dir(run_dir, name: str) -> Path:
-    d = Path(run_dir).expanduser().resolve() / name
+    d = resolve(run_dir) / name
     d.mkdir(parents=True, exist_ok=True)
     return d
 

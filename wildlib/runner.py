@@ -14,22 +14,19 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
+
+from .io import project_root
 
 PATH_PARAMS_SUFFIX = "_DIR"  # parameters whose name ends so are paths, made absolute
 
 
 class ParameterError(ValueError):
     pass
-
-
-def project_root() -> Path:
-    """The checkout holding ``notebooks/`` (editable install), else the current folder."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "notebooks").is_dir() else Path.cwd()
 
 
 def notebook_dir() -> Path:
@@ -72,11 +69,12 @@ def absolutize(params: dict, base: Path | None = None) -> dict:
     out = dict(params)
     for k, v in params.items():
         if k.endswith(PATH_PARAMS_SUFFIX) and isinstance(v, str) and v:
-            out[k] = str((base / Path(v).expanduser()).resolve())
+            p = Path(v).expanduser()
+            out[k] = str(p if p.is_absolute() else (base / p).resolve())
     return out
 
 
-def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=None) -> Path:
+def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=None, echo: bool = True) -> Path:
     """Execute one notebook in a fresh ``python3`` kernel; raise with the executed notebook's
     path if it fails or runs out of time."""
     nb_path, out_path = Path(nb_path), Path(out_path)
@@ -87,14 +85,26 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     cmd = [sys.executable, "-m", "papermill", str(nb_path), str(out_path), "-f", str(param_file),
            "-k", "python3", "--cwd", str(cwd or nb_path.parent), "--log-output", "--no-progress-bar"]
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, timeout=timeout, text=True, capture_output=True)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{nb_path.name}: timed out after {timeout:.0f} s; partial output in {out_path}") from None
-    (out_path.with_suffix(".log")).write_text(proc.stdout + proc.stderr)
+    log_path = out_path.with_suffix(".log")
+    tail: list[str] = []
+    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      text=True, bufsize=1) as proc:
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            for line in proc.stdout:  # stream cell output to the console and to the log
+                log.write(line)
+                if echo:
+                    sys.stdout.write(line)
+                tail = (tail + [line.rstrip()])[-25:]
+            proc.wait()
+        finally:
+            timed_out = not watchdog.is_alive() and proc.returncode != 0
+            watchdog.cancel()
+    if timed_out:
+        raise RuntimeError(f"{nb_path.name}: timed out after {timeout:.0f} s; partial output in {out_path}")
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise RuntimeError(f"{nb_path.name} failed (executed notebook kept at {out_path}):\n{tail}")
+        raise RuntimeError(f"{nb_path.name} failed (executed notebook kept at {out_path}):\n" + "\n".join(tail))
     print(f"[runner] {nb_path.name}: {time.perf_counter() - t0:.0f} s -> {out_path}", flush=True)
     return out_path
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from .io import read_json, write_json, write_text
+from .io import read_json, resolve, write_json, write_text
 
-EXPLORE, BASELINE = "00_explore", "01_baseline"
+EXPLORE, BASELINE, PRUNE, SHARE, EVALUATE = "00_explore", "01_baseline", "02_prune", "03_share", "04_evaluate"
 
 
 def data_dir_for(run_dir, data_dir: str = "") -> Path:
@@ -18,7 +18,7 @@ def data_dir_for(run_dir, data_dir: str = "") -> Path:
 
     if data_dir:
         return resolve_data_dir(data_dir)
-    recorded = Path(run_dir).expanduser().resolve() / EXPLORE / "config.yaml"
+    recorded = resolve(run_dir) / EXPLORE / "config.yaml"
     if recorded.exists():
         saved = yaml.safe_load(recorded.read_text()) or {}
         if saved.get("data_dir") and Path(saved["data_dir"]).is_dir():
@@ -60,20 +60,46 @@ def load_trained(stage_dir, weights_name: str = "model_final.pth"):
     from .config import get_config
     from .modeling import build_model
 
-    stage_dir = Path(stage_dir)
-    for f in ("config.yaml", weights_name):
-        if not (stage_dir / f).exists():
-            raise FileNotFoundError(f"{stage_dir / f}: not found (has that stage run?)")
     import torch
 
-    cfg = get_config(str(stage_dir / "config.yaml"), {"MODEL.WEIGHTS": ""}, freeze=False)
+    stage_dir = Path(stage_dir)
+    # stage 01 saves its Detectron2 config as config.yaml; later stages keep their own
+    # settings there and the model's Detectron2 config in detectron2.yaml
+    d2 = stage_dir / "detectron2.yaml"
+    d2 = d2 if d2.exists() else stage_dir / "config.yaml"
+    for f in (d2, stage_dir / weights_name):
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: not found (has that stage run?)")
+    cfg = get_config(str(d2), {"MODEL.WEIGHTS": ""}, freeze=False)
     if "MOBILENET" in cfg.MODEL:  # the checkpoint overwrites the ImageNet init anyway
         cfg.MODEL.MOBILENET.PRETRAINED = "none"
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    if weights_name.endswith(".wlc"):  # the compressed format of stage 03
+        from .codec import load
+
+        model = build_model(cfg, weights="")
+        model.load_state_dict(load(stage_dir / weights_name))
+        return cfg, model
     return cfg, build_model(cfg, weights=str(stage_dir / weights_name))
 
 
 def metrics_of(run_dir, stage: str) -> dict:
-    return read_json(Path(run_dir).expanduser().resolve() / stage / "metrics.json")
+    return read_json(resolve(run_dir) / stage / "metrics.json")
+
+
+def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
+                    eval_period: int, seed: int):
+    """The baseline's own config, starting from its trained weights, with a new schedule."""
+    from .config import get_config
+
+    baseline_dir = Path(baseline_dir)
+    over = baseline_overrides(Path(out_dir), device=device, max_iter=max_iter, ims_per_batch=ims_per_batch,
+                              lr=lr, eval_period=eval_period, seed=seed,
+                              weights=str(baseline_dir / "model_final.pth"))
+    cfg = get_config(str(baseline_dir / "config.yaml"), over, freeze=False)
+    if "MOBILENET" in cfg.MODEL:
+        cfg.MODEL.MOBILENET.PRETRAINED = "none"
+    cfg.freeze()
+    return cfg

@@ -85,7 +85,7 @@ class Trainer(DefaultTrainer):
         return hooks + [self.recorder, ProgressBar()]
 
 
-def _train_worker(cfg, resume: bool) -> dict:
+def _train_worker(cfg, resume: bool, hooks=None) -> dict:
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
@@ -93,26 +93,31 @@ def _train_worker(cfg, resume: bool) -> dict:
     setup_logger(output=os.path.join(cfg.OUTPUT_DIR, "log.txt"), distributed_rank=comm.get_rank(), name="detectron2")
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
     trainer = Trainer(cfg)
+    extra = list(hooks()) if hooks else []
+    trainer.register_hooks(extra)
     trainer.resume_or_load(resume=resume)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
     iters = cfg.SOLVER.MAX_ITER - trainer.start_iter
-    return {"model": trainer.model, "losses": trainer.recorder.rows, "evals": trainer.recorder.evals,
+    return {"model": trainer.model, "hooks": extra, "losses": trainer.recorder.rows, "evals": trainer.recorder.evals,
             "train_seconds": wall, "iterations_run": iters, "start_iter": trainer.start_iter,
             "s_per_iter": wall / iters if iters > 0 else math.nan}
 
 
-def train(cfg, resume: bool = False, num_gpus: int = 1) -> dict:
+def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=None) -> dict:
     """Train ``cfg`` (output in ``cfg.OUTPUT_DIR``); returns the trained model and its history.
+
+    ``hooks`` is a callable returning extra Detectron2 hooks (a callable, so that each process
+    started by ``launch`` makes its own); they are returned under ``"hooks"``.
 
     With ``num_gpus > 1`` Detectron2's ``launch`` starts one process per GPU; the model and
     history then come back only from the files written under ``cfg.OUTPUT_DIR``.
     """
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     if num_gpus <= 1:
-        return _train_worker(cfg, resume)
-    launch(_train_worker, num_gpus, args=(cfg, resume))
+        return _train_worker(cfg, resume, hooks)
+    launch(_train_worker, num_gpus, args=(cfg, resume, hooks))
     return {}
 
 

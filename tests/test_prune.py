@@ -1,0 +1,100 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import prune as tprune
+
+from detectron2.utils.events import EventStorage
+from wildlib import config, modeling
+from wildlib import prune as wp
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+    return modeling.build_model(cfg)
+
+
+def test_every_conv_and_linear_has_a_scope(model):
+    layers = wp.prunable(model, wp.SCOPES)
+    n_all = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    assert len(layers) == n_all
+    scopes = {wp.scope_of(n) for n, _ in layers}
+    assert scopes == set(wp.SCOPES)
+    assert "predictor" not in {wp.scope_of(n) for n, _ in wp.prunable(model, "all")}
+
+
+def test_parse_scopes():
+    assert wp.parse_scopes("backbone+roi_head") == ("backbone", "roi_head")
+    assert wp.parse_scopes("all") == wp.DEFAULT_SCOPES
+    with pytest.raises(ValueError, match="unknown pruning scope"):
+        wp.parse_scopes("head")
+
+
+@pytest.mark.parametrize("scopes, amount", [("backbone", 0.3), ("all", 0.8), ("backbone+roi_head", 0.5)])
+def test_global_magnitude_hits_the_ratio_and_only_the_scope(model, scopes, amount):
+    m = wp.pruned_copy(model, scopes, amount)
+    assert not any(hasattr(mod, "weight_orig") for mod in m.modules())  # masks folded in
+    assert wp.sparsity(m, scopes) == pytest.approx(amount, abs=1e-4)
+    others = set(wp.SCOPES) - set(wp.parse_scopes(scopes))
+    assert wp.sparsity(m, tuple(others)) == pytest.approx(wp.sparsity(model, tuple(others)))
+
+
+def test_global_ranking_prunes_smallest_magnitudes(model):
+    m = wp.pruned_copy(model, "roi_head", 0.5)
+    before = torch.cat([mod.weight.flatten().abs() for _, mod in wp.prunable(model, "roi_head")])
+    after = torch.cat([mod.weight.flatten() for _, mod in wp.prunable(m, "roi_head")])
+    threshold = before.kthvalue(int(0.5 * before.numel())).values
+    assert (before[after == 0] <= threshold + 1e-12).all()
+    assert (before[after != 0] >= threshold - 1e-12).all()
+
+
+def test_cubic_schedule():
+    s = [wp.cubic_schedule(t, 10, 110, 0.8) for t in range(0, 130, 5)]
+    assert s[0] == 0 and s[-1] == 0.8 and all(b >= a for a, b in zip(s, s[1:]))
+    # front-loaded: half way through, 7/8 of the target is reached
+    assert wp.cubic_schedule(60, 10, 110, 0.8) == pytest.approx(0.8 * (1 - 0.5**3))
+
+
+def test_gradual_hook_reaches_target_and_keeps_masks(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    trainer = SimpleNamespace(model=m, iter=0, start_iter=0, max_iter=50)
+    hook = wp.GradualPruning("all", final=0.7, start=0, end=40, every=10)
+    hook.trainer = trainer
+    with EventStorage() as storage:
+        trainer.storage = storage
+        hook.before_train()
+        for it in range(50):
+            trainer.iter = it
+            hook.after_step()
+    seen = [s for _, s in hook.history]
+    assert all(b >= a - 1e-9 for a, b in zip(seen, seen[1:]))
+    assert seen[-1] == pytest.approx(0.7, abs=1e-4)
+    assert any(tprune.is_pruned(mod) for mod in m.modules())
+    wp.make_permanent(m)
+    assert wp.sparsity(m) == pytest.approx(0.7, abs=1e-4)
+
+
+def test_sparse_file_is_exact_and_smaller(model, tmp_path):
+    m = wp.pruned_copy(model, "all", 0.8)
+    dense = modeling.save_weights(m, tmp_path / "dense.pth")
+    sparse = wp.save_sparse(m, tmp_path / "w.npz")
+    back = wp.load_sparse(sparse)
+    assert set(back) == set(m.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in m.state_dict().items())
+    assert sparse.stat().st_size < 0.45 * dense.stat().st_size
+    assert wp.state_sparsity(back, m) == pytest.approx(wp.sparsity(m))
+    with np.load(sparse, allow_pickle=False) as z:  # loads without pickle
+        assert len(z.files) > 0
+
+
+def test_sensitivity_ratios_pick_largest_within_tolerance():
+    import pandas as pd
+
+    scan = pd.DataFrame({"group": ["a", "a", "a", "b", "b"], "ratio": [0.5, 0.8, 0.95, 0.5, 0.8],
+                         "AP50": [80.0, 79.5, 60.0, 70.0, 60.0]})
+    assert wp.ratios_from_sensitivity(scan, 80.2, 1.0) == {"a": 0.8, "b": 0.0}

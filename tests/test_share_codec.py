@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from wildlib import codec, config, modeling, share
+from wildlib import prune as wp
+
+
+@pytest.fixture(scope="module")
+def pruned_shared():
+    torch.manual_seed(0)
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+    model = wp.pruned_copy(modeling.build_model(cfg), "all", 0.8)
+    layers = share.share_weights(model, bits={"conv": 5, "fc": 4}, init="linear")
+    return model, layers
+
+
+@pytest.mark.parametrize("init", share.INITS)
+def test_kmeans_matches_a_plain_lloyd(init):
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(-1, 0.1, 500), rng.normal(0.5, 0.2, 800), rng.normal(2, 0.05, 200)])
+    c, labels = share.kmeans_1d(v, 8, init=init, iters=50)
+    # every value sits with its nearest centroid, and centroids are their clusters' means
+    assert np.array_equal(labels, np.abs(v[:, None] - c[None, :]).argmin(1))
+    for j in np.unique(labels):
+        assert c[j] == pytest.approx(v[labels == j].mean(), abs=1e-5)
+
+
+def test_kmeans_fewer_distinct_values_than_k():
+    c, labels = share.kmeans_1d(np.array([1.0, 1.0, 2.0]), 16)
+    assert c.size == 2 and set(labels) == {0, 1}
+
+
+def test_sharing_keeps_zeros_and_limits_distinct_values(pruned_shared):
+    model, layers = pruned_shared
+    assert wp.sparsity(model) == pytest.approx(0.8, abs=1e-4)
+    for name, layer in layers.items():
+        w = dict(model.named_modules())[name].weight.detach().numpy()
+        assert np.array_equal(w != 0, layer.mask)
+        assert np.unique(w[w != 0]).size <= 2 ** layer.bits
+        assert layer.bits == (4 if "box_head" in name or "box_predictor" in name else 5)
+
+
+def test_codec_roundtrip_is_bit_exact(pruned_shared, tmp_path):
+    model, layers = pruned_shared
+    state = model.state_dict()
+    path = codec.save(tmp_path / "m.wlc", state, {codec.param_key(n): l for n, l in layers.items()})
+    back = codec.load(path)
+    assert list(back) == list(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    dense = modeling.save_weights(model, tmp_path / "dense.pth").stat().st_size
+    assert path.stat().st_size * 10 < dense  # 80% sparse + 4-5 bit codes: > 10x
+
+
+def test_corrupted_and_truncated_files_are_errors(pruned_shared, tmp_path):
+    model, layers = pruned_shared
+    blob = codec.encode(model.state_dict(), {codec.param_key(n): l for n, l in layers.items()})
+    with pytest.raises(codec.CodecError, match="truncated|checksum"):
+        codec.decode(blob[: len(blob) // 2])
+    bad = bytearray(blob)
+    bad[-100] ^= 0xFF
+    with pytest.raises(codec.CodecError, match="checksum mismatch"):
+        codec.decode(bytes(bad))
+    with pytest.raises(codec.CodecError, match="bad magic"):
+        codec.decode(b"PK\x03\x04" + blob[4:])
+    with pytest.raises(codec.CodecError, match="truncated"):
+        codec.decode(blob[:20])
+
+
+def test_gap_coding_handles_long_runs():
+    mask = np.zeros(5000, bool)
+    mask[[0, 254, 255, 256, 1000, 4999]] = True
+    g = codec.gaps_encode(mask)
+    assert np.array_equal(codec.gaps_decode(g, mask.size), mask)
+
+
+def test_int8_roundtrip(tmp_path):
+    torch.manual_seed(1)
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+    model = modeling.build_model(cfg)
+    q = share.quantize_int8(model)
+    path = codec.save(tmp_path / "q.wlc", model.state_dict(), int8={codec.param_key(n): v for n, v in q.items()})
+    back = codec.load(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(back[k], v), k
+
+
+def test_centroid_gradient_is_the_sum_over_its_cluster():
+    lin = torch.nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0, 2, 1], [2, 1, 0, 2], [1, 1, 2, 0]]))
+    layer = share.SharedLayer("l", (3, 4), 1, np.array([1.0, 2.0], np.float32),
+                              np.array([0, 1, 0, 1, 0, 1, 0, 0, 1]), lin.weight.detach().numpy() != 0)
+    share.CentroidWeight(lin, layer)
+    x = torch.randn(5, 4)
+    lin(x).sum().backward()
+    g_w = x.sum(0).expand(3, 4)  # d(sum)/dW[i, j] = sum_n x[n, j]
+    idx = lin.shared_index
+    for j in range(2):
+        assert lin.centroids.grad[j] == pytest.approx(float(g_w[idx == j].sum()), rel=1e-5)

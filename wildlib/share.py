@@ -1,0 +1,196 @@
+"""Weight sharing (Han, Mao & Dally, Deep Compression, 2016) and an int8 baseline.
+
+Each layer's nonzero weights are clustered by 1-D k-means into ``2**bits`` shared values; the
+layer then stores a small codebook plus one ``bits``-bit index per nonzero weight.  Zeros left by
+pruning stay zeros.  Centroid fine-tuning keeps the assignments fixed and trains the codebook:
+the gradient of every weight in a cluster is summed into its centroid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .prune import prunable, scope_of
+
+INITS = ("linear", "density", "random")
+
+
+def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", iters: int = 20, seed: int = 0):
+    """Lloyd's k-means on a 1-D array in O(n) per step after one sort: in sorted order every
+    cluster is a contiguous run, so assignment is a ``searchsorted`` on the midpoints between
+    centroids and the update is a ``reduceat`` over the runs.  Returns (centroids, labels)."""
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    order = np.argsort(v, kind="stable")
+    s = v[order]
+    k = int(min(k, np.unique(s).size))
+    if init == "linear":
+        c = np.linspace(s[0], s[-1], k)
+    elif init == "density":  # equal-probability points of the weights' CDF
+        c = np.quantile(s, (np.arange(k) + 0.5) / k)
+    elif init == "random":  # Forgy: k distinct weights drawn at random
+        c = np.sort(np.random.default_rng(seed).choice(np.unique(s), size=k, replace=False))
+    else:
+        raise ValueError(f"init must be one of {INITS}, not {init!r}")
+    for _ in range(iters):
+        c = np.sort(c)
+        bounds = np.searchsorted(s, (c[1:] + c[:-1]) / 2)  # start of clusters 1..k-1
+        starts = np.concatenate([[0], bounds])
+        sizes = np.diff(np.concatenate([starts, [s.size]]))
+        nonempty = sizes > 0
+        sums = np.add.reduceat(s, np.minimum(starts, s.size - 1))
+        new = c.copy()
+        new[nonempty] = sums[nonempty] / sizes[nonempty]
+        if np.allclose(new, c, rtol=0, atol=1e-12):
+            c = new
+            break
+        c = new
+    c = np.sort(c)
+    labels_sorted = np.searchsorted((c[1:] + c[:-1]) / 2, s, side="right")
+    labels = np.empty_like(labels_sorted)
+    labels[order] = labels_sorted
+    return c.astype(np.float32), labels.astype(np.int64)
+
+
+@dataclass
+class SharedLayer:
+    name: str
+    shape: tuple
+    bits: int
+    codebook: np.ndarray  # float32 (k,)
+    codes: np.ndarray     # int64 per nonzero weight, in row-major order of the nonzero positions
+    mask: np.ndarray      # bool, full shape: where the nonzero weights are
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros(self.mask.size, np.float32)
+        out[self.mask.ravel()] = self.codebook[self.codes]
+        return out.reshape(self.shape)
+
+
+def layer_kind(module) -> str:
+    return "fc" if isinstance(module, nn.Linear) else "conv"
+
+
+def share_weights(model, bits=5, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor"),
+                  init: str = "linear", iters: int = 20, seed: int = 0) -> dict[str, SharedLayer]:
+    """Replace every selected layer's nonzero weights by their k-means centroids, in place.
+
+    ``bits`` is an int, or a dict by layer kind (``{"conv": 5, "fc": 4}``).  Returns the
+    codebooks and codes per layer (what the compressed file stores).
+    """
+    shared = {}
+    for name, m in prunable(model, scopes):
+        b = bits[layer_kind(m)] if isinstance(bits, dict) else int(bits)
+        w = m.weight.detach().cpu().numpy()
+        mask = w != 0
+        centroids, labels = kmeans_1d(w[mask], 2**b, init=init, iters=iters, seed=seed)
+        layer = SharedLayer(name, tuple(w.shape), b, centroids, labels, mask)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(layer.dense()))
+        shared[name] = layer
+    return shared
+
+
+def timed_share(model, **kw):
+    t = time.perf_counter()
+    shared = share_weights(model, **kw)
+    return shared, time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+class CentroidWeight:
+    """A forward pre-hook that rebuilds ``module.weight`` from trainable centroids.
+
+    ``weight = cat([centroids, 0])[index]`` with ``index`` pointing zeros at the appended 0, so
+    autograd sums each cluster's weight gradients into its centroid, and zeros stay zeros.
+    """
+
+    def __init__(self, module, layer: SharedLayer):
+        del module._parameters["weight"]
+        module.centroids = nn.Parameter(torch.from_numpy(layer.codebook.copy()))
+        idx = np.full(layer.mask.size, layer.codebook.size, np.int64)
+        idx[layer.mask.ravel()] = layer.codes
+        module.register_buffer("shared_index", torch.from_numpy(idx.reshape(layer.shape)), persistent=False)
+        self.handle = module.register_forward_pre_hook(self)
+        self(module, None)
+
+    def __call__(self, module, _inputs):
+        table = torch.cat([module.centroids, module.centroids.new_zeros(1)])
+        module.weight = table[module.shared_index]
+
+
+def attach_centroids(model, shared: dict[str, SharedLayer]) -> list[nn.Parameter]:
+    modules = dict(model.named_modules())
+    hooks = []
+    for name, layer in shared.items():
+        hooks.append(CentroidWeight(modules[name], layer))
+    model._centroid_hooks = hooks
+    return [modules[n].centroids for n in shared]
+
+
+def detach_centroids(model, shared: dict[str, SharedLayer]) -> dict[str, SharedLayer]:
+    """Fold trained centroids back into plain weights; return the updated codebooks."""
+    modules = dict(model.named_modules())
+    for h in getattr(model, "_centroid_hooks", []):
+        h.handle.remove()
+    out = {}
+    for name, layer in shared.items():
+        m = modules[name]
+        codebook = m.centroids.detach().cpu().numpy().astype(np.float32)
+        new = SharedLayer(name, layer.shape, layer.bits, codebook, layer.codes, layer.mask)
+        del m._parameters["centroids"]
+        del m._buffers["shared_index"]
+        if "weight" in m.__dict__:
+            del m.__dict__["weight"]
+        m.weight = nn.Parameter(torch.from_numpy(new.dense()))
+        out[name] = new
+    model._centroid_hooks = []
+    return out
+
+
+def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, progress: bool = True) -> dict:
+    """Train only the centroids (assignments fixed) with Detectron2's SimpleTrainer on the
+    config's training set.  Returns updated ``shared`` and the loss history."""
+    from detectron2.data import build_detection_train_loader
+    from detectron2.engine import SimpleTrainer, hooks
+
+    from .train import LossRecorder, ProgressBar
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = attach_centroids(model, shared)
+    model.train()
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), opt)
+    recorder = LossRecorder()
+    trainer.register_hooks([hooks.IterationTimer(), recorder] + ([ProgressBar()] if progress else []))
+    t = time.perf_counter()
+    trainer.train(0, iters)
+    seconds = time.perf_counter() - t
+    model.eval()
+    new = detach_centroids(model, shared)
+    return {"shared": new, "losses": recorder.rows, "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- int8 baseline
+def quantize_int8(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor")) -> dict:
+    """Symmetric per-tensor int8 of every selected weight, in place (weights become the
+    dequantized values).  Returns {layer: (int8 array, scale)} for storage."""
+    out = {}
+    for name, m in prunable(model, scopes):
+        w = m.weight.detach().cpu().numpy()
+        scale = float(np.abs(w).max() / 127.0) or 1.0
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(q.astype(np.float32) * scale))
+        out[name] = (q, scale)
+    return out
+
+
+__all__ = ["kmeans_1d", "share_weights", "finetune_centroids", "quantize_int8", "SharedLayer", "scope_of"]
