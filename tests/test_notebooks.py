@@ -114,7 +114,7 @@ def test_03_weight_sharing(run_dir):
     shared = next(v for v in m["variants"] if v["file"] == "03_share/model_shared.wlc")
     assert shared["ratio"] > 5  # 50% sparse + 4-5 bit codes + entropy coding
     # at most 2^bits distinct nonzero values per shared layer
-    w = state["backbone.bottom_up.m5.0.conv.0.0.weight"]
+    w = state["backbone.bottom_up.m5.0.conv.0.0.weight"]  # a 1x1 (not depthwise) conv
     assert torch.unique(w[w != 0]).numel() <= 32
 
 

@@ -33,6 +33,9 @@ def test_kmeans_fewer_distinct_values_than_k():
 
 def test_sharing_keeps_zeros_and_limits_distinct_values(pruned_shared):
     model, layers = pruned_shared
+    mods = dict(model.named_modules())
+    assert not any(share.is_depthwise(mods[n]) for n in layers)
+    assert len(layers) == sum(not share.is_depthwise(m) for _, m in wp.prunable(model, wp.SCOPES))
     assert wp.sparsity(model) == pytest.approx(0.8, abs=1e-4)
     for name, layer in layers.items():
         w = dict(model.named_modules())[name].weight.detach().numpy()

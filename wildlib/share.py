@@ -77,15 +77,27 @@ def layer_kind(module) -> str:
     return "fc" if isinstance(module, nn.Linear) else "conv"
 
 
+def is_depthwise(module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1
+
+
+def shareable(model, scopes):
+    """The layers that get one codebook each: every conv/linear of ``scopes`` except grouped
+    (depthwise) convolutions.  MobileNetV2's depthwise filters differ in scale from channel to
+    channel, so one codebook (or one int8 scale) per tensor fits them badly, and together they
+    hold under 2% of the weights: they stay float32."""
+    return [(n, m) for n, m in prunable(model, scopes) if not is_depthwise(m)]
+
+
 def share_weights(model, bits=5, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor"),
                   init: str = "linear", iters: int = 20, seed: int = 0) -> dict[str, SharedLayer]:
-    """Replace every selected layer's nonzero weights by their k-means centroids, in place.
+    """Replace every shareable layer's nonzero weights by their k-means centroids, in place.
 
     ``bits`` is an int, or a dict by layer kind (``{"conv": 5, "fc": 4}``).  Returns the
     codebooks and codes per layer (what the compressed file stores).
     """
     shared = {}
-    for name, m in prunable(model, scopes):
+    for name, m in shareable(model, scopes):
         b = bits[layer_kind(m)] if isinstance(bits, dict) else int(bits)
         w = m.weight.detach().cpu().numpy()
         mask = w != 0
@@ -180,10 +192,10 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
 
 # ----------------------------------------------------------------------------- int8 baseline
 def quantize_int8(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor")) -> dict:
-    """Symmetric per-tensor int8 of every selected weight, in place (weights become the
-    dequantized values).  Returns {layer: (int8 array, scale)} for storage."""
+    """Symmetric per-tensor int8 of every shareable weight (depthwise convs stay float32), in
+    place: the weights become the dequantized values.  Returns {layer: (int8 array, scale)}."""
     out = {}
-    for name, m in prunable(model, scopes):
+    for name, m in shareable(model, scopes):
         w = m.weight.detach().cpu().numpy()
         scale = float(np.abs(w).max() / 127.0) or 1.0
         q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)

@@ -90,14 +90,19 @@ def metrics_of(run_dir, stage: str) -> dict:
 
 
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
-                    eval_period: int, seed: int):
-    """The baseline's own config, starting from its trained weights, with a new schedule."""
+                    eval_period: int, seed: int, freeze_at: int | None = 0):
+    """The baseline's own config, starting from its trained weights, with a new schedule.
+
+    ``freeze_at=0`` (default) lets every layer train: a pruned layer that stays frozen cannot
+    recover from its pruning.  ``None`` keeps the baseline's setting."""
     from .config import get_config
 
     baseline_dir = Path(baseline_dir)
     over = baseline_overrides(Path(out_dir), device=device, max_iter=max_iter, ims_per_batch=ims_per_batch,
                               lr=lr, eval_period=eval_period, seed=seed,
                               weights=str(baseline_dir / "model_final.pth"))
+    if freeze_at is not None:
+        over["MODEL.BACKBONE.FREEZE_AT"] = int(freeze_at)
     cfg = get_config(str(baseline_dir / "config.yaml"), over, freeze=False)
     if "MOBILENET" in cfg.MODEL:
         cfg.MODEL.MOBILENET.PRETRAINED = "none"
