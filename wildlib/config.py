@@ -55,7 +55,3 @@ def get_config(name_or_path: str = "mobilenet_fpn_cpu", overrides=None, freeze: 
         cfg.freeze()
     return cfg
 
-
-def load_saved(path, overrides=None):
-    """Re-create the config a stage saved as ``config.yaml``."""
-    return get_config(str(path), overrides)

@@ -179,7 +179,7 @@ def build_model(cfg, weights: str | None = None, eval_mode: bool = True):
     return model.eval() if eval_mode else model
 
 
-def count_parameters(model, only_prunable: bool = False) -> dict:
+def count_parameters(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return {"params": total, "nonzero": nonzero}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .prune import prunable, scope_of
+from .prune import prunable
 
 INITS = ("linear", "density", "random")
 
@@ -204,5 +204,3 @@ def quantize_int8(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predicto
         out[name] = (q, scale)
     return out
 
-
-__all__ = ["kmeans_1d", "share_weights", "finetune_centroids", "quantize_int8", "SharedLayer", "scope_of"]
