@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .io import project_root
+from .io import project_root, resolve
 
 PATH_PARAMS_SUFFIX = "_DIR"  # parameters whose name ends so are paths, made absolute
 
@@ -111,7 +111,7 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
 
 def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 3600) -> dict:
     """Run the notebooks in order.  ``overrides`` go to every notebook that declares them."""
-    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir = resolve(run_dir)  # relative to the project root, as the notebooks resolve it
     overrides = dict(overrides or {})
     notebooks = list_notebooks()
     if only:

@@ -261,8 +261,7 @@ def draw_quadruped(rng, L, q: Quad, body_tex, leg_tex=None, far_shade=0.72):
             limb(d, [knee, foot], q.leg_w * L * 0.8)
         return m
 
-    shade = far_shade if np.ndim(leg_tex) == 1 else far_shade
-    sp.paint(legs(True), np.asarray(leg_tex) * shade)
+    sp.paint(legs(True), np.asarray(leg_tex) * far_shade)
     # tail
     m, d = sp.new_mask()
     root = (cx - half * 0.95 * math.cos(slope), cy + half * 0.95 * math.sin(slope) - bh * 0.25)
