@@ -51,6 +51,29 @@ def test_global_ranking_prunes_smallest_magnitudes(model):
     assert (before[after != 0] >= threshold - 1e-12).all()
 
 
+def test_lamp_scores_are_scale_free_and_ordered():
+    w = torch.tensor([[0.5, -2.0], [1.0, 0.0]])
+    s = wp.lamp_scores(w)
+    # sorted squares 0, 0.25, 1, 4: score = w^2 / sum of squares at least as large
+    assert s.flatten().tolist() == pytest.approx([0.25 / 5.25, 1.0, 1.0 / 5.0, 0.0])
+    torch.testing.assert_close(wp.lamp_scores(w * 1000), s)  # a layer's scale does not matter
+
+
+def test_lamp_keeps_every_layer_alive_where_global_l1_empties_some(model):
+    import copy
+
+    by = {}
+    for ranking in wp.RANKINGS:
+        m = wp.make_permanent(wp.global_magnitude(copy.deepcopy(model), "all", 0.95, ranking=ranking))
+        assert wp.sparsity(m) == pytest.approx(0.95, abs=1e-4)
+        by[ranking] = wp.sparsity_table(m, "all").set_index("layer")["sparsity"]
+    assert by["lamp"].max() < 1.0
+    # global L1 prunes the layers with small weights (the large fan-in box head) almost entirely
+    assert by["l1"]["roi_heads.box_head.fc1"] > by["lamp"]["roi_heads.box_head.fc1"]
+    with pytest.raises(ValueError, match="unknown ranking"):
+        wp.global_magnitude(copy.deepcopy(model), "all", 0.5, ranking="l2")
+
+
 def test_cubic_schedule():
     s = [wp.cubic_schedule(t, 10, 110, 0.8) for t in range(0, 130, 5)]
     assert s[0] == 0 and s[-1] == 0.8 and all(b >= a for a, b in zip(s, s[1:]))
@@ -58,12 +81,13 @@ def test_cubic_schedule():
     assert wp.cubic_schedule(60, 10, 110, 0.8) == pytest.approx(0.8 * (1 - 0.5**3))
 
 
-def test_gradual_hook_reaches_target_and_keeps_masks(model):
+@pytest.mark.parametrize("ranking", wp.RANKINGS)
+def test_gradual_hook_reaches_target_and_keeps_masks(model, ranking):
     import copy
 
     m = copy.deepcopy(model)
     trainer = SimpleNamespace(model=m, iter=0, start_iter=0, max_iter=50)
-    hook = wp.GradualPruning("all", final=0.7, start=0, end=40, every=10)
+    hook = wp.GradualPruning("all", final=0.7, start=0, end=40, every=10, ranking=ranking)
     hook.trainer = trainer
     with EventStorage() as storage:
         trainer.storage = storage

@@ -6,6 +6,11 @@
   scope but ``predictor``.  Combine with ``+``: ``"backbone+roi_head"``.
 * **One-shot** global L1 pruning (the paper's method), **sensitivity** scans per layer group,
   **gradual** pruning on Zhu & Gupta's cubic schedule while fine-tuning (a Detectron2 hook).
+* **Ranking**: ``"l1"`` ranks raw magnitudes across all layers together (the paper).  Layers
+  differ in scale (a fan-in of 4704 gives small weights), so global L1 empties whole layers;
+  ``"lamp"`` ranks by the layer-adaptive magnitude score of Lee et al. (ICLR 2021),
+  ``w_i^2 / sum_{|w_j| >= |w_i|} w_j^2`` within each layer, which is scale-free and keeps every
+  layer alive while still choosing per-layer sparsities globally.
 * **Size accounting** from the tensors themselves, and a sparse file whose size is measured.
 """
 
@@ -78,12 +83,37 @@ def _targets(model, scopes):
     return [(m, "weight") for _, m in mods]
 
 
-def global_magnitude(model, scopes="all", amount: float = 0.5):
-    """Global L1 unstructured pruning (masks attached) of the selected scopes: ``amount`` of
-    their weights, smallest magnitude first, ranked across all layers together."""
+RANKINGS = ("l1", "lamp")
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP score of every entry: its squared magnitude over the sum of the squared magnitudes
+    of all entries of the layer at least as large.  The largest weight of a layer scores 1."""
+    sq = weight.detach().flatten().double() ** 2
+    order = torch.argsort(sq)
+    tail = torch.flip(torch.cumsum(torch.flip(sq[order], [0]), 0), [0])  # sum over j >= i
+    scores = torch.empty_like(sq)
+    scores[order] = sq[order] / tail.clamp_min(torch.finfo(torch.float64).tiny)
+    return scores.view_as(weight).float()
+
+
+def _prune_global(targets, amount: float, ranking: str = "l1"):
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; known: {', '.join(RANKINGS)}")
+    scores = None
+    if ranking == "lamp":  # computed on the live (masked) weights: pruned entries score 0
+        scores = {(m, n): lamp_scores(getattr(m, n)) for m, n in targets}
+    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, importance_scores=scores,
+                              amount=float(amount))
+
+
+def global_magnitude(model, scopes="all", amount: float = 0.5, ranking: str = "l1"):
+    """Global unstructured pruning (masks attached) of the selected scopes: ``amount`` of
+    their weights, lowest score first, ranked across all layers together (``ranking`` "l1":
+    the raw magnitude, as in the paper; "lamp": the layer-normalised LAMP score)."""
     if not 0 <= amount < 1:
         raise ValueError(f"amount must be in [0, 1), got {amount}")
-    prune.global_unstructured(_targets(model, scopes), pruning_method=prune.L1Unstructured, amount=float(amount))
+    _prune_global(_targets(model, scopes), amount, ranking)
     return model
 
 
@@ -108,9 +138,9 @@ def make_permanent(model):
     return model
 
 
-def pruned_copy(model, scopes, amount):
+def pruned_copy(model, scopes, amount, ranking: str = "l1"):
     m = copy.deepcopy(model)
-    global_magnitude(m, scopes, amount)
+    global_magnitude(m, scopes, amount, ranking)
     return make_permanent(m)
 
 
@@ -129,9 +159,10 @@ def sparsity_table(model, scopes=SCOPES):
 
 
 def sparsity(model, scopes=DEFAULT_SCOPES) -> float:
-    """Fraction of zeros among the prunable weights of ``scopes``."""
-    t = sparsity_table(model, scopes)
-    return float(1 - t["nonzero"].sum() / t["weights"].sum())
+    """Fraction of zeros among the prunable weights of ``scopes`` (masks included if attached)."""
+    weights = [m.weight.detach() for _, m in prunable(model, scopes)]
+    total = sum(w.numel() for w in weights)
+    return 1 - sum(int(torch.count_nonzero(w)) for w in weights) / total
 
 
 def state_sparsity(state: dict, model, scopes=DEFAULT_SCOPES) -> float:
@@ -143,7 +174,7 @@ def state_sparsity(state: dict, model, scopes=DEFAULT_SCOPES) -> float:
 
 
 # ----------------------------------------------------------------------------- experiments
-def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool = True):
+def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool = True, ranking: str = "l1"):
     """The paper's experiment: prune a copy of ``model`` once per (scope, ratio), no
     fine-tuning, and evaluate it.  Sparsity is also reported over all prunable weights."""
     import pandas as pd
@@ -154,9 +185,9 @@ def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool
     rows = []
     grid = [(s, r) for s in scopes_list for r in ratios]
     for scopes, r in tqdm(grid, desc="one-shot sweep", disable=not progress):
-        m = pruned_copy(model, scopes, r) if r > 0 else model
+        m = pruned_copy(model, scopes, r, ranking) if r > 0 else model
         met = coco(m, cfg, dataset, quiet=True)
-        rows.append({"scope": scopes, "ratio": r, "sparsity_scope": sparsity(m, scopes),
+        rows.append({"scope": scopes, "ranking": ranking, "ratio": r, "sparsity_scope": sparsity(m, scopes),
                      "sparsity_all": sparsity(m), **{k: met[k] for k in COCO_KEYS}})
     return pd.DataFrame(rows)
 
@@ -208,8 +239,12 @@ class GradualPruning(HookBase):
     ``end`` the smallest surviving weights are masked until the scheduled sparsity is reached.
     """
 
-    def __init__(self, scopes="all", final: float = 0.8, start: int = 0, end: int = 1000, every: int = 20):
+    def __init__(self, scopes="all", final: float = 0.8, start: int = 0, end: int = 1000, every: int = 20,
+                 ranking: str = "l1"):
+        if ranking not in RANKINGS:
+            raise ValueError(f"unknown ranking {ranking!r}; known: {', '.join(RANKINGS)}")
         self.scopes, self.final, self.start, self.end, self.every = scopes, final, start, end, max(1, every)
+        self.ranking = ranking
         self.history: list[tuple[int, float]] = []
 
     def _model(self):
@@ -228,8 +263,7 @@ class GradualPruning(HookBase):
         current = sparsity(model, self.scopes)
         if target > current + 1e-6:
             amount = (target - current) / (1 - current)  # a fraction of the surviving weights
-            prune.global_unstructured(_targets(model, self.scopes), pruning_method=prune.L1Unstructured,
-                                      amount=float(amount))
+            _prune_global(_targets(model, self.scopes), amount, self.ranking)
         self.history.append((step, sparsity(model, self.scopes)))
         self.trainer.storage.put_scalar("sparsity", self.history[-1][1], smoothing_hint=False)
 
