@@ -67,8 +67,10 @@ def test_corrupted_and_truncated_files_are_errors(pruned_shared, tmp_path):
         codec.decode(bytes(bad))
     with pytest.raises(codec.CodecError, match="bad magic"):
         codec.decode(b"PK\x03\x04" + blob[4:])
-    with pytest.raises(codec.CodecError, match="truncated"):
+    with pytest.raises(codec.CodecError, match="truncated|corrupted"):
         codec.decode(blob[:20])
+    with pytest.raises(codec.CodecError, match="older .wlc format"):
+        codec.decode(b"WLC1" + blob[4:])
 
 
 def test_gap_coding_handles_long_runs():
@@ -102,3 +104,43 @@ def test_centroid_gradient_is_the_sum_over_its_cluster():
     idx = lin.shared_index
     for j in range(2):
         assert lin.centroids.grad[j] == pytest.approx(float(g_w[idx == j].sum()), rel=1e-5)
+
+
+def test_depthwise_int8_and_folded_bn_roundtrip_and_streams(tmp_path):
+    import copy
+
+    torch.manual_seed(2)
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+    model = modeling.build_model(cfg).eval()
+    with torch.no_grad():  # give the frozen BatchNorms non-trivial statistics
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.5)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    x = [{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8).float(), "height": 96, "width": 128}]
+    feats = model.backbone(model.preprocess_image(x).tensor)
+    folded = copy.deepcopy(model)
+    assert share.fold_frozen_bn(folded) > 10
+    feats2 = folded.backbone(folded.preprocess_image(x).tensor)
+    for k in feats:  # the same function, to float rounding
+        torch.testing.assert_close(feats2[k], feats[k], rtol=1e-4, atol=1e-4)
+
+    model2 = wp.pruned_copy(folded, "all", 0.8)  # as in stage 03: pruned, folded, depthwise int8, shared
+    dw = share.quantize_depthwise(model2)
+    mods = dict(model2.named_modules())
+    assert dw and all(share.is_depthwise(mods[n]) for n in dw)
+    for n, (q, scales) in dw.items():
+        assert q.dtype == np.int8 and scales.shape == (q.shape[0],)
+    layers = share.share_weights(model2, bits=4)
+    assert not set(layers) & set(dw)
+    path = codec.save(tmp_path / "m.wlc", model2.state_dict(), {codec.param_key(n): l for n, l in layers.items()},
+                      int8={codec.param_key(n): v for n, v in dw.items()})
+    back = codec.load(path)
+    for k, v in model2.state_dict().items():
+        assert torch.equal(back[k], v), k
+    report = {r["stream"]: r for r in codec.stream_report(path)}
+    assert {"gaps", "codes", "codebooks", "int8", "scales", "dense.float32"} <= set(report)
+    assert sum(r["bytes"] for r in report.values()) < path.stat().st_size
+    # folded statistics are constants: the dense stream compresses far below its raw size
+    assert report["dense.float32"]["bytes"] < 0.7 * report["dense.float32"]["raw_bytes"]

@@ -2,25 +2,30 @@
 entropy coding; a JSON header with shapes, dtypes and a SHA-256 checksum.  No pickle anywhere:
 loading a file parses JSON and numbers, it never executes code.
 
-Layout::
+Layout (format version 2)::
 
-    b"WLC1"                      magic
-    uint32 little-endian         length of the JSON header
-    JSON header                  {"version", "sha256", "tensors": [...]}
+    b"WLC2"                      magic
+    uint32 little-endian         length of the compressed header
+    zlib(JSON header)            {"version", "sha256", "streams": {...}, "tensors": [...]}
     payload                      the streams, back to back
 
-Each tensor in the header names its ``encoding`` and its streams (offset, length, ``coder``):
+The data of all tensors is gathered by kind into a few **streams**, so that each is entropy-coded
+as one long sequence with one set of statistics (and one coder header):
 
-* ``shared`` (a weight-shared layer): ``gaps`` — the distance from one nonzero weight to the next
-  in row-major order, one byte each (a gap over 255 is written as 255-steps of filler, Deep
-  Compression's trick); ``codes`` — one byte per nonzero weight, the index into ``codebook``
-  (at most 8 bits); ``codebook`` — float32 centroids.
-* ``int8``: int8 values + one float32 scale.
-* ``dense``: raw little-endian float32 (biases, frozen BatchNorm statistics, anything unshared).
+* ``gaps`` — for every weight-shared tensor, the distance from one nonzero weight to the next in
+  row-major order, one byte each (a gap over 255 is written as 255-steps of filler: Deep
+  Compression's relative indices);
+* ``codes`` — one byte per nonzero weight, its index into the layer's codebook (at most 8 bits);
+* ``codebooks`` — the float32 centroids of every shared layer;
+* ``int8`` and ``scales`` — int8 values and their float32 scales, one per tensor or one per
+  output channel (``int8`` encoding);
+* ``dense.<dtype>`` — everything else, raw little-endian (biases, BatchNorm parameters).
 
-Every stream is entropy-coded by whichever standard-library coder (``zlib``, ``bz2``, ``lzma``)
-gives the fewest bytes for it, or stored raw if none helps; the choice is recorded per stream.
-The checksum covers the payload; a truncated or corrupted file raises :class:`CodecError`.
+Each tensor in the header names its ``encoding`` and, per stream it uses, the ``[start, length]``
+of its bytes in that stream once decoded.  Each stream records its offset and length in the
+payload, its decoded length and the standard-library coder (``zlib``, ``bz2``, ``lzma``) that gave
+the fewest bytes for it (or ``raw``).  The checksum covers the payload; a truncated or corrupted
+file raises :class:`CodecError`.
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ import torch
 
 from .io import atomic_write
 
-MAGIC = b"WLC1"
-VERSION = 1
+MAGIC = b"WLC2"
+VERSION = 2
 CODERS = {
     "raw": (lambda b: b, lambda b: b),
     "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
@@ -89,24 +94,40 @@ def gaps_decode(gaps: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
-class _Writer:
-    def __init__(self):
-        self.chunks: list[bytes] = []
-        self.offset = 0
+class _Streams:
+    """Collects bytes per named stream; each tensor gets a [start, length] slice of one."""
 
-    def stream(self, data: bytes, coder: str | None = None) -> dict:
-        name, blob = _best(data) if coder is None else (coder, CODERS[coder][0](data))
-        entry = {"offset": self.offset, "length": len(blob), "coder": name, "raw_length": len(data)}
-        self.chunks.append(blob)
-        self.offset += len(blob)
-        return entry
+    def __init__(self):
+        self.parts: dict[str, list[bytes]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def add(self, stream: str, data: bytes) -> list[int]:
+        start = self.sizes.get(stream, 0)
+        self.parts.setdefault(stream, []).append(data)
+        self.sizes[stream] = start + len(data)
+        return [start, len(data)]
+
+    def pack(self) -> tuple[dict, bytes]:
+        table, chunks, offset = {}, [], 0
+        for name, parts in self.parts.items():
+            raw = b"".join(parts)
+            coder, blob = _best(raw) if raw else ("raw", raw)
+            table[name] = {"offset": offset, "length": len(blob), "coder": coder, "raw_length": len(raw)}
+            chunks.append(blob)
+            offset += len(blob)
+        return table, b"".join(chunks)
+
+
+def _le(arr: np.ndarray) -> bytes:
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
 
 
 def encode(state: dict[str, torch.Tensor], shared: dict | None = None, int8: dict | None = None) -> bytes:
     """Serialise a state dict.  Tensors named in ``shared`` ({param name: SharedLayer}) or
-    ``int8`` ({param name: (int8 array, scale)}) use those encodings; the rest are dense."""
+    ``int8`` ({param name: (int8 array, scale)}, the scale a float or one per output channel)
+    use those encodings; the rest are stored dense."""
     shared, int8 = shared or {}, int8 or {}
-    w = _Writer()
+    st = _Streams()
     tensors = []
     for name, t in state.items():
         arr = t.detach().cpu().numpy()
@@ -116,75 +137,101 @@ def encode(state: dict[str, torch.Tensor], shared: dict | None = None, int8: dic
             if layer.bits > 8:
                 raise CodecError(f"{name}: {layer.bits}-bit codes do not fit the 8-bit code stream")
             info.update(encoding="shared", bits=layer.bits, nonzero=int(layer.codes.size),
-                        gaps=w.stream(gaps_encode(layer.mask).tobytes()),
-                        codes=w.stream(layer.codes.astype(np.uint8).tobytes()),
-                        codebook=w.stream(layer.codebook.astype("<f4").tobytes(), "raw"))
+                        gaps=st.add("gaps", gaps_encode(layer.mask).tobytes()),
+                        codes=st.add("codes", layer.codes.astype(np.uint8).tobytes()),
+                        codebook=st.add("codebooks", _le(layer.codebook.astype(np.float32))))
         elif name in int8:
             q, scale = int8[name]
-            info.update(encoding="int8", scale=float(scale), values=w.stream(q.astype(np.int8).tobytes()))
+            scale = np.atleast_1d(np.asarray(scale, np.float32))
+            if scale.size not in (1, arr.shape[0] if arr.ndim else 1):
+                raise CodecError(f"{name}: {scale.size} scales for {arr.shape[0]} output channels")
+            info.update(encoding="int8", values=st.add("int8", q.astype(np.int8).tobytes()),
+                        scales=st.add("scales", _le(scale)))
         else:
             if arr.dtype.kind not in "fiub":
                 raise CodecError(f"{name}: cannot store dtype {arr.dtype}")
-            info.update(encoding="dense", values=w.stream(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()))
+            info.update(encoding="dense", values=st.add(f"dense.{arr.dtype}", _le(arr)))
         tensors.append(info)
-    payload = b"".join(w.chunks)
-    header = json.dumps({"version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
-                         "tensors": tensors}).encode()
+    streams, payload = st.pack()
+    header = zlib.compress(json.dumps({"version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+                                       "streams": streams, "tensors": tensors}, separators=(",", ":")).encode(), 9)
     return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
-def _read(payload: bytes, entry: dict, where: str) -> bytes:
+def _stream(payload: bytes, name: str, entry: dict, where: str) -> bytes:
     end = entry["offset"] + entry["length"]
     if end > len(payload):
-        raise CodecError(f"{where}: stream ends at byte {end}, beyond the payload ({len(payload)} bytes): file truncated")
+        raise CodecError(f"{where}: stream {name!r} ends at byte {end}, beyond the payload ({len(payload)} bytes): "
+                         "file truncated")
     blob = payload[entry["offset"] : end]
     try:
         data = CODERS[entry["coder"]][1](blob)
     except KeyError:
-        raise CodecError(f"{where}: unknown coder {entry['coder']!r}") from None
+        raise CodecError(f"{where}: stream {name!r}: unknown coder {entry['coder']!r}") from None
     except Exception as exc:  # zlib.error, lzma.LZMAError, OSError from bz2
-        raise CodecError(f"{where}: cannot decode ({exc})") from None
+        raise CodecError(f"{where}: stream {name!r}: cannot decode ({exc})") from None
     if len(data) != entry["raw_length"]:
-        raise CodecError(f"{where}: decoded {len(data)} bytes, expected {entry['raw_length']}")
+        raise CodecError(f"{where}: stream {name!r}: decoded {len(data)} bytes, expected {entry['raw_length']}")
     return data
 
 
-def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
-    """Parse a ``.wlc`` file's bytes back into a state dict; verifies the checksum first."""
+def read_header(blob: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
+    """(header, payload) of a ``.wlc`` file's bytes; checks magic, version and sizes."""
     if len(blob) < 8 or blob[:4] != MAGIC:
-        raise CodecError(f"{source}: not a wildlib compressed model (bad magic)")
+        hint = " (an older .wlc format: re-run stage 03 to rewrite it)" if blob[:3] == MAGIC[:3] else ""
+        raise CodecError(f"{source}: not a wildlib compressed model (bad magic){hint}")
     (hlen,) = struct.unpack("<I", blob[4:8])
     if 8 + hlen > len(blob):
         raise CodecError(f"{source}: header claims {hlen} bytes but the file has {len(blob) - 8}: file truncated")
     try:
-        header = json.loads(blob[8 : 8 + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"{source}: header is not valid JSON ({exc})") from None
+        header = json.loads(zlib.decompress(blob[8 : 8 + hlen]))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CodecError(f"{source}: header cannot be read ({exc}): file corrupted") from None
     if header.get("version") != VERSION:
         raise CodecError(f"{source}: format version {header.get('version')} (this reader knows {VERSION})")
-    payload = blob[8 + hlen :]
+    return header, blob[8 + hlen :]
+
+
+def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
+    """Parse a ``.wlc`` file's bytes back into a state dict; verifies the checksum first."""
+    header, payload = read_header(blob, source)
     if hashlib.sha256(payload).hexdigest() != header["sha256"]:
         raise CodecError(f"{source}: checksum mismatch: the file is truncated or corrupted")
+    streams = {n: _stream(payload, n, e, source) for n, e in header["streams"].items()}
+
+    def part(t, key, stream):
+        start, length = t[key]
+        data = streams.get(stream, b"")
+        if start + length > len(data):
+            raise CodecError(f"{source}: {t['name']}: slice {key} outside stream {stream!r}")
+        return data[start : start + length]
+
     out = {}
     for t in header["tensors"]:
         name, shape = t["name"], tuple(t["shape"])
         size = int(np.prod(shape)) if shape else 1
         where = f"{source}: {name}"
         if t["encoding"] == "shared":
-            mask = gaps_decode(np.frombuffer(_read(payload, t["gaps"], where), np.uint8), size)
-            codes = np.frombuffer(_read(payload, t["codes"], where), np.uint8)
-            book = np.frombuffer(_read(payload, t["codebook"], where), "<f4")
+            mask = gaps_decode(np.frombuffer(part(t, "gaps", "gaps"), np.uint8), size)
+            codes = np.frombuffer(part(t, "codes", "codes"), np.uint8)
+            book = np.frombuffer(part(t, "codebook", "codebooks"), "<f4")
             if codes.size != mask.sum() or (codes.size and codes.max() >= book.size):
                 raise CodecError(f"{where}: codes do not match positions or codebook")
             dense = np.zeros(size, np.float32)
             dense[mask] = book[codes]
             arr = dense.reshape(shape)
         elif t["encoding"] == "int8":
-            q = np.frombuffer(_read(payload, t["values"], where), np.int8)
-            arr = (q.astype(np.float32) * np.float32(t["scale"])).reshape(shape)
+            q = np.frombuffer(part(t, "values", "int8"), np.int8).reshape(shape)
+            scale = np.frombuffer(part(t, "scales", "scales"), "<f4").astype(np.float32)
+            if q.size != size or scale.size not in (1, shape[0] if shape else 1):
+                raise CodecError(f"{where}: int8 values or scales do not match the shape {shape}")
+            arr = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1) if scale.size > 1 else ())
         elif t["encoding"] == "dense":
-            arr = np.frombuffer(_read(payload, t["values"], where), np.dtype(t["dtype"]).newbyteorder("<"))
-            arr = arr.astype(np.dtype(t["dtype"])).reshape(shape)
+            dtype = np.dtype(t["dtype"])
+            arr = np.frombuffer(part(t, "values", f"dense.{dtype}"), dtype.newbyteorder("<"))
+            if arr.size != size:
+                raise CodecError(f"{where}: {arr.size} values for the shape {shape}")
+            arr = arr.astype(dtype).reshape(shape)
         else:
             raise CodecError(f"{where}: unknown encoding {t['encoding']!r}")
         out[name] = torch.from_numpy(np.array(arr))
@@ -206,13 +253,16 @@ def param_key(layer_name: str) -> str:
 
 
 def stream_report(path) -> list[dict]:
-    """Per tensor and stream: bytes stored and which coder won, from the file's header."""
-    blob = Path(path).read_bytes()
-    (hlen,) = struct.unpack("<I", blob[4:8])
-    rows = []
-    for t in json.loads(blob[8 : 8 + hlen])["tensors"]:
-        for key in ("gaps", "codes", "codebook", "values"):
+    """Per stream: bytes stored, bytes once decoded, the coder that won, and how many tensors
+    use it; read from the file's header."""
+    header, _ = read_header(Path(path).read_bytes(), str(path))
+    users = {}
+    for t in header["tensors"]:
+        for key, stream in (("gaps", "gaps"), ("codes", "codes"), ("codebook", "codebooks"), ("scales", "scales")):
             if key in t:
-                rows.append({"tensor": t["name"], "encoding": t["encoding"], "stream": key,
-                             "bytes": t[key]["length"], "raw_bytes": t[key]["raw_length"], "coder": t[key]["coder"]})
-    return rows
+                users[stream] = users.get(stream, 0) + 1
+        if "values" in t:
+            stream = "int8" if t["encoding"] == "int8" else f"dense.{t['dtype']}"
+            users[stream] = users.get(stream, 0) + 1
+    return [{"stream": n, "bytes": e["length"], "raw_bytes": e["raw_length"], "coder": e["coder"],
+             "tensors": users.get(n, 0)} for n, e in header["streams"].items()]

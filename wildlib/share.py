@@ -4,6 +4,10 @@ Each layer's nonzero weights are clustered by 1-D k-means into ``2**bits`` share
 layer then stores a small codebook plus one ``bits``-bit index per nonzero weight.  Zeros left by
 pruning stay zeros.  Centroid fine-tuning keeps the assignments fixed and trains the codebook:
 the gradient of every weight in a cluster is summed into its centroid.
+
+Depthwise convolutions are not shared: their filters differ in scale from channel to channel, so
+they get int8 with one scale per output channel instead.  Frozen BatchNorm layers are folded to a
+scale and a shift (:func:`fold_frozen_bn`), so that the file stores two numbers per channel, not four.
 """
 
 from __future__ import annotations
@@ -190,17 +194,57 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     return {"shared": new, "losses": recorder.rows, "seconds": seconds}
 
 
-# ----------------------------------------------------------------------------- int8 baseline
-def quantize_int8(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor")) -> dict:
-    """Symmetric per-tensor int8 of every shareable weight (depthwise convs stay float32), in
-    place: the weights become the dequantized values.  Returns {layer: (int8 array, scale)}."""
+# ----------------------------------------------------------------------------- int8, BatchNorm
+def _int8(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray | float, np.ndarray]:
+    """Symmetric int8: (values, scale(s), dequantized float32 weights)."""
+    if per_channel:
+        peak = np.abs(w.reshape(w.shape[0], -1)).max(1)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        bcast = scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        q = np.clip(np.round(w / bcast), -127, 127).astype(np.int8)
+        return q, scale, q.astype(np.float32) * bcast
+    scale = np.float32(np.abs(w).max() / 127.0) or np.float32(1.0)
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    return q, float(scale), q.astype(np.float32) * scale
+
+
+def _quantize(model, layers, per_channel: bool) -> dict:
     out = {}
-    for name, m in shareable(model, scopes):
-        w = m.weight.detach().cpu().numpy()
-        scale = float(np.abs(w).max() / 127.0) or 1.0
-        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    for name, m in layers:
+        q, scale, deq = _int8(m.weight.detach().cpu().numpy(), per_channel)
         with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(q.astype(np.float32) * scale))
+            m.weight.copy_(torch.from_numpy(deq))
         out[name] = (q, scale)
     return out
 
+
+def quantize_int8(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor"), per_channel: bool = True) -> dict:
+    """Symmetric int8 of every conv and linear weight of ``scopes``, in place (the weights become
+    the dequantized values); one scale per output channel, or per tensor.  Returns
+    {layer: (int8 array, scale or scales)}: what the compressed file stores."""
+    return _quantize(model, prunable(model, scopes), per_channel)
+
+
+def quantize_depthwise(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor")) -> dict:
+    """Per-channel int8 of the depthwise convolutions only (the layers weight sharing skips)."""
+    return _quantize(model, [(n, m) for n, m in prunable(model, scopes) if is_depthwise(m)], True)
+
+
+def fold_frozen_bn(model) -> int:
+    """Rewrite every ``FrozenBatchNorm2d`` as a pure scale and shift, in place: ``weight`` <- the
+    per-channel scale, ``bias`` <- the shift, ``running_mean`` <- 0, ``running_var`` <- 1 - eps.
+    The layer computes the same function (to float rounding) and its statistics become constants
+    that cost nothing to store.  Returns how many layers were folded."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                scale = m.weight * (m.running_var + m.eps).rsqrt()
+                m.bias.copy_(m.bias - m.running_mean * scale)
+                m.weight.copy_(scale)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+                n += 1
+    return n
