@@ -111,7 +111,7 @@ class _Streams:
         table, chunks, offset = {}, [], 0
         for name, parts in self.parts.items():
             raw = b"".join(parts)
-            coder, blob = _best(raw) if raw else ("raw", raw)
+            coder, blob = _best(raw)
             table[name] = {"offset": offset, "length": len(blob), "coder": coder, "raw_length": len(raw)}
             chunks.append(blob)
             offset += len(blob)
@@ -158,6 +158,13 @@ def encode(state: dict[str, torch.Tensor], shared: dict | None = None, int8: dic
     return MAGIC + struct.pack("<I", len(header)) + header + payload
 
 
+def _stream_of(t: dict, key: str) -> str:
+    """The stream that holds the ``key`` slice of header entry ``t``."""
+    if key == "values":
+        return "int8" if t["encoding"] == "int8" else f"dense.{np.dtype(t['dtype'])}"
+    return "codebooks" if key == "codebook" else key
+
+
 def _stream(payload: bytes, name: str, entry: dict, where: str) -> bytes:
     end = entry["offset"] + entry["length"]
     if end > len(payload):
@@ -199,8 +206,9 @@ def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
         raise CodecError(f"{source}: checksum mismatch: the file is truncated or corrupted")
     streams = {n: _stream(payload, n, e, source) for n, e in header["streams"].items()}
 
-    def part(t, key, stream):
+    def part(t, key):
         start, length = t[key]
+        stream = _stream_of(t, key)
         data = streams.get(stream, b"")
         if start + length > len(data):
             raise CodecError(f"{source}: {t['name']}: slice {key} outside stream {stream!r}")
@@ -212,23 +220,23 @@ def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
         size = int(np.prod(shape)) if shape else 1
         where = f"{source}: {name}"
         if t["encoding"] == "shared":
-            mask = gaps_decode(np.frombuffer(part(t, "gaps", "gaps"), np.uint8), size)
-            codes = np.frombuffer(part(t, "codes", "codes"), np.uint8)
-            book = np.frombuffer(part(t, "codebook", "codebooks"), "<f4")
+            mask = gaps_decode(np.frombuffer(part(t, "gaps"), np.uint8), size)
+            codes = np.frombuffer(part(t, "codes"), np.uint8)
+            book = np.frombuffer(part(t, "codebook"), "<f4")
             if codes.size != mask.sum() or (codes.size and codes.max() >= book.size):
                 raise CodecError(f"{where}: codes do not match positions or codebook")
             dense = np.zeros(size, np.float32)
             dense[mask] = book[codes]
             arr = dense.reshape(shape)
         elif t["encoding"] == "int8":
-            q = np.frombuffer(part(t, "values", "int8"), np.int8).reshape(shape)
-            scale = np.frombuffer(part(t, "scales", "scales"), "<f4").astype(np.float32)
+            q = np.frombuffer(part(t, "values"), np.int8).reshape(shape)
+            scale = np.frombuffer(part(t, "scales"), "<f4").astype(np.float32)
             if q.size != size or scale.size not in (1, shape[0] if shape else 1):
                 raise CodecError(f"{where}: int8 values or scales do not match the shape {shape}")
             arr = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1) if scale.size > 1 else ())
         elif t["encoding"] == "dense":
             dtype = np.dtype(t["dtype"])
-            arr = np.frombuffer(part(t, "values", f"dense.{dtype}"), dtype.newbyteorder("<"))
+            arr = np.frombuffer(part(t, "values"), dtype.newbyteorder("<"))
             if arr.size != size:
                 raise CodecError(f"{where}: {arr.size} values for the shape {shape}")
             arr = arr.astype(dtype).reshape(shape)
@@ -256,13 +264,10 @@ def stream_report(path) -> list[dict]:
     """Per stream: bytes stored, bytes once decoded, the coder that won, and how many tensors
     use it; read from the file's header."""
     header, _ = read_header(Path(path).read_bytes(), str(path))
-    users = {}
+    users: dict[str, int] = {}
     for t in header["tensors"]:
-        for key, stream in (("gaps", "gaps"), ("codes", "codes"), ("codebook", "codebooks"), ("scales", "scales")):
+        for key in ("gaps", "codes", "codebook", "scales", "values"):
             if key in t:
-                users[stream] = users.get(stream, 0) + 1
-        if "values" in t:
-            stream = "int8" if t["encoding"] == "int8" else f"dense.{t['dtype']}"
-            users[stream] = users.get(stream, 0) + 1
+                users[_stream_of(t, key)] = users.get(_stream_of(t, key), 0) + 1
     return [{"stream": n, "bytes": e["length"], "raw_bytes": e["raw_length"], "coder": e["coder"],
              "tensors": users.get(n, 0)} for n, e in header["streams"].items()]

@@ -27,6 +27,8 @@ from torch.nn.utils import prune
 
 from detectron2.engine import HookBase
 
+from .train import unwrap
+
 SCOPES = ("backbone", "fpn", "rpn", "roi_head", "predictor")
 DEFAULT_SCOPES = ("backbone", "fpn", "rpn", "roi_head")
 
@@ -86,6 +88,12 @@ def _targets(model, scopes):
 RANKINGS = ("l1", "lamp")
 
 
+def _check_ranking(ranking: str) -> str:
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; known: {', '.join(RANKINGS)}")
+    return ranking
+
+
 def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     """LAMP score of every entry: its squared magnitude over the sum of the squared magnitudes
     of all entries of the layer at least as large.  The largest weight of a layer scores 1."""
@@ -98,10 +106,8 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _prune_global(targets, amount: float, ranking: str = "l1"):
-    if ranking not in RANKINGS:
-        raise ValueError(f"unknown ranking {ranking!r}; known: {', '.join(RANKINGS)}")
     scores = None
-    if ranking == "lamp":  # computed on the live (masked) weights: pruned entries score 0
+    if _check_ranking(ranking) == "lamp":  # computed on the live (masked) weights: pruned entries score 0
         scores = {(m, n): lamp_scores(getattr(m, n)) for m, n in targets}
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, importance_scores=scores,
                               amount=float(amount))
@@ -158,19 +164,25 @@ def sparsity_table(model, scopes=SCOPES):
     return df
 
 
+def group_sparsity(model, scopes="all"):
+    """Per group (see :func:`group_of`): weights, nonzero, sparsity."""
+    g = sparsity_table(model, scopes).groupby("group")[["weights", "nonzero"]].sum()
+    return g.assign(sparsity=1 - g["nonzero"] / g["weights"])
+
+
+def _zero_fraction(tensors) -> float:
+    tensors = [t.detach() for t in tensors]
+    return 1 - sum(int(torch.count_nonzero(t)) for t in tensors) / sum(t.numel() for t in tensors)
+
+
 def sparsity(model, scopes=DEFAULT_SCOPES) -> float:
     """Fraction of zeros among the prunable weights of ``scopes`` (masks included if attached)."""
-    weights = [m.weight.detach() for _, m in prunable(model, scopes)]
-    total = sum(w.numel() for w in weights)
-    return 1 - sum(int(torch.count_nonzero(w)) for w in weights) / total
+    return _zero_fraction([m.weight for _, m in prunable(model, scopes)])
 
 
 def state_sparsity(state: dict, model, scopes=DEFAULT_SCOPES) -> float:
     """The same fraction, read from a state dict (e.g. a saved file) instead of a live model."""
-    names = [f"{n}.weight" for n, _ in prunable(model, scopes)]
-    total = sum(state[k].numel() for k in names)
-    zeros = sum(int((state[k] == 0).sum()) for k in names)
-    return zeros / total
+    return _zero_fraction([state[f"{n}.weight"] for n, _ in prunable(model, scopes)])
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -201,7 +213,7 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bo
     from .evaluate import coco
 
     groups = groups or sorted({group_of(n) for n, _ in prunable(model, "all")})
-    sizes = sparsity_table(model, "all").groupby("group")["weights"].sum()
+    sizes = group_sparsity(model)["weights"]
     rows = []
     for g, r in tqdm([(g, r) for g in groups for r in ratios], desc="sensitivity", disable=not progress):
         m = copy.deepcopy(model)
@@ -241,15 +253,12 @@ class GradualPruning(HookBase):
 
     def __init__(self, scopes="all", final: float = 0.8, start: int = 0, end: int = 1000, every: int = 20,
                  ranking: str = "l1"):
-        if ranking not in RANKINGS:
-            raise ValueError(f"unknown ranking {ranking!r}; known: {', '.join(RANKINGS)}")
         self.scopes, self.final, self.start, self.end, self.every = scopes, final, start, end, max(1, every)
-        self.ranking = ranking
+        self.ranking = _check_ranking(ranking)
         self.history: list[tuple[int, float]] = []
 
     def _model(self):
-        m = self.trainer.model
-        return m.module if hasattr(m, "module") else m
+        return unwrap(self.trainer.model)
 
     def before_train(self):
         for m, name in _targets(self._model(), self.scopes):

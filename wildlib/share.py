@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .prune import prunable
+from .prune import SCOPES, prunable
 
 INITS = ("linear", "density", "random")
 
@@ -93,7 +93,7 @@ def shareable(model, scopes):
     return [(n, m) for n, m in prunable(model, scopes) if not is_depthwise(m)]
 
 
-def share_weights(model, bits=5, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor"),
+def share_weights(model, bits=5, scopes=SCOPES,
                   init: str = "linear", iters: int = 20, seed: int = 0) -> dict[str, SharedLayer]:
     """Replace every shareable layer's nonzero weights by their k-means centroids, in place.
 
@@ -218,14 +218,14 @@ def _quantize(model, layers, per_channel: bool) -> dict:
     return out
 
 
-def quantize_int8(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor"), per_channel: bool = True) -> dict:
+def quantize_int8(model, scopes=SCOPES, per_channel: bool = True) -> dict:
     """Symmetric int8 of every conv and linear weight of ``scopes``, in place (the weights become
     the dequantized values); one scale per output channel, or per tensor.  Returns
     {layer: (int8 array, scale or scales)}: what the compressed file stores."""
     return _quantize(model, prunable(model, scopes), per_channel)
 
 
-def quantize_depthwise(model, scopes=("backbone", "fpn", "rpn", "roi_head", "predictor")) -> dict:
+def quantize_depthwise(model, scopes=SCOPES) -> dict:
     """Per-channel int8 of the depthwise convolutions only (the layers weight sharing skips)."""
     return _quantize(model, [(n, m) for n, m in prunable(model, scopes) if is_depthwise(m)], True)
 

@@ -55,6 +55,13 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
     return out
 
 
+def _no_imagenet_init(cfg):
+    """A trained checkpoint overwrites the ImageNet initialisation anyway: skip loading it."""
+    if "MOBILENET" in cfg.MODEL:
+        cfg.MODEL.MOBILENET.PRETRAINED = "none"
+    return cfg
+
+
 def load_trained(stage_dir, weights_name: str = "model_final.pth"):
     """(cfg, model) of a finished stage, rebuilt from its ``config.yaml`` and weights file."""
     from .config import get_config
@@ -70,9 +77,7 @@ def load_trained(stage_dir, weights_name: str = "model_final.pth"):
     for f in (d2, stage_dir / weights_name):
         if not f.exists():
             raise FileNotFoundError(f"{f}: not found (has that stage run?)")
-    cfg = get_config(str(d2), {"MODEL.WEIGHTS": ""}, freeze=False)
-    if "MOBILENET" in cfg.MODEL:  # the checkpoint overwrites the ImageNet init anyway
-        cfg.MODEL.MOBILENET.PRETRAINED = "none"
+    cfg = _no_imagenet_init(get_config(str(d2), {"MODEL.WEIGHTS": ""}, freeze=False))
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -103,8 +108,6 @@ def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_pe
                               weights=str(baseline_dir / "model_final.pth"))
     if freeze_at is not None:
         over["MODEL.BACKBONE.FREEZE_AT"] = int(freeze_at)
-    cfg = get_config(str(baseline_dir / "config.yaml"), over, freeze=False)
-    if "MOBILENET" in cfg.MODEL:
-        cfg.MODEL.MOBILENET.PRETRAINED = "none"
+    cfg = _no_imagenet_init(get_config(str(baseline_dir / "config.yaml"), over, freeze=False))
     cfg.freeze()
     return cfg
