@@ -29,7 +29,7 @@ def test_00_explore(run_dir, smoke_data):
 
 def test_01_baseline(run_dir, smoke_data):
     runner.run_all(run_dir, only=["01"], overrides={
-        "MAX_ITER": 12, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 6, "N_SHOW": 2,
+        "MAX_ITER": 12, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 6, "N_SHOW": 2, "PROFILE_RUNS": 2,
         "LR": 0.0005})  # a low LR keeps some boxes above the score threshold after 12 iterations
     stage = run_dir / "01_baseline"
     m = json.loads((stage / "metrics.json").read_text())
@@ -42,6 +42,17 @@ def test_01_baseline(run_dir, smoke_data):
     assert m["train"]["iterations"] == 12 and len(m["losses"]) == 12
     assert all(math.isfinite(r["total_loss"]) for r in m["losses"])
     assert [e["iter"] for e in m["evals"]] == [6, 12]  # iterations done at each evaluation
+    # the learning curve and how much the last quarter of the schedule still gained
+    curve = m["learning_curve"]
+    assert [p["iter"] for p in curve] == [6, 12] and curve[-1]["AP50"] == m["bbox"]["AP50"]
+    at_75 = curve[0]["AP50"] + (9 - 6) / (12 - 6) * (curve[1]["AP50"] - curve[0]["AP50"])
+    assert m["plateau_gain_ap50"] == pytest.approx(curve[1]["AP50"] - at_75)
+    assert m["train"]["lr_steps"] == [0.5, 0.75]
+    # where the time goes: every part of the detector, inference and training step
+    prof = m["profile"]
+    assert {"backbone", "fpn", "rpn", "roi_pooler", "box_head", "optimizer_step", "data_loading"} <= set(prof)
+    assert sum(r["infer_share"] for r in prof.values()) == pytest.approx(1.0)
+    assert prof["backbone"]["infer_gflops"] > 0 and prof["backbone"]["train_ms"] > 0
     assert m["size"]["weights_bytes"] == (stage / "model_final.pth").stat().st_size
     assert m["reload"]["max_score_diff"] == 0 and m["reload"]["same_box_count"]
 
@@ -57,7 +68,7 @@ def test_01_baseline(run_dir, smoke_data):
     for p, s in zip(preds, saved):
         assert np.allclose(p["scores"], s["scores"], atol=1e-5)
         assert np.allclose(p["boxes"], np.reshape(s["boxes"], (-1, 4)), atol=1e-3)
-    for fig in ("loss_curves.png", "predictions.png", "ap_over_training.png"):
+    for fig in ("loss_curves.png", "predictions.png", "learning_curve.png", "costs.png"):
         assert (stage / fig).exists(), fig
     assert m["config_name"] == "mobilenet_fpn_cpu"
 
@@ -88,6 +99,13 @@ def test_02_prune(run_dir):
     assert sizes["pruned_sparse_bytes"] == (stage / "model_pruned.sparse.npz").stat().st_size
     assert sizes["pruned_sparse_bytes"] < sizes["pruned_dense_bytes"] < sizes["pruned_with_masks_bytes"]
     assert 0 <= m["max_sparsity_within_1ap50"] < 1
+    # the dense control: the same fine-tuning without pruning, and the reference it sets
+    dc = m["dense_control"]
+    assert dc["iterations"] == m["gradual"]["iterations"] == 10 and math.isfinite(dc["AP50"])
+    assert m["reference_ap50"] == max(m["baseline"]["AP50"], dc["AP50"])
+    within = [v["sparsity_all"] for v in m["variants"] if v["AP50"] >= m["reference_ap50"] - 1.0]
+    assert m["max_sparsity_within_1ap50"] == (max(within) if within else 0.0)
+    assert (stage / "model_dense_control.pth").exists()
     for fig in ("one_shot_sweep.png", "sensitivity.png", "gradual_schedule.png"):
         assert (stage / fig).exists(), fig
 
@@ -99,6 +117,8 @@ def test_03_weight_sharing(run_dir):
     m = json.loads((stage / "metrics.json").read_text())
     s = m["shared"]
     assert s["bit_exact"] is True
+    assert m["reference_ap50"] == json.loads((run_dir / "02_prune" / "metrics.json").read_text())["reference_ap50"]
+    assert s["extra_iterations_beyond_dense_control"] == 4
     # the model decoded from the file measures exactly like the one in memory
     assert s["from_file"]["AP50"] == s["after_finetune"]["AP50"]
     assert {r["init"] for r in m["inits"]} == {"linear", "density", "random"}
@@ -123,10 +143,11 @@ def test_04_evaluate(run_dir):
     stage = run_dir / "04_evaluate"
     m = json.loads((stage / "metrics.json").read_text())
     rows = {r["variant"]: r for r in m["variants"]}
-    assert len(rows) == 5 and "baseline" in rows and "int8" in rows
-    base = rows["baseline"]["AP50"]
-    within = [r["ratio"] for r in rows.values() if r["AP50"] >= base - 1.0]
-    assert m["best_compression_ratio_within_1ap50"] == pytest.approx(max(within))
+    assert len(rows) == 6 and {"baseline", "dense control", "int8"} <= set(rows)
+    prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
+    assert m["reference_ap50"] == prune_metrics["reference_ap50"]
+    within = [r["ratio"] for r in rows.values() if r["AP50"] >= m["reference_ap50"] - 1.0]
+    assert m["best_compression_ratio_within_1ap50"] == pytest.approx(max(within) if within else 0.0)
     for r in rows.values():
         assert r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"]
         assert r["file_bytes"] > 0 and r["nonzero"] <= r["params"]

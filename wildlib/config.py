@@ -13,7 +13,7 @@ def available() -> list[str]:
 
 
 def add_wildlib_config(cfg) -> None:
-    """Keys that Detectron2 does not have: the MobileNetV2 backbone's options."""
+    """Keys that Detectron2 does not have: the MobileNetV2 backbone's options, the memory format."""
     from detectron2.config import CfgNode as CN
 
     if "MOBILENET" not in cfg.MODEL:
@@ -21,6 +21,10 @@ def add_wildlib_config(cfg) -> None:
         cfg.MODEL.MOBILENET.PRETRAINED = "imagenet"
         cfg.MODEL.MOBILENET.NORM = "FrozenBN"
         cfg.MODEL.MOBILENET.OUT_FEATURES = ["m2", "m3", "m4", "m5"]
+    if "CHANNELS_LAST" not in cfg.MODEL:
+        # NHWC weights and activations: oneDNN's CPU convolutions (MobileNet's depthwise ones
+        # above all) run faster so; measured in notebook 01, "Where the time goes"
+        cfg.MODEL.CHANNELS_LAST = False
 
 
 def _as_list(overrides) -> list:

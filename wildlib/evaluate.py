@@ -13,6 +13,23 @@ import numpy as np
 import torch
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
+# the baseline and a dense control trained as long as the compressed model), with this tolerance.
+AP50_TOLERANCE = 1.0
+
+
+def reference_ap50(baseline_ap50: float, dense_control_ap50: float | None = None) -> float:
+    """The AP50 a compressed model is held to: the better of the baseline and the dense control
+    (the baseline trained further on exactly the compressed model's schedule, uncompressed)."""
+    vals = [v for v in (baseline_ap50, dense_control_ap50) if v is not None and not math.isnan(v)]
+    return max(vals)
+
+
+def best_within(rows, reference: float, key: str, tolerance: float = AP50_TOLERANCE, ap_key: str = "AP50"):
+    """The row (a dict) with the largest ``key`` among those whose AP50 is at least
+    ``reference - tolerance``; None if no row is."""
+    ok = [r for r in rows if r[ap_key] >= reference - tolerance]
+    return max(ok, key=lambda r: r[key]) if ok else None
 
 
 @contextlib.contextmanager

@@ -172,11 +172,19 @@ def build_model(cfg, weights: str | None = None, eval_mode: bool = True):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model as d2_build
 
-    model = d2_build(cfg)
+    model = with_memory_format(d2_build(cfg), cfg)
     w = cfg.MODEL.WEIGHTS if weights is None else weights
     if w:
         DetectionCheckpointer(model).load(str(w))
     return model.eval() if eval_mode else model
+
+
+def with_memory_format(model, cfg):
+    """The model with its 4-D weights in the memory format ``cfg.MODEL.CHANNELS_LAST`` asks for
+    (channels-last weights make PyTorch run the convolutions, and pass on activations, as NHWC)."""
+    if cfg.MODEL.get("CHANNELS_LAST", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def count_parameters(model) -> dict:

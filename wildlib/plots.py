@@ -128,3 +128,52 @@ def predictions_vs_truth(records, preds, names=CLASSES, score_thresh=0.5):
                    title=f"predictions (score >= {score_thresh})")
     fig.tight_layout()
     return fig
+
+
+def learning_curve(evals, max_iter: int, at: float = 0.75, key: str = "AP50"):
+    """AP50 at each periodic evaluation, with the last quarter of the schedule shaded: a model
+    that has converged gains (almost) nothing there. Introduced in notebook 01."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    pts = [(e["iter"], e[key]) for e in evals if key in e]
+    if pts:
+        it, v = zip(*pts)
+        ax.plot(it, v, marker="o", label=key)
+        top = max(v)
+        ax.set_ylim(max(0, min(v) - 5), min(100, top + 3))
+    ax.axvspan(at * max_iter, max_iter, color="C2", alpha=0.12, label=f"last {1 - at:.0%} of the schedule")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"{key} on valid (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def cost_bars(table, columns=("infer_ms", "train_ms"), titles=("inference, 1 image", "training step, 1 batch")):
+    """Per-part milliseconds as horizontal bars, one panel per column of ``table``
+    (from ``wildlib.profile.cost_table``), and FLOPs beside them. Introduced in notebook 01."""
+    cols = [c for c in columns if c in table]
+    flop_cols = [c for c in ("infer_gflops", "train_fwd_gflops") if c in table]
+    fig, axes = plt.subplots(1, len(cols) + (1 if flop_cols else 0), figsize=(4.2 * (len(cols) + 1), 3.4),
+                             squeeze=False)
+    y = np.arange(len(table))
+    for ax, c, title in zip(axes[0], cols, titles):
+        ax.barh(y, table[c], color="C0")
+        total = table[c].sum()
+        for k, v in enumerate(table[c]):
+            if v > 0:
+                ax.text(v, k, f" {100 * v / total:.0f}%", va="center", fontsize=7)
+        ax.set_yticks(y, table.index)
+        ax.invert_yaxis()
+        ax.set_xlabel("ms (median)")
+        ax.set_title(f"{title}: {total:.0f} ms", fontsize=9)
+    if flop_cols:
+        ax = axes[0][-1]
+        h = 0.8 / len(flop_cols)
+        for k, c in enumerate(flop_cols):
+            ax.barh(y + (k - (len(flop_cols) - 1) / 2) * h, table[c], h, label=c, color=f"C{k + 1}")
+        ax.set_yticks(y, table.index)
+        ax.invert_yaxis()
+        ax.set_xlabel("GFLOPs (fvcore, forward)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -105,12 +105,24 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     return scores.view_as(weight).float()
 
 
+def _global_unstructured(targets, amount: float, scores: dict | None = None):
+    """``torch.nn.utils.prune.global_unstructured`` (L1 on ``scores``, default: the weights) over
+    contiguous tensors: it flattens weights, masks and scores with ``view(-1)``, which the
+    channels-last weights of ``MODEL.CHANNELS_LAST`` refuse.  The values do not change."""
+    for m, n in targets:
+        for t in (m._parameters.get(n), m._parameters.get(n + "_orig"), m._buffers.get(n + "_mask")):
+            if t is not None and not t.is_contiguous():
+                t.data = t.data.contiguous()
+    scores = scores or {(m, n): getattr(m, n).detach() for m, n in targets}
+    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(amount),
+                              importance_scores={k: v.contiguous() for k, v in scores.items()})
+
+
 def _prune_global(targets, amount: float, ranking: str = "l1"):
     scores = None
     if _check_ranking(ranking) == "lamp":  # computed on the live (masked) weights: pruned entries score 0
         scores = {(m, n): lamp_scores(getattr(m, n)) for m, n in targets}
-    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, importance_scores=scores,
-                              amount=float(amount))
+    _global_unstructured(targets, amount, scores)
 
 
 def global_magnitude(model, scopes="all", amount: float = 0.5, ranking: str = "l1"):
@@ -131,7 +143,7 @@ def layerwise_magnitude(model, ratios: dict[str, float], scopes="all"):
     for g, params in by_group.items():
         r = float(ratios.get(g, 0.0))
         if r > 0:
-            prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=r)
+            _global_unstructured(params, r)
     return model
 
 
@@ -261,9 +273,8 @@ class GradualPruning(HookBase):
         return unwrap(self.trainer.model)
 
     def before_train(self):
-        for m, name in _targets(self._model(), self.scopes):
-            if not prune.is_pruned(m):
-                prune.identity(m, name)
+        targets = _targets(self._model(), self.scopes)
+        _global_unstructured(targets, 0.0)  # masks of ones, on contiguous tensors
         self._apply(self.trainer.start_iter)
 
     def _apply(self, step: int):
@@ -280,6 +291,14 @@ class GradualPruning(HookBase):
         done = self.trainer.iter + 1
         if (done % self.every == 0 and done <= self.end + self.every) or done == self.trainer.max_iter:
             self._apply(done)
+
+    def state(self) -> dict:
+        """What the run hands back (also from worker processes): ``(iteration, sparsity)`` pairs."""
+        return {"history": [list(h) for h in self.history]}
+
+    def finalize(self, model) -> None:
+        """Fold the masks into the weights before the trained model is saved."""
+        make_permanent(model)
 
 
 # ----------------------------------------------------------------------------- sparse file

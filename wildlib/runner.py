@@ -135,7 +135,23 @@ def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 
     from .io import write_json
 
     write_json(run_dir / "run_times.json", times)
+    write_json(run_dir / "run_info.json", {**source_version(), "notebooks": [p.stem for p in notebooks],
+                                           "overrides": overrides, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
     return times
+
+
+def source_version() -> dict:
+    """The commit the project's files come from, and whether they differ from it."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
 
 
 def _value(text: str):

@@ -33,9 +33,9 @@ def write_stage(stage: Path, config: dict | str, metrics: dict) -> None:
 
 
 def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
-                       eval_period: int, seed: int, weights: str = "") -> dict:
-    """Notebook parameters -> Detectron2 config keys.  The LR drops 10x at 75% and 92% of the
-    schedule; warm-up is the first 100 iterations (or a fifth of a short run)."""
+                       eval_period: int, seed: int, weights: str = "", lr_steps=(0.75, 0.92)) -> dict:
+    """Notebook parameters -> Detectron2 config keys.  The LR drops 10x at each fraction of the
+    schedule in ``lr_steps``; warm-up is the first 100 iterations (or a fifth of a short run)."""
     from .modeling import resolve_weights
 
     out = {
@@ -44,7 +44,7 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
         "SOLVER.MAX_ITER": int(max_iter),
         "SOLVER.IMS_PER_BATCH": int(ims_per_batch),
         "SOLVER.BASE_LR": float(lr),
-        "SOLVER.STEPS": [int(max_iter * 0.75), int(max_iter * 0.92)],
+        "SOLVER.STEPS": [int(max_iter * f) for f in lr_steps],
         "SOLVER.WARMUP_ITERS": int(min(100, max(1, max_iter // 5))),
         "SOLVER.CHECKPOINT_PERIOD": int(max(eval_period, 100)),
         "TEST.EVAL_PERIOD": int(eval_period),

@@ -70,6 +70,12 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with the evaluator and writers that suit this project (no TensorBoard)."""
 
     @classmethod
+    def build_model(cls, cfg):
+        from .modeling import with_memory_format
+
+        return with_memory_format(super().build_model(cfg), cfg)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
                              output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "eval"),
@@ -85,40 +91,102 @@ class Trainer(DefaultTrainer):
         return hooks + [self.recorder, ProgressBar()]
 
 
-def _train_worker(cfg, resume: bool, hooks=None) -> dict:
+HISTORY_FILE = "history.json"   # what a training run hands back, next to its checkpoints
+TRAINED_FILE = "model_trained.pth"  # its final weights, with hooks' finishing touches applied
+
+
+def _train_worker(cfg, resume: bool, hooks=()) -> dict:
+    """What each process runs (one process, or one per GPU under ``launch``).  The main
+    process writes the history and the final weights to ``cfg.OUTPUT_DIR``, so that the
+    results also come back from worker processes."""
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
+    from .io import write_json
+    from .modeling import save_weights
+
     setup_logger(output=os.path.join(cfg.OUTPUT_DIR, "log.txt"), distributed_rank=comm.get_rank(), name="detectron2")
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
     trainer = Trainer(cfg)
-    extra = list(hooks()) if hooks else []
+    extra = [make() for make in hooks]  # built here, inside the process that uses them
     trainer.register_hooks(extra)
     trainer.resume_or_load(resume=resume)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
     iters = cfg.SOLVER.MAX_ITER - trainer.start_iter
-    return {"model": trainer.model, "hooks": extra, "losses": trainer.recorder.rows, "evals": trainer.recorder.evals,
-            "train_seconds": wall, "iterations_run": iters, "start_iter": trainer.start_iter,
-            "s_per_iter": wall / iters if iters > 0 else math.nan}
+    model = unwrap(trainer.model)
+    for h in extra:
+        if hasattr(h, "finalize"):
+            h.finalize(model)
+    history = {"losses": trainer.recorder.rows, "evals": trainer.recorder.evals, "train_seconds": wall,
+               "iterations_run": iters, "start_iter": trainer.start_iter,
+               "s_per_iter": wall / iters if iters > 0 else math.nan,
+               "hook_states": [h.state() if hasattr(h, "state") else {} for h in extra],
+               "world_size": comm.get_world_size()}
+    if comm.is_main_process():
+        save_weights(model, Path(cfg.OUTPUT_DIR) / TRAINED_FILE)
+        write_json(Path(cfg.OUTPUT_DIR) / HISTORY_FILE, history)
+    comm.synchronize()
+    return {**history, "model": model}
 
 
-def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=None) -> dict:
-    """Train ``cfg`` (output in ``cfg.OUTPUT_DIR``); returns the trained model and its history.
+def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=()) -> dict:
+    """Train ``cfg`` (output in ``cfg.OUTPUT_DIR``); returns the trained model and its history
+    (``losses``, ``evals``, ``train_seconds``, ``s_per_iter``, ``hook_states``, ...).
 
-    ``hooks`` is a callable returning extra Detectron2 hooks (a callable, so that each process
-    started by ``launch`` makes its own); they are returned under ``"hooks"``.
+    ``hooks`` is a list of hook *factories* (a hook class, or ``functools.partial`` of one):
+    each process builds its own hooks, as Detectron2's ``launch`` can only send picklable
+    objects to the processes it starts (a lambda cannot travel).  A hook may define
+    ``state()`` (returned in ``hook_states``) and ``finalize(model)`` (called once training
+    ends, before the weights are saved).
 
-    With ``num_gpus > 1`` Detectron2's ``launch`` starts one process per GPU; the model and
-    history then come back only from the files written under ``cfg.OUTPUT_DIR``.
+    With ``num_gpus > 1`` Detectron2's ``launch`` starts one process per GPU; the history and
+    the model then come back through ``cfg.OUTPUT_DIR`` (:func:`load_result`).
     """
+    import pickle
+
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    hooks = list(hooks or ())
     if num_gpus <= 1:
         return _train_worker(cfg, resume, hooks)
+    try:
+        pickle.dumps(hooks)
+    except Exception as exc:
+        raise TypeError(f"hooks must be picklable factories (a class or functools.partial), not {hooks!r}: "
+                        f"launch sends them to each GPU's process ({exc})") from None
     launch(_train_worker, num_gpus, args=(cfg, resume, hooks))
-    return {}
+    return load_result(cfg)
+
+
+def load_result(cfg) -> dict:
+    """The history and trained model that a finished run left in ``cfg.OUTPUT_DIR``."""
+    from .io import read_json
+    from .modeling import build_model
+
+    out = Path(cfg.OUTPUT_DIR)
+    history = read_json(out / HISTORY_FILE)
+    model = build_model(cfg, weights=str(out / TRAINED_FILE), eval_mode=False)
+    return {**history, "model": model}
+
+
+def plateau_gain(evals: list[dict], at: float = 0.75, key: str = "AP50") -> float:
+    """How much ``key`` still rose over the last quarter of training: its value at the last
+    evaluation minus its value at ``at`` of the schedule (interpolated between evaluations).
+    Near zero (or below) means the model had stopped improving.  NaN with < 2 evaluations."""
+    pts = sorted((e["iter"], e[key]) for e in evals if key in e)
+    if len(pts) < 2:
+        return math.nan
+    import numpy as np
+
+    its, vals = map(np.asarray, zip(*pts))
+    return float(vals[-1] - np.interp(at * its[-1], its, vals))
+
+
+def learning_curve(evals: list[dict], key: str = "AP50") -> list[dict]:
+    """``[{iter, AP50}, ...]`` from the periodic evaluations."""
+    return [{"iter": int(e["iter"]), key: float(e[key])} for e in evals if key in e]
 
 
 def unwrap(model):

@@ -1,0 +1,104 @@
+"""Training hand-over through files (the several-GPU path), convergence metrics, the reference
+AP50, and the per-part profile."""
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wildlib import config, data, evaluate, modeling, profile, prune, stages, train
+
+
+def test_plateau_gain_and_learning_curve():
+    evals = [{"iter": 100, "AP50": 50.0}, {"iter": 200, "AP50": 80.0}, {"iter": 300, "AP50": 90.0},
+             {"iter": 400, "AP50": 90.4}]
+    # AP50 at 75% of 400 = iteration 300 -> 90.0
+    assert train.plateau_gain(evals) == pytest.approx(0.4)
+    # between evaluations: 75% of 400 = 300 lies between; with evaluations at 200 and 400 only
+    assert train.plateau_gain([evals[1], evals[3]]) == pytest.approx(90.4 - (80 + 0.5 * 10.4))
+    assert math.isnan(train.plateau_gain(evals[:1]))
+    assert train.learning_curve(evals + [{"iter": 500, "AP": 3.0}]) == [{"iter": e["iter"], "AP50": e["AP50"]}
+                                                                         for e in evals]
+
+
+def test_reference_and_best_within():
+    assert evaluate.reference_ap50(90.0, 95.5) == 95.5
+    assert evaluate.reference_ap50(90.0, float("nan")) == 90.0
+    rows = [{"AP50": 95.0, "s": 0.5}, {"AP50": 94.4, "s": 0.9}, {"AP50": 94.6, "s": 0.8}]
+    assert evaluate.best_within(rows, 95.5, "s") == rows[2]  # 94.4 is 1.1 below the reference
+    assert evaluate.best_within(rows, 99.0, "s") is None
+    assert evaluate.best_within(rows, 95.5, "s", tolerance=2.0) == rows[1]
+
+
+def test_parts_cover_the_detector():
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+    model = modeling.build_model(cfg)
+    assert profile.part_of("backbone.bottom_up.m3.0.conv.0.0") == "backbone"
+    assert profile.part_of("backbone.fpn_output2") == "fpn"
+    assert profile.part_of("roi_heads.box_head.fc1") == "box_head"
+    assert profile.part_of("roi_heads.box_pooler.level_poolers.0") == "roi_pooler"
+    assert profile.part_of("pixel_mean") == "other"
+    with_weights = {profile.part_of(n) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert with_weights == {"backbone", "fpn", "rpn", "box_head", "box_predictor"}
+
+
+def test_channels_last_is_the_same_model():
+    torch.manual_seed(0)
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none", "MODEL.CHANNELS_LAST": False})
+    dense = modeling.build_model(cfg)
+    nhwc = modeling.with_memory_format(modeling.build_model(cfg), config.get_config("mobilenet_fpn_cpu"))
+    nhwc.load_state_dict(dense.state_dict())
+    assert nhwc.backbone.bottom_up.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        a, b = dense.backbone(x), nhwc.backbone(x)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+
+
+@pytest.fixture(scope="module")
+def tiny(smoke_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    data.register(smoke_data, coco_dir=out / "coco")
+    over = stages.baseline_overrides(out / "stage", device="cpu", max_iter=6, ims_per_batch=2, lr=0.001,
+                                     eval_period=0, seed=0)
+    over.update({"MODEL.MOBILENET.PRETRAINED": "none", "TEST.EVAL_PERIOD": 0})
+    return config.get_config("mobilenet_fpn_cpu", over)
+
+
+def test_results_come_back_through_the_output_folder(tiny):
+    """The several-GPU path returns what the worker wrote: history and the trained weights,
+    with hooks built inside the worker from picklable factories and finalized there."""
+    hook = functools.partial(prune.GradualPruning, "all", 0.5, 0, 4, 2, ranking="lamp")
+    direct = train._train_worker(tiny, False, [hook])
+    back = train.load_result(tiny)
+    assert back["iterations_run"] == direct["iterations_run"] == 6
+    assert back["hook_states"][0]["history"][-1][1] == pytest.approx(0.5, abs=1e-3)
+    assert len(back["losses"]) == 6
+    a, b = direct["model"].state_dict(), back["model"].state_dict()
+    assert set(a) == set(b) and not any(k.endswith("_orig") for k in a)  # masks folded by finalize()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert prune.sparsity(back["model"]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_unpicklable_hooks_are_refused_before_launch(tiny):
+    with pytest.raises(TypeError, match="picklable"):
+        train.train(tiny, num_gpus=2, hooks=[lambda: prune.GradualPruning()])
+
+
+def test_cost_table_splits_time_and_flops(tiny, smoke_data):
+    model = modeling.build_model(tiny)
+    inputs = evaluate.load_inputs(tiny, data.load_split(smoke_data, "valid")[:2])
+    table = profile.cost_table(model, tiny, inputs, train_iter=profile.train_batches(tiny), runs=2, train_runs=1)
+    assert set(profile.PARTS) <= set(table.index) and {"optimizer_step", "data_loading"} <= set(table.index)
+    for col in ("infer_ms", "train_ms"):
+        assert table[col].sum() > 0 and (table[col] >= 0).all()
+        assert table[col.replace("_ms", "_share")].sum() == pytest.approx(1.0)
+    # time in the parts that hold the convolutions, FLOPs only where there are multiply-adds
+    assert table.loc["backbone", "infer_ms"] > 0 and table.loc["backbone", "train_bwd_ms"] > 0
+    assert table.loc["backbone", "infer_gflops"] > 0 and table.loc["fpn", "infer_gflops"] > 0
+    assert table.loc["roi_pooler", "infer_gflops"] == 0 and table.loc["box_head", "train_fwd_gflops"] > 0
+    # fvcore's total over the parts equals its count for the whole model
+    total = profile.flops(model, inputs[:1])
+    assert np.isclose(sum(total.values()) / 1e9, table["infer_gflops"].sum())
