@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.wildlib-setup
 RUN    ?= default
 RUN_DIR ?= runs/$(RUN)
 
-.PHONY: setup run test lab data clean
+.PHONY: setup run test lab data report bench clean
 
 setup: $(STAMP)
 
@@ -30,11 +30,20 @@ data: setup
 run: setup
 	$(PY) -m wildlib.runner --run-dir $(RUN_DIR)
 
+# The README's results section, rewritten from RUN_DIR's files (and the recipe benchmark, if run)
+report: setup
+	$(PY) -m wildlib.report --run-dir $(RUN_DIR) --readme README.md $(if $(wildcard runs/bench/recipes.json),--bench runs/bench/recipes.json)
+
+# Training-step and inference time of each recipe change, side by side (about 3 min on 2 cores)
+bench: setup
+	$(PY) -m wildlib.profile --out runs/bench/recipes.json
+
 test: setup
 	$(PY) -m pytest
 
+# Bound to localhost; as root (a container) Jupyter needs --allow-root to start at all.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 clean:
 	rm -rf runs .pytest_cache

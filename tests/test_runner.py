@@ -5,15 +5,16 @@ import pytest
 from wildlib import runner
 
 EXPECTED = {
-    "00_explore_data": {"RUN_DIR", "DATA_DIR", "SYNTH_SEED", "SYNTH_SCALE", "DIFFICULTY", "N_SAMPLES"},
-    "01_train_baseline": {"RUN_DIR", "DATA_DIR", "CONFIG", "MAX_ITER", "IMS_PER_BATCH", "LR", "LR_STEPS", "EVAL_PERIOD",
-                          "DEVICE", "NUM_GPUS", "SEED", "NUM_THREADS", "WEIGHTS", "RESUME", "PROFILE_RUNS", "N_SHOW"},
-    "02_prune_magnitude": {"RUN_DIR", "BASELINE_DIR", "DATA_DIR", "SWEEP_SCOPES", "SWEEP_RATIOS", "SENS_RATIOS",
+    "00_explore_data": {"RUN_DIR", "DATA_DIR", "CLASSES", "ALIASES", "CONFIG", "SYNTH_SEED", "SYNTH_SCALE",
+                        "DIFFICULTY", "N_SAMPLES"},
+    "01_train_baseline": {"RUN_DIR", "DATA_DIR", "CLASSES", "ALIASES", "CONFIG", "MAX_ITER", "IMS_PER_BATCH", "LR", "LR_STEPS", "EVAL_PERIOD",
+                          "DEVICE", "NUM_GPUS", "SEED", "NUM_THREADS", "TILE", "CFG_OVERRIDES", "WEIGHTS", "RESUME", "PROFILE_RUNS", "N_SHOW"},
+    "02_prune_magnitude": {"RUN_DIR", "BASELINE_DIR", "DATA_DIR", "CLASSES", "ALIASES", "AP50_FLOOR", "SWEEP_SCOPES", "SWEEP_RATIOS", "SENS_RATIOS",
                            "RANKING", "TARGET_SPARSITY", "FT_ITER", "FT_LR", "PRUNE_END_FRAC", "PRUNE_EVERY",
                            "IMS_PER_BATCH", "EVAL_PERIOD", "DEVICE", "NUM_GPUS", "SEED", "NUM_THREADS"},
-    "03_weight_sharing": {"RUN_DIR", "PRUNE_DIR", "DATA_DIR", "BITS_SWEEP", "INIT_BITS", "CONV_BITS", "FC_BITS",
+    "03_weight_sharing": {"RUN_DIR", "PRUNE_DIR", "DATA_DIR", "CLASSES", "ALIASES", "AP50_FLOOR", "BITS_SWEEP", "INIT_BITS", "CONV_BITS", "FC_BITS",
                           "FT_ITER", "FT_LR", "IMS_PER_BATCH", "DEVICE", "SEED", "NUM_THREADS"},
-    "04_evaluate": {"RUN_DIR", "DATA_DIR", "LATENCY_RUNS", "LATENCY_WARMUP", "NUM_THREADS", "N_SHOW"},
+    "04_evaluate": {"RUN_DIR", "DATA_DIR", "CLASSES", "ALIASES", "AP50_FLOOR", "LATENCY_RUNS", "LATENCY_WARMUP", "NUM_THREADS", "N_SHOW"},
 }
 
 

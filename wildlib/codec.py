@@ -2,12 +2,15 @@
 entropy coding; a JSON header with shapes, dtypes and a SHA-256 checksum.  No pickle anywhere:
 loading a file parses JSON and numbers, it never executes code.
 
-Layout (format version 2)::
+Layout (format version 3)::
 
-    b"WLC2"                      magic
+    b"WLC3"                      magic
     uint32 little-endian         length of the compressed header
-    zlib(JSON header)            {"version", "sha256", "streams": {...}, "tensors": [...]}
+    zlib(JSON header)            {"version", "streams": {...}, "tensors": [...]}
     payload                      the streams, back to back
+    32 bytes                     SHA-256 of everything before it (magic, header and payload)
+
+Version 2 files (``WLC2``: a ``sha256`` of the payload alone inside the header) are still read.
 
 The data of all tensors is gathered by kind into a few **streams**, so that each is entropy-coded
 as one long sequence with one set of statistics (and one coder header):
@@ -24,8 +27,14 @@ as one long sequence with one set of statistics (and one coder header):
 Each tensor in the header names its ``encoding`` and, per stream it uses, the ``[start, length]``
 of its bytes in that stream once decoded.  Each stream records its offset and length in the
 payload, its decoded length and the standard-library coder (``zlib``, ``bz2``, ``lzma``) that gave
-the fewest bytes for it (or ``raw``).  The checksum covers the payload; a truncated or corrupted
-file raises :class:`CodecError`.
+the fewest bytes for it (or ``raw``).  The checksum covers the header and the payload.
+
+Reading an untrusted file is bounded: the checksum is verified first; the header is checked
+against a schema (types, non-negative integers, real numeric dtypes, unique names, every slice
+inside its stream, sizes that agree with the shapes) **before anything is allocated**; the
+number of elements is capped, relative to the file's size and absolutely; every stream is
+decompressed with an output limit, and only streams that some tensor uses are decoded.  Every
+failure is a :class:`CodecError` that names the file and the problem.
 """
 
 from __future__ import annotations
@@ -43,18 +52,41 @@ import torch
 
 from .io import atomic_write
 
-MAGIC = b"WLC2"
-VERSION = 2
+MAGIC = b"WLC3"
+VERSION = 3
+READABLE = {b"WLC2": 2, b"WLC3": 3}  # magic -> version this reader accepts
+DIGEST = 32  # bytes of the trailing SHA-256 (version 3)
+# Caps on what a file may make the reader allocate: elements in all tensors together, relative
+# to the file's size (a 99%-sparse, 2-bit model stays far below it) and absolutely (1 GiB of fp32).
+MAX_ELEMENTS_PER_BYTE = 1000
+MAX_ELEMENTS = 1 << 28
+DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+ENCODINGS = {"shared": ("gaps", "codes", "codebook"), "int8": ("values", "scales"), "dense": ("values",)}
 CODERS = {
-    "raw": (lambda b: b, lambda b: b),
-    "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
-    "bz2": (lambda b: bz2.compress(b, 9), bz2.decompress),
-    "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+    "raw": (lambda b: b, None),
+    "zlib": (lambda b: zlib.compress(b, 9), zlib.decompressobj),
+    "bz2": (lambda b: bz2.compress(b, 9), bz2.BZ2Decompressor),
+    "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.LZMADecompressor),
 }
 
 
 class CodecError(ValueError):
     pass
+
+
+def _decompress(coder: str, blob: bytes, limit: int) -> bytes:
+    """Decompress ``blob`` producing at most ``limit`` bytes; raises if there would be more."""
+    if coder == "raw":
+        return blob
+    d = CODERS[coder][1]()  # all three decompressors take a max_length and report eof
+    out = d.decompress(blob, limit + 1)
+    if len(out) > limit:
+        raise ValueError(f"decodes to more than the {limit} bytes its header declares")
+    if not d.eof:
+        raise ValueError("compressed data ends early")
+    if d.unused_data:
+        raise ValueError("trailing bytes after the compressed data")
+    return out
 
 
 def _best(data: bytes) -> tuple[str, bytes]:
@@ -82,13 +114,13 @@ def gaps_encode(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def gaps_decode(gaps: np.ndarray, size: int) -> np.ndarray:
+def gaps_decode(gaps: np.ndarray, size: int, where: str = "gaps") -> np.ndarray:
     g = gaps.astype(np.int64)
     step = np.where(g == 0, 255, g)
     pos = np.cumsum(step) - 1
     pos = pos[g != 0]
     if pos.size and pos[-1] >= size:
-        raise CodecError(f"position {pos[-1]} outside a tensor of {size} entries")
+        raise CodecError(f"{where}: position {pos[-1]} outside a tensor of {size} entries")
     mask = np.zeros(size, bool)
     mask[pos] = True
     return mask
@@ -153,9 +185,10 @@ def encode(state: dict[str, torch.Tensor], shared: dict | None = None, int8: dic
             info.update(encoding="dense", values=st.add(f"dense.{arr.dtype}", _le(arr)))
         tensors.append(info)
     streams, payload = st.pack()
-    header = zlib.compress(json.dumps({"version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
-                                       "streams": streams, "tensors": tensors}, separators=(",", ":")).encode(), 9)
-    return MAGIC + struct.pack("<I", len(header)) + header + payload
+    header = zlib.compress(json.dumps({"version": VERSION, "streams": streams, "tensors": tensors},
+                                      separators=(",", ":")).encode(), 9)
+    body = MAGIC + struct.pack("<I", len(header)) + header + payload
+    return body + hashlib.sha256(body).digest()
 
 
 def _stream_of(t: dict, key: str) -> str:
@@ -165,54 +198,131 @@ def _stream_of(t: dict, key: str) -> str:
     return "codebooks" if key == "codebook" else key
 
 
-def _stream(payload: bytes, name: str, entry: dict, where: str) -> bytes:
-    end = entry["offset"] + entry["length"]
-    if end > len(payload):
-        raise CodecError(f"{where}: stream {name!r} ends at byte {end}, beyond the payload ({len(payload)} bytes): "
-                         "file truncated")
-    blob = payload[entry["offset"] : end]
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def read_header(blob: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
+    """(header, payload) of a ``.wlc`` file's bytes: magic, checksum, then the header's schema
+    (:func:`check_header`), all before any tensor is allocated."""
+    version = READABLE.get(blob[:4])
+    if len(blob) < 8 or version is None:
+        hint = ""
+        if blob[:3] == b"WLC" and blob[3:4].isdigit():
+            hint = (f" (format version {blob[3:4].decode()}: this reader knows "
+                    f"{', '.join(str(v) for v in READABLE.values())}; re-run stage 03 to rewrite it)")
+        raise CodecError(f"{source}: not a wildlib compressed model (bad magic){hint}")
+    (hlen,) = struct.unpack("<I", blob[4:8])
+    end = len(blob) - (DIGEST if version >= 3 else 0)
+    if 8 + hlen > end:
+        raise CodecError(f"{source}: header claims {hlen} bytes but the file has {max(0, end - 8)}: file truncated")
+    if version >= 3 and hashlib.sha256(blob[:end]).digest() != blob[end:]:
+        raise CodecError(f"{source}: checksum mismatch: the file is truncated or corrupted")
     try:
-        data = CODERS[entry["coder"]][1](blob)
-    except KeyError:
-        raise CodecError(f"{where}: stream {name!r}: unknown coder {entry['coder']!r}") from None
-    except Exception as exc:  # zlib.error, lzma.LZMAError, OSError from bz2
+        d = zlib.decompressobj()
+        text = d.decompress(blob[8 : 8 + hlen], 64 * hlen + (1 << 16))
+        if not d.eof:
+            raise zlib.error("header larger than it may be, or cut short")
+        header = json.loads(text)
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CodecError(f"{source}: header cannot be read ({exc}): file corrupted") from None
+    payload = blob[8 + hlen : end]
+    if not isinstance(header, dict) or header.get("version") != version:
+        got = header.get("version") if isinstance(header, dict) else type(header).__name__
+        raise CodecError(f"{source}: header version {got!r} does not match the file's magic (version {version})")
+    if version == 2:  # its checksum covers the payload only
+        if not isinstance(header.get("sha256"), str) or hashlib.sha256(payload).hexdigest() != header["sha256"]:
+            raise CodecError(f"{source}: checksum mismatch: the file is truncated or corrupted")
+    check_header(header, len(payload), len(blob), source)
+    return header, payload
+
+
+def check_header(header: dict, payload_len: int, file_len: int, source: str = "<bytes>") -> None:
+    """Schema of a header: every field of the right type and range, every slice inside its
+    stream, sizes that agree with shapes, element counts under the caps."""
+    def bad(msg):
+        raise CodecError(f"{source}: invalid header: {msg}")
+
+    streams, tensors = header.get("streams"), header.get("tensors")
+    if not isinstance(streams, dict) or not isinstance(tensors, list):
+        bad("'streams' must be an object and 'tensors' a list")
+    for name, e in streams.items():
+        if not isinstance(e, dict) or not all(_is_count(e.get(k)) for k in ("offset", "length", "raw_length")):
+            bad(f"stream {name!r}: offset, length and raw_length must be non-negative integers")
+        if e.get("coder") not in CODERS:
+            bad(f"stream {name!r}: unknown coder {e.get('coder')!r}")
+        if e["offset"] + e["length"] > payload_len:
+            bad(f"stream {name!r} ends at byte {e['offset'] + e['length']}, beyond the payload ({payload_len} bytes)")
+        if e["coder"] == "raw" and e["raw_length"] != e["length"]:
+            bad(f"stream {name!r}: raw, but {e['length']} bytes stored for {e['raw_length']}")
+    cap = min(MAX_ELEMENTS, max(1 << 16, MAX_ELEMENTS_PER_BYTE * file_len))
+    names, total = set(), 0
+    for t in tensors:
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            bad("every tensor entry must be an object with a string 'name'")
+        where = f"tensor {t['name']!r}"
+        if t["name"] in names:
+            bad(f"{where} appears twice")
+        names.add(t["name"])
+        shape = t.get("shape")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(n) for n in shape):
+            bad(f"{where}: shape must be a list of at most 8 non-negative integers")
+        if t.get("dtype") not in DTYPES:
+            bad(f"{where}: dtype {t.get('dtype')!r} is not one of {sorted(DTYPES)}")
+        keys = ENCODINGS.get(t.get("encoding"))
+        if keys is None:
+            bad(f"{where}: unknown encoding {t.get('encoding')!r}")
+        size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        total += size
+        if size > cap or total > cap:
+            bad(f"{where}: {total:,} elements in all, more than this file may hold ({cap:,})")
+        for k in keys:
+            sl = t.get(k)
+            if not (isinstance(sl, list) and len(sl) == 2 and all(_is_count(v) for v in sl)):
+                bad(f"{where}: slice {k!r} must be [start, length] of non-negative integers")
+            stream = _stream_of(t, k)
+            if stream not in streams or sl[0] + sl[1] > streams[stream]["raw_length"]:
+                bad(f"{where}: slice {k!r} lies outside stream {stream!r}")
+        itemsize = np.dtype(t["dtype"]).itemsize
+        if t["encoding"] == "dense" and t["values"][1] != size * itemsize:
+            bad(f"{where}: {t['values'][1]} bytes of values for {size} elements of {t['dtype']}")
+        if t["encoding"] == "int8":
+            channels = shape[0] if shape else 1
+            if t["values"][1] != size or t["scales"][1] not in (4, 4 * channels):
+                bad(f"{where}: int8 values or scales do not match the shape {shape}")
+        if t["encoding"] == "shared":
+            bits, nonzero = t.get("bits"), t.get("nonzero")
+            if not (_is_count(bits) and 1 <= bits <= 8) or not _is_count(nonzero) or nonzero > size:
+                bad(f"{where}: bits must be 1-8 and nonzero at most the tensor's size")
+            book = t["codebook"][1]
+            if t["codes"][1] != nonzero or book % 4 or book > 4 * (1 << bits) or t["gaps"][1] > size + size // 255 + 1:
+                bad(f"{where}: codes, codebook or gaps do not match bits={bits}, nonzero={nonzero}")
+    used = {_stream_of(t, k) for t in tensors for k in ENCODINGS[t["encoding"]]}
+    raw = sum(streams[n]["raw_length"] for n in used)
+    if raw > 8 * cap:
+        bad(f"the streams in use decode to {raw:,} bytes, more than this file may hold")
+
+
+def _stream(payload: bytes, name: str, entry: dict, where: str) -> bytes:
+    blob = payload[entry["offset"] : entry["offset"] + entry["length"]]
+    try:
+        data = _decompress(entry["coder"], blob, entry["raw_length"])
+    except Exception as exc:  # zlib.error, lzma.LZMAError, OSError/EOFError from bz2, our ValueError
         raise CodecError(f"{where}: stream {name!r}: cannot decode ({exc})") from None
     if len(data) != entry["raw_length"]:
         raise CodecError(f"{where}: stream {name!r}: decoded {len(data)} bytes, expected {entry['raw_length']}")
     return data
 
 
-def read_header(blob: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
-    """(header, payload) of a ``.wlc`` file's bytes; checks magic, version and sizes."""
-    if len(blob) < 8 or blob[:4] != MAGIC:
-        hint = " (an older .wlc format: re-run stage 03 to rewrite it)" if blob[:3] == MAGIC[:3] else ""
-        raise CodecError(f"{source}: not a wildlib compressed model (bad magic){hint}")
-    (hlen,) = struct.unpack("<I", blob[4:8])
-    if 8 + hlen > len(blob):
-        raise CodecError(f"{source}: header claims {hlen} bytes but the file has {len(blob) - 8}: file truncated")
-    try:
-        header = json.loads(zlib.decompress(blob[8 : 8 + hlen]))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"{source}: header cannot be read ({exc}): file corrupted") from None
-    if header.get("version") != VERSION:
-        raise CodecError(f"{source}: format version {header.get('version')} (this reader knows {VERSION})")
-    return header, blob[8 + hlen :]
-
-
 def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
-    """Parse a ``.wlc`` file's bytes back into a state dict; verifies the checksum first."""
+    """Parse a ``.wlc`` file's bytes back into a state dict (checksum and header checked first)."""
     header, payload = read_header(blob, source)
-    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
-        raise CodecError(f"{source}: checksum mismatch: the file is truncated or corrupted")
-    streams = {n: _stream(payload, n, e, source) for n, e in header["streams"].items()}
+    used = {_stream_of(t, k) for t in header["tensors"] for k in ENCODINGS[t["encoding"]]}
+    streams = {n: _stream(payload, n, e, source) for n, e in header["streams"].items() if n in used}
 
     def part(t, key):
         start, length = t[key]
-        stream = _stream_of(t, key)
-        data = streams.get(stream, b"")
-        if start + length > len(data):
-            raise CodecError(f"{source}: {t['name']}: slice {key} outside stream {stream!r}")
-        return data[start : start + length]
+        return streams[_stream_of(t, key)][start : start + length]
 
     out = {}
     for t in header["tensors"]:
@@ -220,7 +330,7 @@ def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
         size = int(np.prod(shape)) if shape else 1
         where = f"{source}: {name}"
         if t["encoding"] == "shared":
-            mask = gaps_decode(np.frombuffer(part(t, "gaps"), np.uint8), size)
+            mask = gaps_decode(np.frombuffer(part(t, "gaps"), np.uint8), size, where)
             codes = np.frombuffer(part(t, "codes"), np.uint8)
             book = np.frombuffer(part(t, "codebook"), "<f4")
             if codes.size != mask.sum() or (codes.size and codes.max() >= book.size):
@@ -231,17 +341,10 @@ def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
         elif t["encoding"] == "int8":
             q = np.frombuffer(part(t, "values"), np.int8).reshape(shape)
             scale = np.frombuffer(part(t, "scales"), "<f4").astype(np.float32)
-            if q.size != size or scale.size not in (1, shape[0] if shape else 1):
-                raise CodecError(f"{where}: int8 values or scales do not match the shape {shape}")
             arr = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1) if scale.size > 1 else ())
-        elif t["encoding"] == "dense":
-            dtype = np.dtype(t["dtype"])
-            arr = np.frombuffer(part(t, "values"), dtype.newbyteorder("<"))
-            if arr.size != size:
-                raise CodecError(f"{where}: {arr.size} values for the shape {shape}")
-            arr = arr.astype(dtype).reshape(shape)
         else:
-            raise CodecError(f"{where}: unknown encoding {t['encoding']!r}")
+            dtype = np.dtype(t["dtype"])
+            arr = np.frombuffer(part(t, "values"), dtype.newbyteorder("<")).astype(dtype).reshape(shape)
         out[name] = torch.from_numpy(np.array(arr))
     return out
 
@@ -251,9 +354,17 @@ def save(path, state, shared=None, int8=None) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
 
 
-def load(path) -> dict[str, torch.Tensor]:
+def load(path, max_bytes: int = 1 << 31) -> dict[str, torch.Tensor]:
+    """Read and decode a ``.wlc`` file (at most ``max_bytes`` of it)."""
     path = Path(path)
-    return decode(path.read_bytes(), str(path))
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise CodecError(f"{path}: {size:,} bytes, more than the {max_bytes:,} a .wlc file may have")
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise CodecError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return decode(blob, str(path))
 
 
 def param_key(layer_name: str) -> str:

@@ -8,6 +8,10 @@ from typing import Mapping, Sequence
 CONFIG_DIR = Path(__file__).with_name("configs")
 
 
+class ConfigError(ValueError):
+    pass
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
@@ -21,6 +25,8 @@ def add_wildlib_config(cfg) -> None:
         cfg.MODEL.MOBILENET.PRETRAINED = "imagenet"
         cfg.MODEL.MOBILENET.NORM = "FrozenBN"
         cfg.MODEL.MOBILENET.OUT_FEATURES = ["m2", "m3", "m4", "m5"]
+    if "TILE" not in cfg.INPUT:
+        cfg.INPUT.TILE = []  # [size, overlap]: train on tiles, detect slice by slice (wildlib.tiles)
     if "CHANNELS_LAST" not in cfg.MODEL:
         # NHWC weights and activations: oneDNN's CPU convolutions (MobileNet's depthwise ones
         # above all) run faster so; measured in notebook 01, "Where the time goes"
@@ -42,6 +48,14 @@ def _as_list(overrides) -> list:
     raise TypeError(f"overrides must be a dict or a KEY VALUE list, not {type(overrides).__name__}")
 
 
+def input_geometry(cfg) -> dict:
+    """What the data checks of notebook 00 compare the data with: test-time input size, the
+    smallest anchor, the detections kept per image."""
+    return {"min_size_test": int(cfg.INPUT.MIN_SIZE_TEST), "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
+            "smallest_anchor": float(min(min(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES)),
+            "detections_per_image": int(cfg.TEST.DETECTIONS_PER_IMAGE)}
+
+
 def get_config(name_or_path: str = "mobilenet_fpn_cpu", overrides=None, freeze: bool = True):
     """``get_cfg()`` + our keys + a named config (or a YAML path) + ``overrides``, frozen."""
     from detectron2.config import get_cfg
@@ -51,9 +65,14 @@ def get_config(name_or_path: str = "mobilenet_fpn_cpu", overrides=None, freeze: 
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such config (named configs: {', '.join(available())})")
+    import yaml
+
     cfg = get_cfg()
     add_wildlib_config(cfg)
-    cfg.merge_from_file(str(path))
+    try:  # safe YAML only: a !!python tag in a config file is refused, never run
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except (yaml.YAMLError, KeyError, ValueError, TypeError, AssertionError) as exc:
+        raise ConfigError(f"{path}: not a valid config ({type(exc).__name__}: {exc})") from None
     cfg.merge_from_list(_as_list(overrides))
     if freeze:
         cfg.freeze()

@@ -17,8 +17,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
-from xml.etree import ElementTree as ET
+from xml.etree.ElementTree import ParseError
 
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import parse as parse_xml  # no entity expansion, no external entities
 from PIL import Image
 
 from .classes import ALIASES, CLASSES
@@ -48,10 +50,41 @@ class Problems:
         self.items.append({"file": str(path), "problem": problem, "action": action})
 
 
+def class_list(classes: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The class list a run uses: ``classes`` as given (names kept as written), or the paper's
+    13 wildlife classes when empty.  Names must be non-empty and distinct ignoring case."""
+    if not classes:
+        return CLASSES
+    if isinstance(classes, str) or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise DatasetError(f"CLASSES must be a list of class names, not {classes!r}")
+    names = tuple(c.strip() for c in classes)
+    folded = [c.lower() for c in names]
+    dup = sorted({c for c in folded if folded.count(c) > 1})
+    if dup:
+        raise DatasetError(f"CLASSES names {dup} more than once (names are matched ignoring case)")
+    return names
+
+
+def alias_map(aliases: dict | None, classes: Sequence[str] = CLASSES) -> dict[str, str]:
+    """Label spellings -> class names, keys lower-cased: ``aliases``, plus the authors' own
+    spelling (``hyna`` -> ``hyena``) when the classes are the paper's."""
+    aliases = {**(ALIASES if tuple(classes) == CLASSES else {}), **(aliases or {})}
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise DatasetError(f"ALIASES must map label spellings to class names, not {aliases!r}")
+    known = {c.lower() for c in classes}
+    unknown = sorted(v for v in aliases.values() if v.strip().lower() not in known)
+    if unknown:
+        raise DatasetError(f"ALIASES point to {unknown}, which are not in the class list ({', '.join(classes)})")
+    return {k.strip().lower(): v.strip() for k, v in aliases.items()}
+
+
 def canonical_name(name: str, classes: Sequence[str], aliases: dict | None = None) -> str | None:
+    """The class (as written in ``classes``) that a label names, matched ignoring case and
+    through ``aliases``; None if it names none."""
+    lookup = {c.lower(): c for c in classes}
     n = name.strip().lower()
-    n = (aliases if aliases is not None else ALIASES).get(n, n)
-    return n if n in classes else None
+    n = alias_map(aliases, classes).get(n, n).lower()
+    return lookup.get(n)
 
 
 def _int(node, tag, path) -> int:
@@ -60,8 +93,20 @@ def _int(node, tag, path) -> int:
         raise DatasetError(f"{path}: missing <{tag}>")
     try:
         return int(round(float(el.text)))
-    except ValueError:
-        raise DatasetError(f"{path}: <{tag}> is not a number: {el.text!r}") from None
+    except (ValueError, OverflowError):  # "abc", "nan", "inf", "1e400"
+        raise DatasetError(f"{path}: <{tag}> is not a finite number: {el.text[:40]!r}") from None
+
+
+def normalize_id(image_id: str, split_file) -> str:
+    """A split file's id as a path relative to the dataset folder (``./a`` is ``a``); ids that
+    are absolute or climb out of the folder (``../x``) are refused."""
+    import posixpath
+
+    raw = image_id.replace("\\", "/")
+    norm = posixpath.normpath(raw)
+    if raw.startswith("/") or norm == ".." or norm.startswith("../") or "\0" in raw or norm in (".", ""):
+        raise DatasetError(f"{split_file}: id {image_id!r} points outside the dataset folder")
+    return norm
 
 
 def parse_voc(xml_path, classes: Sequence[str] = CLASSES, problems: Problems | None = None,
@@ -74,11 +119,15 @@ def parse_voc(xml_path, classes: Sequence[str] = CLASSES, problems: Problems | N
     problems = problems or Problems()
     xml_path = Path(xml_path)
     try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as exc:
+        root = parse_xml(xml_path, forbid_dtd=True).getroot()
+    except ParseError as exc:
         raise DatasetError(f"{xml_path}: malformed XML ({exc})") from None
+    except DefusedXmlException as exc:
+        raise DatasetError(f"{xml_path}: XML with a DTD or entities is refused ({type(exc).__name__})") from None
     except FileNotFoundError:
         raise DatasetError(f"{xml_path}: annotation file not found") from None
+    except (OSError, ValueError) as exc:  # a folder, unreadable, bad encoding declaration
+        raise DatasetError(f"{xml_path}: cannot be read ({exc})") from None
     size = root.find("size")
     if size is None:
         raise DatasetError(f"{xml_path}: missing <size>")
@@ -97,8 +146,12 @@ def parse_voc(xml_path, classes: Sequence[str] = CLASSES, problems: Problems | N
         if bb is None:
             problems.add(xml_path, f"object {k} ({raw}): missing <bndbox>", "object dropped")
             continue
-        xmin, ymin = _int(bb, "xmin", xml_path), _int(bb, "ymin", xml_path)
-        xmax, ymax = _int(bb, "xmax", xml_path), _int(bb, "ymax", xml_path)
+        try:
+            xmin, ymin = _int(bb, "xmin", xml_path), _int(bb, "ymin", xml_path)
+            xmax, ymax = _int(bb, "xmax", xml_path), _int(bb, "ymax", xml_path)
+        except DatasetError as exc:
+            problems.add(xml_path, f"object {k} ({raw}): {str(exc).split(': ', 1)[-1]}", "object dropped")
+            continue
         x0, y0, x1, y1 = xmin - 1, ymin - 1, xmax, ymax
         if x1 <= x0 or y1 <= y0:
             problems.add(xml_path, f"object {k} ({raw}): box ({xmin},{ymin},{xmax},{ymax}) has zero area", "object dropped")
@@ -115,11 +168,20 @@ def parse_voc(xml_path, classes: Sequence[str] = CLASSES, problems: Problems | N
     return {"width": width, "height": height, "filename": fn, "objects": objects}
 
 
-def read_split(root, split: str) -> list[str]:
+def read_split(root, split: str, max_bytes: int = 64 << 20) -> list[str]:
+    """The ids of a split file, normalised (:func:`normalize_id`); each at most once."""
     path = Path(root) / f"{split}.txt"
-    if not path.exists():
-        raise DatasetError(f"{path}: split file not found")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        if path.stat().st_size > max_bytes:
+            raise DatasetError(f"{path}: split file larger than {max_bytes:,} bytes")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: split file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    ids = [normalize_id(line.strip(), path) for line in text.splitlines() if line.strip()]
     if not ids:
         raise DatasetError(f"{path}: split file is empty")
     seen: set[str] = set()
@@ -143,17 +205,25 @@ def load_split(root, split: str, classes: Sequence[str] = CLASSES, on_error: str
     for image_id, name in enumerate(read_split(root, split)):
         xml_path = root / "annotations" / f"{name}.xml"
         img_path = root / "images" / f"{name}.jpg"
+        if not xml_path.is_file() and xml_path.exists():
+            problems.add(xml_path, f"annotation for id {name!r} is not a file", "image dropped")
+            continue
         if not xml_path.exists():
             problems.add(xml_path, f"annotation for id {name!r} (listed in {split}.txt) not found", "image dropped")
             continue
         if not img_path.exists():
             problems.add(img_path, f"image for id {name!r} not found", "image dropped")
             continue
-        ann = parse_voc(xml_path, classes, problems, aliases)
+        try:
+            ann = parse_voc(xml_path, classes, problems, aliases)
+        except DatasetError as exc:  # the whole file is unusable: drop its image (or stop)
+            problems.add(xml_path, str(exc).split(": ", 1)[-1], "image dropped")
+            continue
         if check_images:
             try:
                 with Image.open(img_path) as im:
                     w, h = im.size
+                    im.load()  # decode it all: a truncated file fails here, not in training
             except Exception as exc:  # PIL raises several types for broken files
                 problems.add(img_path, f"cannot be read as an image ({exc})", "image dropped")
                 continue
@@ -176,27 +246,36 @@ def load_split(root, split: str, classes: Sequence[str] = CLASSES, on_error: str
             ],
         })
     if problems.items:
-        report = Path(report_path) if report_path else root / f"problems_{split}.json"
-        write_json(report, {"split": split, "root": str(root), "problems": problems.items})
-        warnings.warn(f"{root}/{split}.txt: {len(problems.items)} problem(s) found, see {report}", stacklevel=2)
+        first = "; ".join(f"{Path(p['file']).name}: {p['problem']}" for p in problems.items[:3])
+        where = ""
+        if report_path:  # never written into the data folder unless asked
+            write_json(report_path, {"split": split, "root": str(root), "problems": problems.items})
+            where = f", all listed in {report_path}"
+        warnings.warn(f"{root}/{split}.txt: {len(problems.items)} problem(s) found ({first}){where}", stacklevel=2)
     return records
 
 
 def register(root, classes: Sequence[str] = CLASSES, prefix: str = "wild", splits: Iterable[str] = SPLITS,
-             on_error: str = "raise", coco_dir=None) -> dict[str, str]:
+             on_error: str = "raise", coco_dir=None, aliases: dict | None = None) -> dict[str, str]:
     """Register ``<prefix>_<split>`` in Detectron2's catalogs (replacing earlier registrations).
 
     Each split is loaded once here (so bad data fails now, not inside a data-loader worker) and
-    exported as COCO JSON next to the data (or in ``coco_dir``), which COCOEvaluator then uses.
+    exported as COCO JSON into ``coco_dir`` (the notebooks give a folder under ``RUN_DIR``; by
+    default a fresh temporary folder: nothing is written into the data folder), which
+    COCOEvaluator then uses.
     """
+    import tempfile
+
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     root = Path(root).expanduser().resolve()
-    coco_dir = Path(coco_dir) if coco_dir else root / "coco"
+    classes = class_list(classes)
+    coco_dir = Path(coco_dir) if coco_dir else Path(tempfile.mkdtemp(prefix="wildlib-coco-"))
+    loaded = {split: load_split(root, split, classes, on_error=on_error, aliases=aliases) for split in splits}
+    check_disjoint(root, loaded, on_error)
     names = {}
-    for split in splits:
+    for split, records in loaded.items():
         name = f"{prefix}_{split}"
-        records = load_split(root, split, classes, on_error=on_error)
         json_file = coco_dir / f"{split}.json"
         write_json(json_file, to_coco(records, classes))
         if name in DatasetCatalog.list():
@@ -207,6 +286,24 @@ def register(root, classes: Sequence[str] = CLASSES, prefix: str = "wild", split
                                       evaluator_type="coco", dirname=str(root), split=split)
         names[split] = name
     return names
+
+
+def check_disjoint(root, records_by_split: dict[str, list[dict]], on_error: str = "raise") -> None:
+    """No image may be in two splits (validation on training images measures nothing).  Under
+    ``on_error="warn"`` the later split's copy is dropped (in place) with a warning."""
+    first: dict[str, str] = {}
+    for split, records in records_by_split.items():
+        keep = []
+        for r in records:
+            other = first.setdefault(r["voc_id"], split)
+            if other == split:
+                keep.append(r)
+                continue
+            msg = f"{Path(root) / f'{split}.txt'}: id {r['voc_id']!r} is also listed in {other}.txt"
+            if on_error == "raise":
+                raise DatasetError(msg)
+            warnings.warn(msg + "; dropped from " + split, stacklevel=3)
+        records[:] = keep
 
 
 def to_coco(records: list[dict], classes: Sequence[str] = CLASSES) -> dict:
@@ -258,7 +355,8 @@ def class_counts(records_by_split: dict[str, list[dict]], classes: Sequence[str]
             for a in r["annotations"]:
                 table.loc[classes[a["category_id"]], split] += 1
     table["total"] = table.sum(axis=1)
-    table["paper"] = [PAPER_COUNTS.get(c) for c in classes]
+    if tuple(classes) == tuple(PAPER_COUNTS):  # the paper's table only beside the paper's classes
+        table["paper"] = [PAPER_COUNTS[c] for c in classes]
     return table
 
 
@@ -294,3 +392,108 @@ def resolve_data_dir(data_dir: str = "", synth_seed: int = 0, synth_scale: float
     if cfg != synth.SynthConfig():
         name += f"_s{cfg.seed}_x{cfg.scale:g}_d{cfg.difficulty:g}"
     return synth.ensure(project_root() / "data" / name, cfg)
+
+
+def input_scale(height: int, width: int, min_size: int, max_size: int) -> float:
+    """The factor Detectron2's ``ResizeShortestEdge`` scales an image by at test time."""
+    scale = min_size / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return scale
+
+
+def dataset_warnings(records_by_split: dict[str, list[dict]], classes: Sequence[str], *, min_size_test: int,
+                     max_size_test: int, smallest_anchor: float, detections_per_image: int,
+                     coco_max_dets: int = 100) -> list[dict]:
+    """What could make training or evaluation on this data fail quietly, each as
+    ``{"check", "message", ...numbers}``.  Introduced in notebook 00, "Checks"."""
+    import numpy as np
+
+    out = []
+    counts = {s: np.zeros(len(classes), int) for s in records_by_split}
+    for s, recs in records_by_split.items():
+        for r in recs:
+            for a in r["annotations"]:
+                counts[s][a["category_id"]] += 1
+    for s, c in counts.items():
+        missing = [classes[i] for i in np.flatnonzero(c == 0)]
+        if missing:
+            effect = "the model never learns them" if s == "train" else "their AP cannot be measured"
+            out.append({"check": f"classes_missing_in_{s}", "classes": missing,
+                        "message": f"no {s} instance of {missing}: {effect}"})
+    both = sorted(split_overlap(records_by_split))
+    if both:
+        out.append({"check": "ids_in_both_splits", "ids": both[:20], "count": len(both),
+                    "message": f"{len(both)} image(s) in more than one split, e.g. {both[:3]}"})
+    sizes, big, per_image = [], [], []
+    for recs in records_by_split.values():
+        for r in recs:
+            k = input_scale(r["height"], r["width"], min_size_test, max_size_test)
+            big.append(1 / k)
+            per_image.append(len(r["annotations"]))
+            sizes += [k * ((a["bbox"][2] - a["bbox"][0]) * (a["bbox"][3] - a["bbox"][1])) ** 0.5 for a in r["annotations"]]
+    if sizes:
+        sizes = np.asarray(sizes)
+        below = float((sizes < smallest_anchor / 2).mean())
+        if below > 0.1 or np.median(sizes) < smallest_anchor:
+            out.append({"check": "objects_below_smallest_anchor", "median_px": float(np.median(sizes)),
+                        "share_below_half_anchor": below, "smallest_anchor": smallest_anchor,
+                        "message": f"at the model's input scale the median object is {np.median(sizes):.1f} px and "
+                                   f"{below:.0%} are under half the smallest anchor ({smallest_anchor:g} px): "
+                                   "raise the input size, use smaller anchors, or tile the images"})
+    if per_image and max(per_image) > min(detections_per_image, coco_max_dets):
+        cap = min(detections_per_image, coco_max_dets)
+        out.append({"check": "boxes_per_image_over_cap", "max_boxes": int(max(per_image)), "cap": cap,
+                    "message": f"an image has {max(per_image)} boxes but at most {cap} detections per image are kept "
+                               f"(model and COCO evaluation): recall there is at most {cap / max(per_image):.0%}"})
+    if big and max(big) > 2:
+        out.append({"check": "images_much_larger_than_input", "max_downscale": float(max(big)),
+                    "message": f"images are shrunk up to {max(big):.1f}x to the {min_size_test}-{max_size_test} px "
+                               "input: small objects may vanish; raise the input size or tile the images"})
+    return out
+
+
+def suggested_settings(records_by_split: dict[str, list[dict]], cfg) -> dict:
+    """Detectron2 settings this data needs, where the config's defaults would not do:
+    ``{"overrides": {key: value}, "reasons": [...]}``.  Empty for data the defaults fit (the
+    embedded set).  Introduced in notebook 00, "Checks"; applied by notebook 01.
+
+    * more boxes in an image than detections kept -> ``TEST.DETECTIONS_PER_IMAGE`` above it;
+    * median object under the smallest anchor at the input scale -> a larger input (train and
+      test sizes scaled alike, up to an 800-pixel short side);
+    * still over 10% of objects under half the smallest anchor -> anchors halved."""
+    import math
+
+    import numpy as np
+
+    recs = [r for rs in records_by_split.values() for r in rs]
+    over, reasons = {}, []
+    if not recs:
+        return {"overrides": over, "reasons": reasons}
+    max_boxes = max(len(r["annotations"]) for r in recs)
+    if max_boxes > cfg.TEST.DETECTIONS_PER_IMAGE:
+        over["TEST.DETECTIONS_PER_IMAGE"] = int(50 * math.ceil(1.2 * max_boxes / 50))
+        reasons.append(f"up to {max_boxes} boxes in an image: keep {over['TEST.DETECTIONS_PER_IMAGE']} detections")
+    anchor = float(min(min(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES))
+
+    def sizes_at(min_size, max_size):
+        return np.asarray([input_scale(r["height"], r["width"], min_size, max_size)
+                           * ((a["bbox"][2] - a["bbox"][0]) * (a["bbox"][3] - a["bbox"][1])) ** 0.5
+                           for r in recs for a in r["annotations"]])
+
+    lo, hi = int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
+    sizes = sizes_at(lo, hi)
+    if sizes.size and np.median(sizes) < anchor:
+        factor = min(anchor / float(np.median(sizes)), 800 / lo)
+        new_lo, new_hi = 32 * round(lo * factor / 32), 32 * round(hi * factor / 32)
+        if new_lo > lo:
+            over.update({"INPUT.MIN_SIZE_TEST": new_lo, "INPUT.MAX_SIZE_TEST": new_hi,
+                         "INPUT.MIN_SIZE_TRAIN": [32 * round(s * new_lo / lo / 32) for s in cfg.INPUT.MIN_SIZE_TRAIN],
+                         "INPUT.MAX_SIZE_TRAIN": 32 * round(cfg.INPUT.MAX_SIZE_TRAIN * new_lo / lo / 32)})
+            reasons.append(f"median object {np.median(sizes):.1f} px at the {lo}-{hi} px input, under the smallest "
+                           f"anchor ({anchor:g} px): input {new_lo}-{new_hi} px")
+            sizes = sizes_at(new_lo, new_hi)
+    if sizes.size and (sizes < anchor / 2).mean() > 0.1:
+        over["MODEL.ANCHOR_GENERATOR.SIZES"] = [[s / 2 for s in level] for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+        reasons.append(f"{(sizes < anchor / 2).mean():.0%} of objects under half the smallest anchor: anchors halved")
+    return {"overrides": over, "reasons": reasons}

@@ -58,15 +58,18 @@ def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: b
 
     counter = DetectionCounter()
     evaluator = DatasetEvaluators([
-        COCOEvaluator(dataset_name, tasks=("bbox",), distributed=False,
+        COCOEvaluator(dataset_name, tasks=("bbox",), distributed=False, max_dets_per_image=max_dets(cfg),
                       output_dir=str(output_dir) if output_dir else None, use_fast_impl=False),
         counter,
     ])
-    loader = build_detection_test_loader(cfg, dataset_name)
+    from . import tiles
+
+    tile = tiles.tile_setting(cfg)
+    loader = tiles.test_loader(cfg, dataset_name) if tile else build_detection_test_loader(cfg, dataset_name)
     was_training = model.training
     model.eval()
-    with quiet_logs(quiet):
-        results = inference_on_dataset(model, loader, evaluator)
+    with quiet_logs(quiet):  # a tiled model is evaluated tile by tile, on the original images
+        results = inference_on_dataset(tiles.SlicedDetector(model, cfg, *tile) if tile else model, loader, evaluator)
     model.train(was_training)
     bbox = dict(results.get("bbox", {})) if results else {}
     classes = MetadataCatalog.get(dataset_name).thing_classes
@@ -78,6 +81,13 @@ def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: b
         out.update({k: 0.0 for k in out if k in ("AP", "AP50", "AP75") or k.startswith("AP-")})
     out["num_detections"] = counter.count
     return out
+
+
+def max_dets(cfg) -> int | None:
+    """COCO evaluation's detections per image: its standard 100, or more when the model keeps
+    more (``TEST.DETECTIONS_PER_IMAGE``, raised for crowded images)."""
+    n = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    return n if n > 100 else None
 
 
 class DetectionCounter:

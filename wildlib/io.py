@@ -6,29 +6,53 @@ import json
 import math
 import os
 import platform
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` then rename onto ``path``: readers never see a half file,
-    and a failure leaves any previous file untouched."""
+    """Call ``writer(tmp_path)``, flush it to disk, then rename onto ``path``: readers never see
+    a half file, a failure leaves any previous file untouched, and after a crash either the old
+    or the new file is there.  The temporary file is created with the usual permissions (0666
+    less the process's umask, applied by the kernel: no umask is changed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        writer(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        writer(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_csv(path, table, **kwargs) -> Path:
+    """A pandas table as CSV, written atomically."""
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, **kwargs))
 
 
 def write_text(path, text: str) -> Path:

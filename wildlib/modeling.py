@@ -12,9 +12,12 @@ import importlib.util
 import os
 from pathlib import Path
 
+import pickle
+
 import torch
 from torch import nn
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
@@ -167,15 +170,66 @@ def resolve_weights(spec: str, local: str | os.PathLike | None = None) -> str:
     return spec
 
 
+# What a Detectron2 model-zoo / Caffe2 ``.pkl`` checkpoint may contain: dicts of numpy arrays.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds numpy arrays, dicts, lists, numbers and strings, and nothing
+    else: a crafted file cannot make it call anything."""
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a weights file may only hold arrays")
+
+
+def read_pickled_weights(path) -> dict:
+    """A ``.pkl`` weights file (Detectron2's model zoo, Caffe2) read with :class:`_ArraysOnly`."""
+    try:
+        with open(path, "rb") as fh:
+            data = _ArraysOnly(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError) as exc:
+        raise WeightsError(f"{path}: not a weights file that can be loaded safely ({exc})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: a .pkl weights file must hold a dict, not {type(data).__name__}")
+    return data
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, loading without running code from the file: ``.pkl`` through
+    :func:`read_pickled_weights`, everything else through ``torch.load(weights_only=True)``."""
+
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            data = read_pickled_weights(filename)
+            if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+                return data
+            data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
+            return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
+                    "__author__": "Caffe2", "matching_heuristics": True}
+        try:
+            loaded = torch.load(filename, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+            raise WeightsError(f"{filename}: not a weights file that can be loaded safely ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise WeightsError(f"{filename}: a checkpoint must hold a dict, not {type(loaded).__name__}")
+        return loaded if "model" in loaded else {"model": loaded}
+
+
 def build_model(cfg, weights: str | None = None, eval_mode: bool = True):
     """Build the model of ``cfg`` and load ``weights`` (default: ``cfg.MODEL.WEIGHTS``)."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model as d2_build
 
     model = with_memory_format(d2_build(cfg), cfg)
     w = cfg.MODEL.WEIGHTS if weights is None else weights
     if w:
-        DetectionCheckpointer(model).load(str(w))
+        SafeCheckpointer(model).load(str(w))
     return model.eval() if eval_mode else model
 
 

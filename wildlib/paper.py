@@ -13,6 +13,13 @@ ONE_SHOT_AP50 = {
 }
 
 
+def applies(classes) -> bool:
+    """The paper's numbers are a reference only for its own 13 classes."""
+    from .classes import CLASSES
+
+    return tuple(classes) == CLASSES
+
+
 def table():
     import pandas as pd
 

@@ -53,10 +53,14 @@ def sample_grid(records, names=CLASSES, n=8, cols=4, seed=0):
 
 
 def counts_vs_paper(table):
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    """Instances per class; beside the paper's table when ``table`` has its column."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(table)), 3.5))
     x = np.arange(len(table))
-    ax.bar(x - 0.2, table["total"], 0.4, label="this dataset")
-    ax.bar(x + 0.2, table["paper"], 0.4, label="paper's table")
+    paper = "paper" in table
+    w = 0.4 if paper else 0.8
+    ax.bar(x - (0.2 if paper else 0), table["total"], w, label="this dataset")
+    if paper:
+        ax.bar(x + 0.2, table["paper"], w, label="paper's table")
     ax.set_xticks(x, table.index, rotation=45, ha="right")
     ax.set_ylabel("instances")
     ax.legend()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .io import project_root, resolve
+from .io import project_root, resolve, write_text
 
 PATH_PARAMS_SUFFIX = "_DIR"  # parameters whose name ends so are paths, made absolute
 
@@ -57,11 +57,29 @@ def parameters_of(nb_path) -> dict:
     return params
 
 
+RESERVED = {"RUN_DIR": "--run-dir"}  # parameters the runner sets itself
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
 def check_parameters(nb_path, given: dict) -> None:
+    """Names against the notebook's ``parameters`` cell, and each value's type against the
+    literal there (an int may stand for a float; a bool only for a bool)."""
     known = parameters_of(nb_path)
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ParameterError(f"{nb_path}: unknown parameter(s) {unknown}; this notebook takes {sorted(known)}")
+    for k, v in given.items():
+        want, got = _kind(known[k]), _kind(v)
+        if want != got or (isinstance(known[k], int) and not isinstance(known[k], bool) and isinstance(v, float)
+                           and not float(v).is_integer()):
+            raise ParameterError(f"{nb_path}: parameter {k} takes a {want} like {known[k]!r}, not {v!r}")
 
 
 def absolutize(params: dict, base: Path | None = None) -> dict:
@@ -81,7 +99,7 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     check_parameters(nb_path, params)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     param_file = out_path.with_suffix(".params.yaml")
-    param_file.write_text(yaml.safe_dump(params))
+    write_text(param_file, yaml.safe_dump(params))
     cmd = [sys.executable, "-m", "papermill", str(nb_path), str(out_path), "-f", str(param_file),
            "-k", "python3", "--cwd", str(cwd or nb_path.parent), "--log-output", "--no-progress-bar"]
     t0 = time.perf_counter()
@@ -113,15 +131,18 @@ def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 
     """Run the notebooks in order.  ``overrides`` go to every notebook that declares them."""
     run_dir = resolve(run_dir)  # relative to the project root, as the notebooks resolve it
     overrides = dict(overrides or {})
-    notebooks = list_notebooks()
-    if only:
-        notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in only)]
-    if not notebooks:
-        raise SystemExit(f"no notebooks selected in {notebook_dir()} (only={only})")
+    if timeout <= 0:
+        raise ParameterError(f"the timeout must be positive, not {timeout}")
+    for k, flag in RESERVED.items():
+        if k in overrides:
+            raise ParameterError(f"{k} is set by the runner: use {flag}, not -p {k}")
+    notebooks = select(list_notebooks(), only)
     declared = {p: parameters_of(p) for p in notebooks}
     stray = set(overrides) - set().union(*[set(v) for v in declared.values()])
     if stray:
         raise ParameterError(f"no selected notebook takes parameter(s) {sorted(stray)}")
+    for nb in notebooks:  # every value's type, before the first notebook starts
+        check_parameters(nb, {k: v for k, v in overrides.items() if k in declared[nb]})
     times = {}
     for nb in notebooks:
         params = {k: v for k, v in overrides.items() if k in declared[nb]}
@@ -154,6 +175,30 @@ def source_version() -> dict:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
 
 
+def select(notebooks: list[Path], only) -> list[Path]:
+    """The notebooks whose number is in ``only`` (all when ``only`` is None); every entry of
+    ``only`` must name one."""
+    if only is None:
+        return notebooks
+    by_number = {p.name[:2]: p for p in notebooks}
+    if not only:
+        raise ParameterError(f"--only needs notebook numbers, e.g. --only 00 01 (known: {sorted(by_number)})")
+    wrong = [o for o in only if o not in by_number]
+    if wrong:
+        raise ParameterError(f"--only {' '.join(wrong)}: no such notebook (known: {sorted(by_number)})")
+    return [p for p in notebooks if p.name[:2] in only]
+
+
+def _timeout_default() -> float | None:
+    text = os.environ.get("WILDLIB_NB_TIMEOUT")
+    if text is None:
+        return 3600.0
+    try:
+        return float(text)
+    except ValueError:
+        return None  # reported by main(), not at import or --help
+
+
 def _value(text: str):
     try:
         return ast.literal_eval(text)
@@ -166,9 +211,20 @@ def main(argv=None):
     ap.add_argument("--run-dir", default="runs/default")
     ap.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    ap.add_argument("--timeout", type=float, default=float(os.environ.get("WILDLIB_NB_TIMEOUT", 3600)))
+    ap.add_argument("--timeout", type=float, default=_timeout_default(),
+                    help="seconds per notebook (default $WILDLIB_NB_TIMEOUT or 3600)")
     a = ap.parse_args(argv)
-    times = run_all(a.run_dir, a.only, {k: _value(v) for k, v in a.param}, a.timeout)
+    if a.timeout is None:
+        ap.error(f"WILDLIB_NB_TIMEOUT={os.environ['WILDLIB_NB_TIMEOUT']!r} is not a number of seconds")
+    params = {}
+    for k, v in a.param:
+        if k in params:
+            ap.error(f"-p {k} given twice")
+        params[k] = _value(v)
+    try:
+        times = run_all(a.run_dir, a.only, params, a.timeout)
+    except ParameterError as exc:
+        ap.error(str(exc))
     print(json.dumps(times))
 
 

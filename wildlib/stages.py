@@ -26,6 +26,57 @@ def data_dir_for(run_dir, data_dir: str = "") -> Path:
     return resolve_data_dir("")
 
 
+def classes_for(run_dir, classes=(), aliases=None) -> tuple[tuple[str, ...], dict]:
+    """The class list and label aliases a stage should use: as given, else what stage 00
+    recorded in ``RUN_DIR/00_explore/config.yaml``, else the paper's 13 classes."""
+    from .data import alias_map, class_list
+
+    recorded = resolve(run_dir) / EXPLORE / "config.yaml"
+    saved = (yaml.safe_load(recorded.read_text()) or {}) if recorded.exists() else {}
+    names = class_list(classes or saved.get("classes") or ())
+    aliases = aliases or saved.get("aliases") or {}
+    alias_map(aliases, names)  # checked now, with the file named if it is wrong
+    return names, dict(aliases)
+
+
+def data_settings(run_dir, user: dict | None = None) -> dict:
+    """Detectron2 settings for this data: what stage 00's check suggested
+    (``suggested_settings`` in its metrics), with the user's own ``user`` keys winning.
+    Prints each choice and where it came from."""
+    path = resolve(run_dir) / EXPLORE / "metrics.json"
+    suggested = read_json(path).get("suggested_settings", {}) if path.exists() else {}
+    out = dict(suggested.get("overrides", {}))
+    for reason in suggested.get("reasons", []):
+        print("from stage 00's data check:", reason)
+    for k, v in (user or {}).items():
+        print(f"set by you: {k} = {v!r}" + (f" (stage 00 suggested {out[k]!r})" if k in out else ""))
+    out.update(user or {})
+    if not out:
+        print("the config's input size, anchors and detections per image fit this data")
+    return out
+
+
+def check_num_classes(cfg, classes) -> None:
+    """The model's class outputs must match the class list (else training and evaluation run
+    silently with the wrong number of outputs)."""
+    n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if n != len(classes):
+        raise ValueError(f"the model has {n} class outputs (MODEL.ROI_HEADS.NUM_CLASSES) but the class list has "
+                         f"{len(classes)}: {list(classes)}")
+
+
+AP50_FLOOR = 5.0  # below it a baseline has learned next to nothing: no compression claim is made
+
+
+def require_baseline(ap50: float, floor: float = AP50_FLOOR, where: str = "the baseline") -> None:
+    """Stop a later stage on a failed baseline rather than report compression 'within 1 AP50'
+    of nothing."""
+    if not ap50 >= floor:
+        raise RuntimeError(f"{where} reached AP50 {ap50:.2f}, under the floor of {floor:g}: it has not learned to "
+                           "detect, so compressing it says nothing. Fix the baseline first (stage 00's warnings, "
+                           "more iterations, input size, NUM_CLASSES), or lower AP50_FLOOR for a smoke run.")
+
+
 def write_stage(stage: Path, config: dict | str, metrics: dict) -> None:
     """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string) and ``metrics.json``."""
     write_text(stage / "config.yaml", config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
@@ -33,7 +84,8 @@ def write_stage(stage: Path, config: dict | str, metrics: dict) -> None:
 
 
 def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
-                       eval_period: int, seed: int, weights: str = "", lr_steps=(0.75, 0.92)) -> dict:
+                       eval_period: int, seed: int, weights: str = "", lr_steps=(0.75, 0.92),
+                       num_classes: int | None = None, tile=(), train_dataset: str | None = None) -> dict:
     """Notebook parameters -> Detectron2 config keys.  The LR drops 10x at each fraction of the
     schedule in ``lr_steps``; warm-up is the first 100 iterations (or a fifth of a short run)."""
     from .modeling import resolve_weights
@@ -44,7 +96,7 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
         "SOLVER.MAX_ITER": int(max_iter),
         "SOLVER.IMS_PER_BATCH": int(ims_per_batch),
         "SOLVER.BASE_LR": float(lr),
-        "SOLVER.STEPS": [int(max_iter * f) for f in lr_steps],
+        "SOLVER.STEPS": sorted({int(max_iter * f) for f in lr_steps} - {0}),  # increasing, as Detectron2 needs
         "SOLVER.WARMUP_ITERS": int(min(100, max(1, max_iter // 5))),
         "SOLVER.CHECKPOINT_PERIOD": int(max(eval_period, 100)),
         "TEST.EVAL_PERIOD": int(eval_period),
@@ -52,6 +104,12 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
     }
     if weights:
         out["MODEL.WEIGHTS"] = resolve_weights(weights, weights if Path(weights).exists() else None)
+    if num_classes is not None:
+        out["MODEL.ROI_HEADS.NUM_CLASSES"] = int(num_classes)
+    if tile:  # train on the tiles of the training set, evaluate slice by slice (wildlib.tiles)
+        out["INPUT.TILE"] = [int(t) for t in tile]
+    if train_dataset:
+        out["DATASETS.TRAIN"] = [train_dataset]
     return out
 
 
@@ -110,4 +168,7 @@ def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_pe
         over["MODEL.BACKBONE.FREEZE_AT"] = int(freeze_at)
     cfg = _no_imagenet_init(get_config(str(baseline_dir / "config.yaml"), over, freeze=False))
     cfg.freeze()
+    from .tiles import ensure_registered
+
+    ensure_registered(cfg, baseline_dir / "tiles")
     return cfg

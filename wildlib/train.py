@@ -67,7 +67,19 @@ class LossRecorder(HookBase):
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the evaluator and writers that suit this project (no TensorBoard)."""
+    """DefaultTrainer with the evaluator and writers that suit this project (no TensorBoard),
+    loading ``MODEL.WEIGHTS`` and resumed checkpoints without running code from them."""
+
+    def __init__(self, cfg):
+        import weakref
+
+        from .modeling import SafeCheckpointer
+
+        super().__init__(cfg)
+        self.checkpointer = SafeCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        for h in self._hooks:  # the periodic checkpointer saves through the same object
+            if hasattr(h, "checkpointer"):
+                h.checkpointer = self.checkpointer
 
     @classmethod
     def build_model(cls, cfg):
@@ -77,9 +89,24 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
+        from .evaluate import max_dets
+
+        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, max_dets_per_image=max_dets(cfg),
                              output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "eval"),
                              use_fast_impl=False)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        from . import tiles
+
+        return tiles.test_loader(cfg, dataset_name) if tiles.tile_setting(cfg) else super().build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        from . import tiles
+
+        tile = tiles.tile_setting(cfg)
+        return super().test(cfg, tiles.SlicedDetector(model, cfg, *tile) if tile else model, evaluators)
 
     def build_writers(self):
         return [JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "log.jsonl"), window_size=20)]
