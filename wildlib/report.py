@@ -158,7 +158,7 @@ def _bench_lines(bench: dict) -> list[str]:
     env = bench.get("environment", {})
     L = [f"Each change of the recipe, measured side by side in one process (`python -m wildlib.profile`, "
          f"{env.get('torch_threads')} threads, same batches and images, recipes interleaved, median and p90 "
-         f"of {bench.get('runs', 'repeated')} runs; untrained weights, so only the time is compared):", ""]
+         f"over {bench.get('runs', 'repeated runs')}; untrained weights, so only the time is compared):", ""]
     L += _table(bench["recipes"], [("recipe", "recipe", None), ("train step s", "train_s_median", 3),
                                    ("p90", "train_s_p90", 3), ("speedup", "train_speedup", 2),
                                    ("inference ms", "infer_ms_median", 1), ("p90", "infer_ms_p90", 1),
