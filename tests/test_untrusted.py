@@ -164,18 +164,18 @@ def _mutations():
                               st.integers(0, 255)), min_size=1, max_size=6)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("WILDLIB_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=_mutations())
 def test_fuzz_wlc_bytes(wlc_blob, ops):
     """Random byte damage: only CodecError, within a memory bound."""
     b = bytearray(wlc_blob)
     for op, pos, val in ops:
         pos %= max(1, len(b))
-        if op == "flip":
+        if op == "flip" and b:
             b[pos] ^= val or 1
         elif op == "cut":
             del b[pos:]
-        else:
+        elif op == "insert":
             b.insert(pos, val)
     _decodes_or_codec_error(bytes(b))
 
@@ -185,7 +185,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 40, 2 *
                            max_leaves=8)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("WILDLIB_FUZZ_EXAMPLES", 200)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.lists(st.sampled_from(["streams", "tensors", 0, 1, 2, "int8", "shape", "dtype", "values", "scales",
                                       "offset", "length", "raw_length", "coder", "name", "encoding"]),
                      min_size=1, max_size=3),
@@ -291,7 +291,7 @@ def test_the_same_image_in_train_and_valid(voc_dir, tmp_path):
         data.register(voc_dir, coco_dir=tmp_path / "coco")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("WILDLIB_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(xml=st.one_of(st.text(max_size=300),
                      st.builds(lambda a, b, v: voc_xml().replace(a, b.replace("{}", v)),
                                st.sampled_from(["<xmin>5</xmin>", "<width>64</width>", "<name>zebra</name>",

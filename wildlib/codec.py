@@ -249,7 +249,7 @@ def check_header(header: dict, payload_len: int, file_len: int, source: str = "<
     for name, e in streams.items():
         if not isinstance(e, dict) or not all(_is_count(e.get(k)) for k in ("offset", "length", "raw_length")):
             bad(f"stream {name!r}: offset, length and raw_length must be non-negative integers")
-        if e.get("coder") not in CODERS:
+        if not isinstance(e.get("coder"), str) or e["coder"] not in CODERS:
             bad(f"stream {name!r}: unknown coder {e.get('coder')!r}")
         if e["offset"] + e["length"] > payload_len:
             bad(f"stream {name!r} ends at byte {e['offset'] + e['length']}, beyond the payload ({payload_len} bytes)")
@@ -267,9 +267,9 @@ def check_header(header: dict, payload_len: int, file_len: int, source: str = "<
         shape = t.get("shape")
         if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(n) for n in shape):
             bad(f"{where}: shape must be a list of at most 8 non-negative integers")
-        if t.get("dtype") not in DTYPES:
+        if not isinstance(t.get("dtype"), str) or t["dtype"] not in DTYPES:
             bad(f"{where}: dtype {t.get('dtype')!r} is not one of {sorted(DTYPES)}")
-        keys = ENCODINGS.get(t.get("encoding"))
+        keys = ENCODINGS.get(t["encoding"]) if isinstance(t.get("encoding"), str) else None
         if keys is None:
             bad(f"{where}: unknown encoding {t.get('encoding')!r}")
         size = int(np.prod(shape, dtype=np.int64)) if shape else 1
