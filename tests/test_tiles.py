@@ -103,7 +103,7 @@ def test_a_tiled_run_through_00_01(tmp_path):
         "CFG_OVERRIDES": {"INPUT.MIN_SIZE_TEST": 240, "INPUT.MAX_SIZE_TEST": 320,
                           "INPUT.MIN_SIZE_TRAIN": [240], "INPUT.MAX_SIZE_TRAIN": 320}})
     stage = run / "01_baseline"
-    assert len(list((stage / "tiles").glob("*.png"))) == 2 * 3  # 3 x 2 tiles each; the boxes lie in the top row
+    assert len(list((stage / "tiles" / "320-32").glob("*.png"))) == 2 * 3  # 3 x 2 tiles each; the boxes lie in the top row
     m = json.loads((stage / "metrics.json").read_text())
     assert [e["iter"] for e in m["evals"]] == [2, 4] and np.isfinite(m["bbox"]["AP50"])
     d2 = (stage / "config.yaml").read_text()

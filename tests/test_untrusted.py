@@ -46,6 +46,17 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, suffix):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", [b"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\x7f",  # overflowing length
+                                     pickle.dumps({"model": {"w": 1}, "__author__": "x"}),  # not arrays
+                                     pickle.dumps({"blobs": [1]}), pickle.dumps({1: np.zeros(2)})])
+def test_malformed_pickles_are_weights_errors(tmp_path, content):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(content)
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+    with pytest.raises(modeling.WeightsError, match="bad.pkl"):
+        modeling.build_model(cfg, weights=str(path))
+
+
 def test_model_zoo_pickle_of_arrays_still_loads(tmp_path):
     path = tmp_path / "zoo.pkl"
     with open(path, "wb") as fh:
@@ -115,6 +126,10 @@ def test_the_checksum_covers_the_header(wlc_blob):
     (lambda h: h["tensors"][0].update(encoding="pickle"), "encoding"),
     (lambda h: h["tensors"][0].update(shape="8"), "shape"),
     (lambda h: h["streams"]["int8"].update(coder="zip"), "coder"),
+    (lambda h: h["tensors"][1].update(shape=[2 ** 32, 2 ** 32]), "shape"),  # would wrap to 0 in int64
+    (lambda h: h["tensors"][1].update(shape=[0, 8], values=[0, 0]), "declares"),  # stream larger than its use
+    (lambda h: h["tensors"][0].update(shape=[0], values=[0, 0], scales=[0, 0]), "int8 values or scales"),
+    (lambda h: h["tensors"].extend([{"name": f"t{i}"} for i in range(codec.MAX_TENSORS)]), "more than"),
 ])
 def test_invalid_headers_are_refused_before_allocating(wlc_blob, edit, fragment):
     header, payload = _split(wlc_blob)
@@ -125,6 +140,7 @@ def test_invalid_headers_are_refused_before_allocating(wlc_blob, edit, fragment)
 
 @pytest.mark.parametrize("header", [[], None, 3, "x"])
 def test_a_header_that_is_not_an_object(header):
+    """Also: not JSON an object at all."""
     with pytest.raises(codec.CodecError, match="bad.wlc"):
         codec.decode(_rebuild(header, b""), "bad.wlc")
 
@@ -151,6 +167,13 @@ def test_decompression_is_capped_and_unused_streams_are_not_decoded(wlc_blob):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def test_a_header_with_a_huge_integer():
+    h = zlib.compress(b'{"version": 3, "x": ' + b"1" * 5000 + b"}")
+    body = codec.MAGIC + struct.pack("<I", len(h)) + h
+    with pytest.raises(codec.CodecError, match="header cannot be read"):
+        codec.decode(body + hashlib.sha256(body).digest(), "big.wlc")
 
 
 def test_unknown_magic_is_not_called_older():
@@ -219,10 +242,10 @@ def _decodes_or_codec_error(blob):
 
 
 # ----------------------------------------------------------------------------- VOC loader
-@pytest.mark.parametrize("bad_id", ["../../x/evil", "/etc/passwd", "a/../../b", ".."])
+@pytest.mark.parametrize("bad_id", ["../../x/evil", "/etc/passwd", "a/../../b", "..", "x" * 300])
 def test_ids_that_leave_the_dataset_folder_are_refused(voc_dir, bad_id):
     (voc_dir / "train.txt").write_text(f"img1\n{bad_id}\n")
-    with pytest.raises(data.DatasetError, match="outside the dataset folder"):
+    with pytest.raises(data.DatasetError, match="outside the dataset folder|too long"):
         data.load_split(voc_dir, "train")
 
 
@@ -328,6 +351,7 @@ def test_fuzz_voc(voc_dir, tmp_path_factory, xml, split, on_error):
     (["--only", "01", "-p", "RESUME", "1"], "RESUME takes a bool"),
     (["--only", "01", "-p", "RUN_DIR", "x"], "--run-dir"),
     (["--only", "01", "--timeout", "-1"], "timeout must be positive"),
+    (["--only", "01", "--timeout", "nan"], "timeout must be positive"),
     (["--only", "01", "-p", "LR", "0.1", "-p", "LR", "0.2"], "twice"),
 ])
 def test_runner_refuses_bad_arguments_before_running(tmp_path, capsys, argv, fragment):

@@ -43,6 +43,7 @@ import bz2
 import hashlib
 import json
 import lzma
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -60,6 +61,8 @@ DIGEST = 32  # bytes of the trailing SHA-256 (version 3)
 # to the file's size (a 99%-sparse, 2-bit model stays far below it) and absolutely (1 GiB of fp32).
 MAX_ELEMENTS_PER_BYTE = 1000
 MAX_ELEMENTS = 1 << 28
+MAX_HEADER_BYTES = 16 << 20  # decompressed JSON
+MAX_TENSORS = 100_000
 DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 ENCODINGS = {"shared": ("gaps", "codes", "codebook"), "int8": ("values", "scales"), "dense": ("values",)}
 CODERS = {
@@ -220,11 +223,11 @@ def read_header(blob: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
         raise CodecError(f"{source}: checksum mismatch: the file is truncated or corrupted")
     try:
         d = zlib.decompressobj()
-        text = d.decompress(blob[8 : 8 + hlen], 64 * hlen + (1 << 16))
+        text = d.decompress(blob[8 : 8 + hlen], min(64 * hlen + (1 << 16), MAX_HEADER_BYTES))
         if not d.eof:
             raise zlib.error("header larger than it may be, or cut short")
         header = json.loads(text)
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (zlib.error, ValueError, RecursionError) as exc:  # ValueError: JSON, UTF-8, huge integers
         raise CodecError(f"{source}: header cannot be read ({exc}): file corrupted") from None
     payload = blob[8 + hlen : end]
     if not isinstance(header, dict) or header.get("version") != version:
@@ -246,6 +249,8 @@ def check_header(header: dict, payload_len: int, file_len: int, source: str = "<
     streams, tensors = header.get("streams"), header.get("tensors")
     if not isinstance(streams, dict) or not isinstance(tensors, list):
         bad("'streams' must be an object and 'tensors' a list")
+    if len(tensors) > MAX_TENSORS or len(streams) > MAX_TENSORS:
+        bad(f"more than {MAX_TENSORS} tensors or streams")
     for name, e in streams.items():
         if not isinstance(e, dict) or not all(_is_count(e.get(k)) for k in ("offset", "length", "raw_length")):
             bad(f"stream {name!r}: offset, length and raw_length must be non-negative integers")
@@ -256,7 +261,7 @@ def check_header(header: dict, payload_len: int, file_len: int, source: str = "<
         if e["coder"] == "raw" and e["raw_length"] != e["length"]:
             bad(f"stream {name!r}: raw, but {e['length']} bytes stored for {e['raw_length']}")
     cap = min(MAX_ELEMENTS, max(1 << 16, MAX_ELEMENTS_PER_BYTE * file_len))
-    names, total = set(), 0
+    names, total, ends = set(), 0, {}
     for t in tensors:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             bad("every tensor entry must be an object with a string 'name'")
@@ -265,17 +270,18 @@ def check_header(header: dict, payload_len: int, file_len: int, source: str = "<
             bad(f"{where} appears twice")
         names.add(t["name"])
         shape = t.get("shape")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(n) for n in shape):
-            bad(f"{where}: shape must be a list of at most 8 non-negative integers")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(n) and n <= MAX_ELEMENTS for n in shape):
+            bad(f"{where}: shape must be a list of at most 8 non-negative integers, each at most {MAX_ELEMENTS}")
         if not isinstance(t.get("dtype"), str) or t["dtype"] not in DTYPES:
             bad(f"{where}: dtype {t.get('dtype')!r} is not one of {sorted(DTYPES)}")
         keys = ENCODINGS.get(t["encoding"]) if isinstance(t.get("encoding"), str) else None
         if keys is None:
             bad(f"{where}: unknown encoding {t.get('encoding')!r}")
-        size = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        total += size
-        if size > cap or total > cap:
-            bad(f"{where}: {total:,} elements in all, more than this file may hold ({cap:,})")
+        size = math.prod(shape)  # Python integers: no overflow
+        itemsize = np.dtype(t["dtype"]).itemsize if t["encoding"] == "dense" else 4  # shared, int8 -> float32
+        total += size * max(itemsize, 4) // 4  # in float32 elements
+        if total > cap:
+            bad(f"{where}: {total:,} elements in all (in 4-byte units), more than this file may hold ({cap:,})")
         for k in keys:
             sl = t.get(k)
             if not (isinstance(sl, list) and len(sl) == 2 and all(_is_count(v) for v in sl)):
@@ -283,12 +289,12 @@ def check_header(header: dict, payload_len: int, file_len: int, source: str = "<
             stream = _stream_of(t, k)
             if stream not in streams or sl[0] + sl[1] > streams[stream]["raw_length"]:
                 bad(f"{where}: slice {k!r} lies outside stream {stream!r}")
-        itemsize = np.dtype(t["dtype"]).itemsize
+            ends[stream] = max(ends.get(stream, 0), sl[0] + sl[1])
         if t["encoding"] == "dense" and t["values"][1] != size * itemsize:
             bad(f"{where}: {t['values'][1]} bytes of values for {size} elements of {t['dtype']}")
         if t["encoding"] == "int8":
             channels = shape[0] if shape else 1
-            if t["values"][1] != size or t["scales"][1] not in (4, 4 * channels):
+            if t["values"][1] != size or t["scales"][1] not in {4, 4 * channels} - {0}:
                 bad(f"{where}: int8 values or scales do not match the shape {shape}")
         if t["encoding"] == "shared":
             bits, nonzero = t.get("bits"), t.get("nonzero")
@@ -297,10 +303,9 @@ def check_header(header: dict, payload_len: int, file_len: int, source: str = "<
             book = t["codebook"][1]
             if t["codes"][1] != nonzero or book % 4 or book > 4 * (1 << bits) or t["gaps"][1] > size + size // 255 + 1:
                 bad(f"{where}: codes, codebook or gaps do not match bits={bits}, nonzero={nonzero}")
-    used = {_stream_of(t, k) for t in tensors for k in ENCODINGS[t["encoding"]]}
-    raw = sum(streams[n]["raw_length"] for n in used)
-    if raw > 8 * cap:
-        bad(f"the streams in use decode to {raw:,} bytes, more than this file may hold")
+    for n, end in ends.items():  # a stream in use holds exactly its tensors' bytes, nothing more
+        if streams[n]["raw_length"] != end:
+            bad(f"stream {n!r} declares {streams[n]['raw_length']:,} bytes but its tensors use {end:,}")
 
 
 def _stream(payload: bytes, name: str, entry: dict, where: str) -> bytes:
@@ -327,7 +332,7 @@ def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
     out = {}
     for t in header["tensors"]:
         name, shape = t["name"], tuple(t["shape"])
-        size = int(np.prod(shape)) if shape else 1
+        size = math.prod(shape)
         where = f"{source}: {name}"
         if t["encoding"] == "shared":
             mask = gaps_decode(np.frombuffer(part(t, "gaps"), np.uint8), size, where)
@@ -344,8 +349,8 @@ def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
             arr = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1) if scale.size > 1 else ())
         else:
             dtype = np.dtype(t["dtype"])
-            arr = np.frombuffer(part(t, "values"), dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-        out[name] = torch.from_numpy(np.array(arr))
+            arr = np.frombuffer(part(t, "values"), dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+        out[name] = torch.from_numpy(np.array(arr, copy=not arr.flags.writeable))
     return out
 
 

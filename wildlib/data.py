@@ -106,11 +106,13 @@ def normalize_id(image_id: str, split_file) -> str:
     norm = posixpath.normpath(raw)
     if raw.startswith("/") or norm == ".." or norm.startswith("../") or "\0" in raw or norm in (".", ""):
         raise DatasetError(f"{split_file}: id {image_id!r} points outside the dataset folder")
+    if any(len(part.encode()) > 200 for part in norm.split("/")):
+        raise DatasetError(f"{split_file}: id {image_id[:40]!r}... is too long for a file name")
     return norm
 
 
 def parse_voc(xml_path, classes: Sequence[str] = CLASSES, problems: Problems | None = None,
-              aliases: dict | None = None) -> dict:
+              aliases: dict | None = None, max_bytes: int = 16 << 20) -> dict:
     """Parse one VOC file into ``{width, height, filename, objects: [(class_index, x0, y0, x1, y1)]}``.
 
     Boxes come back in continuous 0-based pixel coordinates: a VOC box with inclusive 1-based
@@ -119,6 +121,8 @@ def parse_voc(xml_path, classes: Sequence[str] = CLASSES, problems: Problems | N
     problems = problems or Problems()
     xml_path = Path(xml_path)
     try:
+        if xml_path.stat().st_size > max_bytes:
+            raise DatasetError(f"{xml_path}: annotation file larger than {max_bytes:,} bytes")
         root = parse_xml(xml_path, forbid_dtd=True).getroot()
     except ParseError as exc:
         raise DatasetError(f"{xml_path}: malformed XML ({exc})") from None
@@ -126,6 +130,8 @@ def parse_voc(xml_path, classes: Sequence[str] = CLASSES, problems: Problems | N
         raise DatasetError(f"{xml_path}: XML with a DTD or entities is refused ({type(exc).__name__})") from None
     except FileNotFoundError:
         raise DatasetError(f"{xml_path}: annotation file not found") from None
+    except DatasetError:
+        raise
     except (OSError, ValueError) as exc:  # a folder, unreadable, bad encoding declaration
         raise DatasetError(f"{xml_path}: cannot be read ({exc})") from None
     size = root.find("size")
@@ -205,10 +211,15 @@ def load_split(root, split: str, classes: Sequence[str] = CLASSES, on_error: str
     for image_id, name in enumerate(read_split(root, split)):
         xml_path = root / "annotations" / f"{name}.xml"
         img_path = root / "images" / f"{name}.jpg"
-        if not xml_path.is_file() and xml_path.exists():
+        try:
+            is_file, exists = xml_path.is_file(), xml_path.exists()
+        except OSError as exc:
+            problems.add(xml_path, f"cannot be looked up ({exc.strerror})", "image dropped")
+            continue
+        if exists and not is_file:
             problems.add(xml_path, f"annotation for id {name!r} is not a file", "image dropped")
             continue
-        if not xml_path.exists():
+        if not exists:
             problems.add(xml_path, f"annotation for id {name!r} (listed in {split}.txt) not found", "image dropped")
             continue
         if not img_path.exists():

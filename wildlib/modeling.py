@@ -194,11 +194,23 @@ def read_pickled_weights(path) -> dict:
         with open(path, "rb") as fh:
             data = _ArraysOnly(fh, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, RecursionError) as exc:
+            MemoryError, RecursionError, OverflowError, OSError) as exc:
         raise WeightsError(f"{path}: not a weights file that can be loaded safely ({exc})") from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: a .pkl weights file must hold a dict, not {type(data).__name__}")
     return data
+
+
+def _check_weights(model, filename) -> dict:
+    """A checkpoint's ``model`` entry must map names to tensors or numeric arrays."""
+    import numpy as np
+
+    ok = isinstance(model, dict) and all(
+        isinstance(k, str) and (isinstance(v, torch.Tensor) or (isinstance(v, np.ndarray) and v.dtype.kind in "biuf"))
+        for k, v in model.items())
+    if not ok:
+        raise WeightsError(f"{filename}: the checkpoint's weights must map names to numeric arrays or tensors")
+    return model
 
 
 class SafeCheckpointer(DetectionCheckpointer):
@@ -209,9 +221,11 @@ class SafeCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pkl"):
             data = read_pickled_weights(filename)
             if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+                _check_weights(data["model"], filename)
                 return data
             data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
-            return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
+            model = _check_weights(data, filename)
+            return {"model": {k: v for k, v in model.items() if not k.endswith("_momentum")},
                     "__author__": "Caffe2", "matching_heuristics": True}
         try:
             loaded = torch.load(filename, map_location="cpu", weights_only=True)
@@ -219,7 +233,9 @@ class SafeCheckpointer(DetectionCheckpointer):
             raise WeightsError(f"{filename}: not a weights file that can be loaded safely ({exc})") from None
         if not isinstance(loaded, dict):
             raise WeightsError(f"{filename}: a checkpoint must hold a dict, not {type(loaded).__name__}")
-        return loaded if "model" in loaded else {"model": loaded}
+        loaded = loaded if "model" in loaded else {"model": loaded}
+        _check_weights(loaded["model"], filename)
+        return loaded
 
 
 def build_model(cfg, weights: str | None = None, eval_mode: bool = True):

@@ -89,6 +89,14 @@ def _enclosing_part(e) -> str | None:
     return None
 
 
+def _in_backward(e) -> bool:
+    while e is not None:
+        if e.name.startswith("autograd::"):
+            return True
+        e = e.cpu_parent
+    return False
+
+
 def _split_events(events, total_us: float, backward_us: float | None = None) -> dict[str, dict]:
     """Forward (and backward) milliseconds per part from one profiled call."""
     fwd = defaultdict(float)
@@ -103,8 +111,9 @@ def _split_events(events, total_us: float, backward_us: float | None = None) -> 
     if backward_us is not None:
         seq_part = {}
         for e in events:  # forward operators: which part created autograd node number e.sequence_nr
-            if e.sequence_nr >= 0 and not e.name.startswith("autograd::"):
-                seq_part.setdefault(e.sequence_nr, _enclosing_part(e) or "other")
+            if e.sequence_nr >= 0 and not _in_backward(e):
+                # ops that create no node record the next node's number: the last op wins
+                seq_part[e.sequence_nr] = _enclosing_part(e) or "other"
         bwd = defaultdict(float)
         for e in events:
             if e.name.startswith("autograd::engine::evaluate_function") and not (
@@ -244,12 +253,14 @@ def flops(model, batch: list[dict], training: bool = False) -> dict[str, float]:
 
 
 def cost_table(model, cfg, inputs: list[dict], train_iter=None, runs: int = 10, train_runs: int = 5):
-    """One table: per part, inference and (if ``train_iter`` is given) training-step wall time
+    """On the CPU (the profile records CPU activity only; a CUDA model is refused).  One table: per part, inference and (if ``train_iter`` is given) training-step wall time
     and forward FLOPs. ``model`` is left in eval mode; a training-step run works on a copy."""
     import copy
 
     import pandas as pd
 
+    if next(model.parameters()).is_cuda:
+        raise ValueError("cost_table profiles CPU time: move the model to the CPU first (model.to('cpu'))")
     table = inference_time(model, inputs, runs=runs)[["total_ms", "share"]].rename(
         columns={"total_ms": "infer_ms", "share": "infer_share"})
     table["infer_gflops"] = pd.Series(flops(model, inputs[:1])) / 1e9

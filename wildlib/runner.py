@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import subprocess
 import sys
@@ -131,8 +132,8 @@ def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 
     """Run the notebooks in order.  ``overrides`` go to every notebook that declares them."""
     run_dir = resolve(run_dir)  # relative to the project root, as the notebooks resolve it
     overrides = dict(overrides or {})
-    if timeout <= 0:
-        raise ParameterError(f"the timeout must be positive, not {timeout}")
+    if not (math.isfinite(timeout) and 0 < timeout <= threading.TIMEOUT_MAX):
+        raise ParameterError(f"the timeout must be positive and finite, not {timeout}")
     for k, flag in RESERVED.items():
         if k in overrides:
             raise ParameterError(f"{k} is set by the runner: use {flag}, not -p {k}")

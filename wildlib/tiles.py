@@ -51,7 +51,9 @@ def write_tiles(records: list[dict], folder, size: int, overlap: int, min_visibl
 
     from .io import atomic_write
 
-    folder = Path(folder)
+    import hashlib
+
+    folder = Path(folder) / f"{size}-{overlap}"  # another TILE setting never reuses these crops
     out = []
     for r in records:
         tiles = tile_grid(r["height"], r["width"], size, overlap)
@@ -61,7 +63,8 @@ def write_tiles(records: list[dict], folder, size: int, overlap: int, min_visibl
             anns = [a for a in (_clip(a, tile, min_visible) for a in r["annotations"]) if a]
             if not anns:
                 continue
-            path = folder / f"{r['image_id']:06d}_{k:03d}.png"
+            source = hashlib.sha1(str(r["file_name"]).encode()).hexdigest()[:10]  # nor another image
+            path = folder / f"{source}_{k:03d}.png"
             if not path.exists():
                 crop = image.crop(tile)
                 atomic_write(path, lambda tmp, crop=crop: crop.save(tmp, format="PNG"))
