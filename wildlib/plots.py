@@ -104,21 +104,6 @@ def loss_curves(rows, keys=("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_
     return fig
 
 
-def ap_over_training(evals, keys=("AP50", "AP", "AP75")):
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for k in keys:
-        pts = [(e["iter"], e[k]) for e in evals if k in e]
-        if pts:
-            it, v = zip(*pts)
-            ax.plot(it, v, marker="o", label=k)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("COCO metric (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def predictions_vs_truth(records, preds, names=CLASSES, score_thresh=0.5):
     """One row per image: ground truth on the left, predictions above ``score_thresh`` right."""
     fig, axes = plt.subplots(len(records), 2, figsize=(7, 2.7 * len(records)), squeeze=False)
