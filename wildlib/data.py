@@ -301,20 +301,20 @@ def register(root, classes: Sequence[str] = CLASSES, prefix: str = "wild", split
 
 def check_disjoint(root, records_by_split: dict[str, list[dict]], on_error: str = "raise") -> None:
     """No image may be in two splits (validation on training images measures nothing).  Under
-    ``on_error="warn"`` the later split's copy is dropped (in place) with a warning."""
-    first: dict[str, str] = {}
-    for split, records in records_by_split.items():
-        keep = []
-        for r in records:
-            other = first.setdefault(r["voc_id"], split)
-            if other == split:
-                keep.append(r)
-                continue
-            msg = f"{Path(root) / f'{split}.txt'}: id {r['voc_id']!r} is also listed in {other}.txt"
-            if on_error == "raise":
-                raise DatasetError(msg)
-            warnings.warn(msg + "; dropped from " + split, stacklevel=3)
-        records[:] = keep
+    ``on_error="warn"`` every split after the first drops (in place) the images it shares."""
+    shared = split_overlap(records_by_split)
+    if not shared:
+        return
+    first, *later = list(records_by_split)
+    ex = sorted(shared)[0]
+    where = [s for s, recs in records_by_split.items() if any(_image_key(r) == ex for r in recs)]
+    msg = (f"{Path(root) / f'{where[1]}.txt'}: id {ex!r} is also listed in {where[0]}.txt"
+           + (f" ({len(shared)} ids are in more than one split)" if len(shared) > 1 else ""))
+    if on_error == "raise":
+        raise DatasetError(msg)
+    warnings.warn(msg + f"; dropped from {', '.join(later)}", stacklevel=3)
+    for split in later:
+        records_by_split[split][:] = [r for r in records_by_split[split] if _image_key(r) not in shared]
 
 
 def to_coco(records: list[dict], classes: Sequence[str] = CLASSES) -> dict:
@@ -371,13 +371,17 @@ def class_counts(records_by_split: dict[str, list[dict]], classes: Sequence[str]
     return table
 
 
+def _image_key(record: dict) -> str:
+    return record.get("voc_id", record["file_name"])
+
+
 def split_overlap(records_by_split: dict[str, list[dict]]) -> set[str]:
     """Image ids that appear in more than one split (should be empty)."""
     seen: dict[str, str] = {}
     dup = set()
     for split, recs in records_by_split.items():
         for r in recs:
-            key = r.get("voc_id", r["file_name"])
+            key = _image_key(r)
             if key in seen and seen[key] != split:
                 dup.add(key)
             seen[key] = split
@@ -413,6 +417,15 @@ def input_scale(height: int, width: int, min_size: int, max_size: int) -> float:
     return scale
 
 
+def sizes_at_input(records, min_size: int, max_size: int):
+    """Every box's size, sqrt(w * h) in pixels, once its image is resized to the model's input."""
+    import numpy as np
+
+    return np.asarray([input_scale(r["height"], r["width"], min_size, max_size)
+                       * ((a["bbox"][2] - a["bbox"][0]) * (a["bbox"][3] - a["bbox"][1])) ** 0.5
+                       for r in records for a in r["annotations"]])
+
+
 def dataset_warnings(records_by_split: dict[str, list[dict]], classes: Sequence[str], *, min_size_test: int,
                      max_size_test: int, smallest_anchor: float, detections_per_image: int,
                      coco_max_dets: int = 100) -> list[dict]:
@@ -436,15 +449,11 @@ def dataset_warnings(records_by_split: dict[str, list[dict]], classes: Sequence[
     if both:
         out.append({"check": "ids_in_both_splits", "ids": both[:20], "count": len(both),
                     "message": f"{len(both)} image(s) in more than one split, e.g. {both[:3]}"})
-    sizes, big, per_image = [], [], []
-    for recs in records_by_split.values():
-        for r in recs:
-            k = input_scale(r["height"], r["width"], min_size_test, max_size_test)
-            big.append(1 / k)
-            per_image.append(len(r["annotations"]))
-            sizes += [k * ((a["bbox"][2] - a["bbox"][0]) * (a["bbox"][3] - a["bbox"][1])) ** 0.5 for a in r["annotations"]]
-    if sizes:
-        sizes = np.asarray(sizes)
+    recs = [r for rs in records_by_split.values() for r in rs]
+    big = [1 / input_scale(r["height"], r["width"], min_size_test, max_size_test) for r in recs]
+    per_image = [len(r["annotations"]) for r in recs]
+    sizes = sizes_at_input(recs, min_size_test, max_size_test)
+    if sizes.size:
         below = float((sizes < smallest_anchor / 2).mean())
         if below > 0.1 or np.median(sizes) < smallest_anchor:
             out.append({"check": "objects_below_smallest_anchor", "median_px": float(np.median(sizes)),
@@ -486,14 +495,8 @@ def suggested_settings(records_by_split: dict[str, list[dict]], cfg) -> dict:
         over["TEST.DETECTIONS_PER_IMAGE"] = int(50 * math.ceil(1.2 * max_boxes / 50))
         reasons.append(f"up to {max_boxes} boxes in an image: keep {over['TEST.DETECTIONS_PER_IMAGE']} detections")
     anchor = float(min(min(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES))
-
-    def sizes_at(min_size, max_size):
-        return np.asarray([input_scale(r["height"], r["width"], min_size, max_size)
-                           * ((a["bbox"][2] - a["bbox"][0]) * (a["bbox"][3] - a["bbox"][1])) ** 0.5
-                           for r in recs for a in r["annotations"]])
-
     lo, hi = int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
-    sizes = sizes_at(lo, hi)
+    sizes = sizes_at_input(recs, lo, hi)
     if sizes.size and np.median(sizes) < anchor:
         factor = min(anchor / float(np.median(sizes)), 800 / lo)
         new_lo, new_hi = 32 * round(lo * factor / 32), 32 * round(hi * factor / 32)
@@ -503,7 +506,7 @@ def suggested_settings(records_by_split: dict[str, list[dict]], cfg) -> dict:
                          "INPUT.MAX_SIZE_TRAIN": 32 * round(cfg.INPUT.MAX_SIZE_TRAIN * new_lo / lo / 32)})
             reasons.append(f"median object {np.median(sizes):.1f} px at the {lo}-{hi} px input, under the smallest "
                            f"anchor ({anchor:g} px): input {new_lo}-{new_hi} px")
-            sizes = sizes_at(new_lo, new_hi)
+            sizes = sizes_at_input(recs, new_lo, new_hi)
     if sizes.size and (sizes < anchor / 2).mean() > 0.1:
         over["MODEL.ANCHOR_GENERATOR.SIZES"] = [[s / 2 for s in level] for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
         reasons.append(f"{(sizes < anchor / 2).mean():.0%} of objects under half the smallest anchor: anchors halved")

@@ -228,19 +228,18 @@ def flops(model, batch: list[dict], training: bool = False) -> dict[str, float]:
     """Forward FLOPs (fvcore counts one fused multiply-add as one flop) per part, for one call
     on ``batch`` (in training mode when ``training``; a backward pass costs about twice the
     forward's FLOPs and is not counted)."""
-    import logging
-
     from fvcore.nn import FlopCountAnalysis
+
+    from .evaluate import quiet_logs
 
     was = model.training
     model.train(training)
     wrapper = _AsTensors(model, batch)
     analysis = FlopCountAnalysis(wrapper, tuple(b["image"] for b in batch))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
     from detectron2.utils.events import EventStorage
 
-    with torch.no_grad(), EventStorage(0):
+    with torch.no_grad(), EventStorage(0), quiet_logs():
         by_module = analysis.by_module()
     model.train(was)
     out = {p: 0.0 for p in PARTS}

@@ -11,6 +11,12 @@ from .io import read_json, resolve, write_json, write_text
 EXPLORE, BASELINE, PRUNE, SHARE, EVALUATE = "00_explore", "01_baseline", "02_prune", "03_share", "04_evaluate"
 
 
+def explore_record(run_dir) -> dict:
+    """What stage 00 recorded for later stages (``RUN_DIR/00_explore/config.yaml``), or {}."""
+    recorded = resolve(run_dir) / EXPLORE / "config.yaml"
+    return (yaml.safe_load(recorded.read_text()) or {}) if recorded.exists() else {}
+
+
 def data_dir_for(run_dir, data_dir: str = "") -> Path:
     """The dataset a stage should use: ``data_dir`` if given, else the one stage 00 explored
     (recorded in ``RUN_DIR/00_explore/config.yaml``), else the embedded default set."""
@@ -18,11 +24,9 @@ def data_dir_for(run_dir, data_dir: str = "") -> Path:
 
     if data_dir:
         return resolve_data_dir(data_dir)
-    recorded = resolve(run_dir) / EXPLORE / "config.yaml"
-    if recorded.exists():
-        saved = yaml.safe_load(recorded.read_text()) or {}
-        if saved.get("data_dir") and Path(saved["data_dir"]).is_dir():
-            return Path(saved["data_dir"])
+    saved = explore_record(run_dir)
+    if saved.get("data_dir") and Path(saved["data_dir"]).is_dir():
+        return Path(saved["data_dir"])
     return resolve_data_dir("")
 
 
@@ -31,8 +35,7 @@ def classes_for(run_dir, classes=(), aliases=None) -> tuple[tuple[str, ...], dic
     recorded in ``RUN_DIR/00_explore/config.yaml``, else the paper's 13 classes."""
     from .data import alias_map, class_list
 
-    recorded = resolve(run_dir) / EXPLORE / "config.yaml"
-    saved = (yaml.safe_load(recorded.read_text()) or {}) if recorded.exists() else {}
+    saved = explore_record(run_dir)
     names = class_list(classes or saved.get("classes") or ())
     aliases = aliases or saved.get("aliases") or {}
     alias_map(aliases, names)  # checked now, with the file named if it is wrong
