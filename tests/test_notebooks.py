@@ -142,13 +142,53 @@ def test_03_weight_sharing(run_dir):
     assert torch.unique(w[w != 0]).numel() <= 32
 
 
-def test_04_evaluate(run_dir):
-    runner.run_all(run_dir, only=["04"], overrides={"LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "N_SHOW": 2,
+def test_04_prune_channels(run_dir):
+    runner.run_all(run_dir, only=["04"], overrides={
+        "PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208], "SCAN_RATIOS": [0.5], "FT_ITER": 4,
+        "SCAN_FAMILIES": ["m2", "m3", "m4", "m5", "fpn", "rpn", "box_head"],
+        "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0, "CALIB_IMAGES": 4, "LATENCY_RUNS": 3, "LATENCY_WARMUP": 1,
+        "EVAL_IMAGES": 4, "AP50_FLOOR": 0.0})
+    stage = run_dir / "04_prune_channels"
+    m = json.loads((stage / "metrics.json").read_text())
+    keys = {"name", "AP50", "AP", "latency_ms_median", "latency_ms_p90", "speedup", "macs", "params", "file_bytes"}
+    assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 9
+    rows = {v["name"]: v for v in m["variants"]}
+    for v in m["variants"]:
+        assert v["latency_ms_p90"] >= v["latency_ms_median"] > 0 and v["macs"] > 0 and v["file_bytes"] > 0
+        assert v["speedup"] == pytest.approx(v["baseline_ms_median"] / v["latency_ms_median"])
+    assert m["baseline_latency_ms_median"] == m["variants"][0]["baseline_ms_median"]
+    within = [v["speedup"] for v in m["variants"] if v["AP50"] >= m["reference_ap50"] - 1.0]
+    assert m["best_speedup_within_1ap50"] == pytest.approx(max(within) if within else 0.0)
+    # the smoke baseline detects next to nothing, so every family was pruned at the scanned ratio
+    assert set(m["channel_ratios"].values()) == {0.5} and m["widths"]["MODEL.FPN.OUT_CHANNELS"] == 32
+    pruned = rows["channel-pruned + FT (fp32, PyTorch)"]
+    assert pruned["params"] < rows["baseline (fp32, PyTorch)"]["params"] and pruned["macs"] < rows["baseline (fp32, PyTorch)"]["macs"]
+    assert pruned["file_bytes"] == (stage / "model_final.pth").stat().st_size
+    # the pruned model rebuilds from its own config + weights; the deployable reloads in a fresh process
+    from wildlib import fast, stages
+
+    _, model = stages.load_trained(stage)
+    assert sum(p.numel() for p in model.parameters()) == pruned["params"]
+    combined = rows["combined: channel-pruned + int8 + test-time"]
+    reloaded = m["reloaded"]
+    assert reloaded["AP50"] == pytest.approx(combined["AP50"], abs=1e-6) and reloaded["file_bytes"] == combined["file_bytes"]
+    assert combined["file_bytes"] == fast.deploy_bytes(run_dir / m["deploy_dir"]) < pruned["file_bytes"]
+    assert m["test_time"] == {"pre_nms": 100, "post_nms": 50, "detections": 20, "min_size": 208}
+    assert m["combined_test_time"] in ({"pre_nms": 100, "post_nms": 50, "detections": 20, "min_size": 208},
+                                       {"pre_nms": 500, "post_nms": 300, "detections": 20, "min_size": 208})
+    assert m["widths"]["MODEL.ROI_BOX_HEAD.FC_DIM"] == 256
+    for f in ("variants.csv", "test_time_sweep.csv", "channel_scan.csv", "combined_sweep.csv", "speed_vs_ap50.png", "channel_scan.png",
+              "test_time_sweep.png", "profile_baseline.png", "detectron2.yaml"):
+        assert (stage / f).exists(), f
+
+
+def test_05_evaluate(run_dir):
+    runner.run_all(run_dir, only=["05"], overrides={"LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "N_SHOW": 2,
                                                      "AP50_FLOOR": 0.0})
-    stage = run_dir / "04_evaluate"
+    stage = run_dir / "05_evaluate"
     m = json.loads((stage / "metrics.json").read_text())
     rows = {r["variant"]: r for r in m["variants"]}
-    assert len(rows) == 6 and {"baseline", "dense control", "int8"} <= set(rows)
+    assert len(rows) == 7 and {"baseline", "dense control", "int8", "channel-pruned + int8 + test-time (04)"} <= set(rows)
     prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
     assert m["reference_ap50"] == prune_metrics["reference_ap50"]
     within = [r["ratio"] for r in rows.values() if r["AP50"] >= m["reference_ap50"] - 1.0]
@@ -156,6 +196,11 @@ def test_04_evaluate(run_dir):
     for r in rows.values():
         assert r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"]
         assert r["file_bytes"] > 0 and r["nonzero"] <= r["params"]
+        assert r["speedup"] > 0
+    within = [r["speedup"] for r in rows.values() if r["AP50"] >= m["reference_ap50"] - 1.0]
+    assert m["best_speedup_within_1ap50"] == pytest.approx(max(within) if within else 0.0)
+    channel_m = json.loads((run_dir / "04_prune_channels" / "metrics.json").read_text())
+    assert rows["channel-pruned + int8 + test-time (04)"]["file_bytes"] == channel_m["variants"][-1]["file_bytes"]
     assert "# wildlib evaluation report" in (stage / "report.md").read_text()
     for f in ("variants.csv", "per_class_ap.csv", "paper_vs_ours.csv", "pareto.png", "baseline_vs_compressed.png"):
         assert (stage / f).exists(), f

@@ -25,6 +25,10 @@ def add_wildlib_config(cfg) -> None:
         cfg.MODEL.MOBILENET.PRETRAINED = "imagenet"
         cfg.MODEL.MOBILENET.NORM = "FrozenBN"
         cfg.MODEL.MOBILENET.OUT_FEATURES = ["m2", "m3", "m4", "m5"]
+    if "HIDDEN_CHANNELS" not in cfg.MODEL.MOBILENET:
+        # channel pruning (wildlib.channels, notebook 04): the expansion width of each inverted
+        # residual block, features[1]..features[17]; empty = torchvision's widths
+        cfg.MODEL.MOBILENET.HIDDEN_CHANNELS = []
     if "TILE" not in cfg.INPUT:
         cfg.INPUT.TILE = []  # [size, overlap]: train on tiles, detect slice by slice (wildlib.tiles)
     if "CHANNELS_LAST" not in cfg.MODEL:

@@ -133,6 +133,36 @@ def latency(model, images: list[dict], warmup: int = 3, runs: int = 20, threads:
             "threads": torch.get_num_threads()}
 
 
+@torch.no_grad()
+def side_by_side(baseline, variant, inputs: list[dict], variant_inputs: list[dict] | None = None, runs: int = 30,
+                 warmup: int = 5, threads: int | None = None) -> dict:
+    """Batch-1 latency of ``variant`` against ``baseline``, measured in turns in this process, same
+    threads, after ``warmup`` untimed passes of each: median and p90 of ``runs`` timed passes, and
+    ``speedup`` = baseline median / variant median.  The order alternates run to run, so neither
+    model always runs on a warmer cache.  ``variant_inputs``: the variant's own inputs (another
+    input size), else ``inputs``."""
+    if threads:
+        torch.set_num_threads(threads)
+    vin = variant_inputs or inputs
+    baseline.eval(), variant.eval()
+    for i in range(warmup):
+        baseline([inputs[i % len(inputs)]])
+        variant([vin[i % len(vin)]])
+    times = {"baseline": [], "variant": []}
+    for i in range(runs):
+        pair = (("baseline", baseline, inputs), ("variant", variant, vin))
+        for name, model, xs in pair if i % 2 == 0 else pair[::-1]:
+            t = time.perf_counter()
+            model([xs[i % len(xs)]])
+            times[name].append(time.perf_counter() - t)
+    out = {"runs": runs, "warmup": warmup, "threads": torch.get_num_threads()}
+    for name, ts in times.items():
+        t = np.array(ts) * 1000
+        out[f"{name}_ms_median"], out[f"{name}_ms_p90"] = float(np.median(t)), float(np.percentile(t, 90))
+    out["speedup"] = out["baseline_ms_median"] / out["variant_ms_median"]
+    return out
+
+
 def load_inputs(cfg, records: list[dict]) -> list[dict]:
     """Model inputs for dataset records, preprocessed as at test time (resize, channel order)."""
     from detectron2.data import detection_utils as utils
@@ -167,3 +197,31 @@ def predictions_to_json(preds: list[dict], inputs: list[dict]) -> list[dict]:
     return [{"file_name": Path(x["file_name"]).name, "boxes": p["boxes"].round(4).tolist(),
              "scores": p["scores"].round(6).tolist(), "classes": p["classes"].tolist()}
             for p, x in zip(preds, inputs)]
+
+
+def variant_row(name: str, model, cfg, dataset: str, path, baseline, inputs: list[dict], *, twin=None,
+                variant_inputs: list[dict] | None = None, runs: int = 20, warmup: int = 3, dense_bytes=None) -> dict:
+    """One row of the evaluation table (notebook 05): COCO metrics, per-class AP, parameters
+    (nonzero too) of ``twin`` (default ``model``), bytes on disk of ``path`` (a file, or a
+    deployable folder) and the compression ratio against ``dense_bytes``' file, latency side by
+    side with ``baseline``."""
+    from pathlib import Path
+
+    from .modeling import count_parameters
+
+    m = coco(model, cfg, dataset, quiet=True)
+    t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
+    counts = count_parameters(twin if twin is not None else model)
+    path = Path(path)
+    if path.is_dir():
+        from .fast import deploy_bytes
+
+        size = deploy_bytes(path)
+    else:
+        size = file_size(path)
+    dense = file_size(dense_bytes) if dense_bytes is not None else size
+    return {"variant": name, "AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "params": counts["params"],
+            "nonzero": counts["nonzero"], "file": path.name, "file_bytes": size, "ratio": dense / size,
+            "bits_per_weight": 8 * size / counts["params"], "latency_median_ms": t["variant_ms_median"],
+            "latency_p90_ms": t["variant_ms_p90"], "speedup": t["speedup"],
+            "per_class": {k[3:]: v for k, v in m.items() if k.startswith("AP-")}}

@@ -94,13 +94,17 @@ class MobileNetV2Features(Backbone):
     """torchvision's MobileNetV2 feature blocks, cut into stride-2^k stages m2..m5."""
 
     def __init__(self, out_features=("m2", "m3", "m4", "m5"), freeze_at: int = 2, norm: str = "FrozenBN",
-                 state_dict: dict | None = None):
+                 state_dict: dict | None = None, hidden_channels=()):
         super().__init__()
         import torchvision
 
         net = torchvision.models.mobilenet_v2()
         if state_dict is not None:
             net.load_state_dict(state_dict)  # strict: every key must match
+        if hidden_channels:  # a channel-pruned network (wildlib.channels): narrower blocks
+            from .channels import set_hidden_widths
+
+            set_hidden_widths(net.features, hidden_channels)
         if not out_features or not set(out_features) <= set(STAGES) - {"stem"}:
             raise ValueError(f"MOBILENET.OUT_FEATURES must be among m2..m5, got {list(out_features)}")
         last = max(list(STAGES).index(f) for f in out_features)
@@ -143,7 +147,8 @@ def build_mobilenetv2_fpn_backbone(cfg, input_shape: ShapeSpec):
         out_features=cfg.MODEL.MOBILENET.OUT_FEATURES,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         norm=cfg.MODEL.MOBILENET.NORM,
-        state_dict=_mobilenet_state_for(cfg),
+        state_dict=None if cfg.MODEL.MOBILENET.HIDDEN_CHANNELS else _mobilenet_state_for(cfg),
+        hidden_channels=list(cfg.MODEL.MOBILENET.HIDDEN_CHANNELS),
     )
     return FPN(
         bottom_up=bottom_up,
@@ -247,6 +252,29 @@ def build_model(cfg, weights: str | None = None, eval_mode: bool = True):
     if w:
         SafeCheckpointer(model).load(str(w))
     return model.eval() if eval_mode else model
+
+
+def load_exact(model, path):
+    """Load a weights file written for exactly ``model``'s shapes (a stage's own checkpoint): every
+    tensor present, no extra one, every shape equal, else a :class:`WeightsError` naming the file.
+    (Detectron2's checkpointer skips mismatched tensors with a warning: right for fine-tuning a
+    model-zoo file, wrong for a pruned model whose config does not match its weights.)"""
+    import numpy as np
+
+    state = SafeCheckpointer(model)._load_file(str(path))["model"]
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise WeightsError(f"{path}: does not fit the config's model (missing {missing[:3]}, unexpected {extra[:3]}"
+                           f"{' ...' if len(missing) > 3 or len(extra) > 3 else ''})")
+    for k, v in state.items():
+        shape = tuple(v.shape)
+        if shape != tuple(own[k].shape):
+            raise WeightsError(f"{path}: {k} has shape {list(shape)} but the config builds {list(own[k].shape)} "
+                               f"(weights and config of different models?)")
+        state[k] = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+    model.load_state_dict(state)
+    return model
 
 
 def with_memory_format(model, cfg):

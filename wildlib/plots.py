@@ -166,3 +166,65 @@ def cost_bars(table, columns=("infer_ms", "train_ms"), titles=("inference, 1 ima
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _reference_line(ax, reference_ap50: float, tolerance: float = 1.0):
+    ax.axhline(reference_ap50 - tolerance, color="k", ls=":", lw=1, label=f"reference - {tolerance:g}")
+
+
+def knob_sweep(sweep, reference_ap50: float, tolerance: float = 1.0):
+    """Test-time knobs: AP50 against measured latency, one panel per knob (rows of
+    ``wildlib.fast.sweep_test_time``). Introduced in notebook 04_prune_channels."""
+    knobs = list(dict.fromkeys(sweep["knob"]))
+    fig, axes = plt.subplots(1, len(knobs), figsize=(4.2 * len(knobs), 3.4), squeeze=False, sharey=True)
+    labels = {"proposals": lambda r: f"{r.pre_nms}/{r.post_nms}", "detections": lambda r: f"{r.detections}",
+              "input size": lambda r: f"{r.min_size}px"}
+    import pandas as pd
+
+    for ax, knob in zip(axes[0], knobs):  # the first row, the config's own setting, in every panel
+        df = pd.concat([sweep.iloc[[0]], sweep[sweep["knob"] == knob]]).drop_duplicates(
+            ["pre_nms", "post_nms", "detections", "min_size"])
+        ax.plot(df["latency_ms_median"], df["AP50"], "o-")
+        for r in df.itertuples():
+            ax.annotate(labels[knob](r), (r.latency_ms_median, r.AP50), fontsize=7)
+        _reference_line(ax, reference_ap50, tolerance)
+        ax.set_xlabel("latency, median (ms)")
+        ax.set_title(knob, fontsize=9)
+    axes[0][0].set_ylabel("AP50")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def channel_scan(scan, reference_ap50: float, max_drop: float):
+    """One family of channel groups pruned at a time, before fine-tuning: AP50 against the ratio
+    (rows of ``wildlib.channels.sensitivity_scan``). Introduced in notebook 04_prune_channels."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for fam, df in scan.groupby("family", sort=False):
+        ax.plot(df["ratio"] * 100, df["AP50"], marker="o", label=fam)
+    ax.axhline(reference_ap50 - max_drop, color="k", ls=":", lw=1, label=f"reference - {max_drop:g}")
+    ax.set_xlabel("channels removed in the family (%)")
+    ax.set_ylabel("AP50, no fine-tuning")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def speed_vs_accuracy(rows, reference_ap50: float, tolerance: float = 1.0, x: str = "speedup",
+                      xlabel: str = "speedup over the dense fp32 baseline (x, measured side by side)"):
+    """Each variant as a point: ``x`` against AP50 (rows: dicts or a DataFrame with ``name``/
+    ``variant``, ``x`` and ``AP50``). Introduced in notebook 04_prune_channels."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    label = "name" if "name" in df else "variant"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, r in enumerate(df.itertuples()):
+        ax.scatter(getattr(r, x), r.AP50, s=40, color=f"C{k % 10}")
+        ax.annotate(getattr(r, label), (getattr(r, x), r.AP50), fontsize=7)
+    _reference_line(ax, reference_ap50, tolerance)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("AP50")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

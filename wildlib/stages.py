@@ -8,7 +8,8 @@ import yaml
 
 from .io import read_json, resolve, write_json, write_text
 
-EXPLORE, BASELINE, PRUNE, SHARE, EVALUATE = "00_explore", "01_baseline", "02_prune", "03_share", "04_evaluate"
+EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
+CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
 
 
 def explore_record(run_dir) -> dict:
@@ -148,7 +149,9 @@ def load_trained(stage_dir, weights_name: str = "model_final.pth"):
         model = build_model(cfg, weights="")
         model.load_state_dict(load(stage_dir / weights_name))
         return cfg, model
-    return cfg, build_model(cfg, weights=str(stage_dir / weights_name))
+    from .modeling import load_exact  # a stage's weights must fit its config exactly
+
+    return cfg, load_exact(build_model(cfg, weights=""), stage_dir / weights_name).eval()
 
 
 def metrics_of(run_dir, stage: str) -> dict:
@@ -156,20 +159,21 @@ def metrics_of(run_dir, stage: str) -> dict:
 
 
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
-                    eval_period: int, seed: int, freeze_at: int | None = 0):
+                    eval_period: int, seed: int, freeze_at: int | None = 0, config_file=None, weights=None):
     """The baseline's own config, starting from its trained weights, with a new schedule.
 
     ``freeze_at=0`` (default) lets every layer train: a pruned layer that stays frozen cannot
-    recover from its pruning.  ``None`` keeps the baseline's setting."""
+    recover from its pruning.  ``None`` keeps the baseline's setting.  ``config_file`` and
+    ``weights`` start from another model of the baseline's data (a channel-pruned one, say)."""
     from .config import get_config
 
     baseline_dir = Path(baseline_dir)
     over = baseline_overrides(Path(out_dir), device=device, max_iter=max_iter, ims_per_batch=ims_per_batch,
                               lr=lr, eval_period=eval_period, seed=seed,
-                              weights=str(baseline_dir / "model_final.pth"))
+                              weights=str(weights or baseline_dir / "model_final.pth"))
     if freeze_at is not None:
         over["MODEL.BACKBONE.FREEZE_AT"] = int(freeze_at)
-    cfg = _no_imagenet_init(get_config(str(baseline_dir / "config.yaml"), over, freeze=False))
+    cfg = _no_imagenet_init(get_config(str(config_file or baseline_dir / "config.yaml"), over, freeze=False))
     cfg.freeze()
     from .tiles import ensure_registered
 

@@ -1,0 +1,191 @@
+"""ONNX Runtime inference (wildlib.fast): exported graphs compute what the PyTorch modules compute,
+int8 graphs are real int8, a deployable folder reloads to the same predictions, and damaged files
+are refused with their name."""
+import copy
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from wildlib import channels, config, evaluate, fast, modeling
+from wildlib.modeling import WeightsError
+
+from .test_channels import _randomised
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+    torch.manual_seed(0)
+    model = channels.prune(_randomised(modeling.build_model(cfg)), {"m5": 0.5, "box_head": 0.5})
+    cfg = channels.config_for(cfg, model)
+    g = torch.Generator().manual_seed(1)
+    images = [{"image": torch.randint(0, 255, (3, 120, 160), generator=g, dtype=torch.uint8).float(),
+               "height": 120, "width": 160} for _ in range(3)]
+    out = tmp_path_factory.mktemp("fast")
+    fp32 = fast.export(model, images[0], out / "fp32")
+    int8 = fast.quantize(fp32, fast.calibration_data(model, images), out / "int8")
+    return cfg, model, images, fp32, int8, out
+
+
+def test_fp32_graphs_compute_what_the_modules_compute(setup):
+    cfg, model, images, fp32, _, _ = setup
+    ort_model = fast.attach(model, fp32, threads=1)
+    x = model.preprocess_image([images[1]]).tensor
+    with torch.no_grad():
+        want = model.backbone(x)
+        got = ort_model.backbone(x)
+        assert set(got) == set(want)
+        for k in want:
+            assert torch.allclose(got[k], want[k], atol=1e-3, rtol=1e-3), k
+        levels = model.proposal_generator.in_features
+        # the RPN head runs inside the backbone's graph and is handed over for those features
+        ref = model.proposal_generator.rpn_head([want[f] for f in levels])
+        for a, b in zip(ref, ort_model.proposal_generator.rpn_head([got[f] for f in levels])):
+            for u, v in zip(a, b):
+                assert torch.allclose(u, v, atol=1e-3, rtol=1e-3)
+        with pytest.raises(RuntimeError, match="inside the backbone's graph"):
+            ort_model.proposal_generator.rpn_head([want[f] for f in levels])
+        pooled = torch.randn(5, 64, 7, 7)
+        assert torch.allclose(model.roi_heads.box_head(pooled), ort_model.roi_heads.box_head(pooled), atol=1e-3)
+        assert ort_model.roi_heads.box_head(pooled[:0]).shape == (0, 256)  # no proposals: no ORT call
+        out = ort_model([images[1]])[0]["instances"]  # the whole detector runs through it
+    assert out.pred_boxes.tensor.shape[1] == 4
+
+
+def test_int8_graphs_hold_int8_weights_and_stay_close(setup):
+    import onnx
+
+    _, model, images, fp32, int8, _ = setup
+    for name in fast.GRAPHS:
+        proto = onnx.load(str(int8[name]))
+        ops = {n.op_type for n in proto.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops, name
+        assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer), name
+        assert int8[name].stat().st_size < 0.5 * fp32[name].stat().st_size, name
+    q = fast.attach(model, int8, threads=1)
+    x = model.preprocess_image([images[2]]).tensor
+    with torch.no_grad():
+        want, got = model.backbone(x), q.backbone(x)
+    for k in want:  # quantization error, not garbage: strongly correlated with fp32
+        c = torch.corrcoef(torch.stack([want[k].flatten(), got[k].flatten()]))[0, 1]
+        assert c > 0.95, (k, float(c))
+
+
+def test_deployable_folder_reloads_to_the_same_predictions(setup):
+    cfg, model, images, _, int8, out = setup
+    tt_cfg = fast.with_test_time(cfg, 100, 50, 20)
+    mem = fast.test_time(fast.attach(model, int8, threads=1), 100, 50, 20)
+    folder = fast.save(out / "deploy", tt_cfg, model, int8, threads=1)
+    loaded_cfg, loaded = fast.load(folder)
+    assert fast.test_time_of(loaded) == {"pre_nms": 100, "post_nms": 50, "detections": 20}
+    assert loaded_cfg.MODEL.ROI_BOX_HEAD.FC_DIM == 256
+    with torch.no_grad():
+        for im in images:
+            a, b = mem([im])[0]["instances"], loaded([im])[0]["instances"]
+            assert len(a) == len(b) <= 20 and torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+            assert torch.equal(a.scores, b.scores)
+    manifest = json.loads((folder / fast.MANIFEST).read_text())
+    assert fast.deploy_bytes(folder) == sum(f["bytes"] for f in manifest["files"].values()) + (
+        folder / fast.MANIFEST).stat().st_size
+
+
+def _copy(folder, tmp_path):
+    return shutil.copytree(folder, tmp_path / "copy")
+
+
+def test_truncated_int8_file_is_refused_naming_it(setup, tmp_path):
+    *_, out = setup
+    folder = _copy(out / "deploy", tmp_path)
+    path = folder / "backbone.onnx"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"backbone\.onnx: .*bytes, the manifest says"):
+        fast.load(folder)
+    with pytest.raises(WeightsError, match=r"backbone\.onnx: not a valid ONNX model"):
+        fast.OrtGraph(path)  # without a manifest, ONNX's own parser refuses it
+
+
+def test_altered_file_and_misfit_predictor_are_refused(setup, tmp_path):
+    *_, out = setup
+    folder = _copy(out / "deploy", tmp_path)
+    cfg_text = (folder / fast.CONFIG).read_text()
+    (folder / fast.CONFIG).write_text(cfg_text.replace("FC_DIM: 256", "FC_DIM: 512"))
+    with pytest.raises(WeightsError, match=r"detectron2\.yaml: .*bytes|detectron2\.yaml: its SHA-256"):
+        fast.load(folder)
+    # a consistent manifest does not make a misfit file fit: the predictor's shapes are checked
+    manifest = json.loads((folder / fast.MANIFEST).read_text())
+    manifest["files"][fast.CONFIG] = {"bytes": (folder / fast.CONFIG).stat().st_size,
+                                     "sha256": fast._sha256(folder / fast.CONFIG)}
+    (folder / fast.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match=r"predictor\.pth: the box predictor's weights do not fit"):
+        fast.load(folder)
+
+
+def test_onnx_with_external_data_or_foreign_ops_is_refused(setup, tmp_path):
+    import onnx
+    from onnx import helper
+
+    _, _, _, fp32, _, _ = setup
+    proto = onnx.load(str(fp32["box_head"]))
+    onnx.save(proto, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    with pytest.raises(WeightsError, match=r"ext\.onnx: refers to external data"):
+        fast.check_onnx(tmp_path / "ext.onnx")
+    node = helper.make_node("Evil", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+              str(tmp_path / "foreign.onnx"))
+    with pytest.raises(WeightsError, match=r"foreign\.onnx: (uses operators from \['com\.example'\]|not a valid)"):
+        fast.check_onnx(tmp_path / "foreign.onnx")
+
+
+def test_side_by_side_alternates_and_divides_medians():
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def eval(self):
+            return self
+
+        def __call__(self, batch):
+            calls.append(self.name)
+
+    fake = Fake
+
+    out = evaluate.side_by_side(fake("a"), fake("b"), [{"image": None}], runs=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert out["speedup"] == pytest.approx(out["baseline_ms_median"] / out["variant_ms_median"])
+    assert out["runs"] == 4 and out["baseline_ms_p90"] >= out["baseline_ms_median"]
+
+
+def test_pick_test_time_takes_the_cheapest_setting_within_the_drop():
+    cfg = config.get_config("mobilenet_fpn_cpu")
+    settings = fast.knob_settings(cfg, [[500, 300], [200, 100], [100, 50]], [100, 20], [240, 208])
+    ap = {(500, 300): 95.0, (200, 100): 94.8, (100, 50): 93.0}
+    rows = [{**s, "AP50": ap.get((s["pre_nms"], s["post_nms"]), 95.0) if s["knob"] == "proposals"
+             else (94.9 if s["knob"] == "detections" else (95.0 if s["min_size"] == 240 else 90.0))} for s in settings]
+    picked = fast.pick_test_time(pd.DataFrame(rows), cfg, 95.2, 0.5)
+    assert picked == {"pre_nms": 200, "post_nms": 100, "detections": 20, "min_size": 240}
+
+
+def test_lean_rpn_and_cached_anchors_give_detectron2s_proposals(setup):
+    cfg, model, images, *_ = setup
+    lean = fast.lean(copy.deepcopy(model))
+    assert type(lean.proposal_generator).__name__ == "TopKFirstRPN"
+    with torch.no_grad():
+        for im in images:
+            x = model.preprocess_image([im])
+            feats = model.backbone(x.tensor)
+            want = model.proposal_generator(x, feats)[0][0]
+            got = lean.proposal_generator(x, feats)[0][0]
+            assert len(want) == len(got) > 0
+            assert torch.allclose(want.proposal_boxes.tensor, got.proposal_boxes.tensor, atol=1e-4)
+            assert torch.allclose(want.objectness_logits, got.objectness_logits)
+    # a config naming them builds them
+    built = modeling.build_model(fast.lean_config(cfg))
+    assert type(built.proposal_generator.anchor_generator).__name__ == "CachedAnchorGenerator"
