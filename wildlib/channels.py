@@ -406,23 +406,26 @@ def width_table(before, after):
 # ------------------------------------------------------------------------- sensitivity, latency
 
 
-def sensitivity_scan(model, cfg, dataset: str, ratios, inputs: list[dict], families=FAMILIES,
-                     runs: int = 30, warmup: int = 5):
-    """One family pruned at a time (no fine-tuning): AP50 and the measured latency, side by side
-    with the unpruned model.  What each family costs in accuracy and what it buys in time."""
+def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAMILIES, max_drop: float | None = None,
+                     reference_ap50: float | None = None):
+    """One family pruned at a time (no fine-tuning): AP50, parameters and MACs (on ``image``).
+    Ratios run from small to large; with ``max_drop`` and ``reference_ap50``, a family's larger
+    ratios are skipped once one falls below ``reference_ap50 - max_drop`` (they would only fall
+    further).  Latency is measured on the final model, side by side, not here."""
     import pandas as pd
 
-    from .evaluate import coco, side_by_side
+    from .evaluate import coco
+    from .fast import macs
 
     rows = []
     for fam in families:
-        for r in ratios:
+        for r in sorted(ratios):
             pruned = prune(model, {fam: r})
             m = coco(pruned, cfg, dataset, quiet=True)
-            t = side_by_side(model, pruned, inputs, runs=runs, warmup=warmup)
             rows.append({"family": fam, "ratio": r, "AP50": m["AP50"], "AP": m["AP"],
-                         "params": sum(p.numel() for p in pruned.parameters()),
-                         "latency_ms": t["variant_ms_median"], "speedup": t["speedup"]})
+                         "params": sum(p.numel() for p in pruned.parameters()), "macs": macs(pruned, image)})
+            if max_drop is not None and reference_ap50 is not None and m["AP50"] < reference_ap50 - max_drop:
+                break
     return pd.DataFrame(rows)
 
 

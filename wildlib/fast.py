@@ -542,7 +542,8 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
 
     m = coco(model, cfg, dataset, quiet=True)
     t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
-    twin = twin if twin is not None else model
+    # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings
+    twin = model if twin is None else test_time(copy.deepcopy(twin), **test_time_of(model))
     x = (variant_inputs or inputs)[0]
     return {"name": name, "AP50": m["AP50"], "AP": m["AP"], "latency_ms_median": t["variant_ms_median"],
             "latency_ms_p90": t["variant_ms_p90"], "speedup": t["speedup"],
@@ -568,8 +569,9 @@ def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
 
 
 def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inputs: list[dict], settings,
-                    runs: int = 30, warmup: int = 5):
-    """AP50 and side-by-side latency of ``model`` at each test-time setting (see :func:`knob_settings`)."""
+                    runs: int = 30, warmup: int = 5, twin=None):
+    """AP50 and side-by-side latency of ``model`` at each test-time setting (see :func:`knob_settings`);
+    ``twin``: the PyTorch model whose MACs an ONNX Runtime ``model`` has."""
     import pandas as pd
 
     from .evaluate import load_inputs
@@ -579,7 +581,8 @@ def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inp
         c = with_test_time(cfg, s["pre_nms"], s["post_nms"], s["detections"], s["min_size"])
         m = test_time(copy.deepcopy(model), s["pre_nms"], s["post_nms"], s["detections"])
         xs = load_inputs(c, records[:len(inputs)]) if s["min_size"] != cfg.INPUT.MIN_SIZE_TEST else inputs
-        row = measure("", m, c, dataset, baseline, inputs, variant_inputs=xs, file_bytes=0, runs=runs, warmup=warmup)
+        row = measure("", m, c, dataset, baseline, inputs, variant_inputs=xs, file_bytes=0, runs=runs, warmup=warmup,
+                      twin=twin)
         rows.append({**s, **{k: row[k] for k in ("AP50", "AP", "latency_ms_median", "latency_ms_p90", "speedup",
                                                   "macs")}})
     return pd.DataFrame(rows)
