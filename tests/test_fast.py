@@ -27,6 +27,7 @@ def setup(tmp_path_factory):
     out = tmp_path_factory.mktemp("fast")
     fp32 = fast.export(model, images[0], out / "fp32")
     int8 = fast.quantize(fp32, fast.calibration_data(model, images), out / "int8")
+    fast.save(out / "deploy", fast.with_test_time(cfg, 100, 50, 20), model, int8, threads=1)
     return cfg, model, images, fp32, int8, out
 
 
@@ -76,9 +77,8 @@ def test_int8_graphs_hold_int8_weights_and_stay_close(setup):
 
 def test_deployable_folder_reloads_to_the_same_predictions(setup):
     cfg, model, images, _, int8, out = setup
-    tt_cfg = fast.with_test_time(cfg, 100, 50, 20)
     mem = fast.test_time(fast.attach(model, int8, threads=1), 100, 50, 20)
-    folder = fast.save(out / "deploy", tt_cfg, model, int8, threads=1)
+    folder = out / "deploy"
     loaded_cfg, loaded = fast.load(folder)
     assert fast.test_time_of(loaded) == {"pre_nms": 100, "post_nms": 50, "detections": 20}
     assert loaded_cfg.MODEL.ROI_BOX_HEAD.FC_DIM == 256
@@ -96,12 +96,22 @@ def _copy(folder, tmp_path):
     return shutil.copytree(folder, tmp_path / "copy")
 
 
+def _fix_manifest(folder, name, **extra):
+    manifest = json.loads((folder / fast.MANIFEST).read_text())
+    manifest["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": modeling.sha256_file(folder / name)}
+    manifest.update(extra)
+    (folder / fast.MANIFEST).write_text(json.dumps(manifest))
+
+
 def test_truncated_int8_file_is_refused_naming_it(setup, tmp_path):
     *_, out = setup
     folder = _copy(out / "deploy", tmp_path)
     path = folder / "backbone.onnx"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(WeightsError, match=r"backbone\.onnx: .*bytes, the manifest says"):
+        fast.load(folder)
+    _fix_manifest(folder, "backbone.onnx")  # a manifest that agrees does not make the file whole
+    with pytest.raises(WeightsError, match=r"backbone\.onnx: not a valid ONNX model"):
         fast.load(folder)
     with pytest.raises(WeightsError, match=r"backbone\.onnx: not a valid ONNX model"):
         fast.OrtGraph(path)  # without a manifest, ONNX's own parser refuses it
@@ -115,12 +125,34 @@ def test_altered_file_and_misfit_predictor_are_refused(setup, tmp_path):
     with pytest.raises(WeightsError, match=r"detectron2\.yaml: .*bytes|detectron2\.yaml: its SHA-256"):
         fast.load(folder)
     # a consistent manifest does not make a misfit file fit: the predictor's shapes are checked
-    manifest = json.loads((folder / fast.MANIFEST).read_text())
-    manifest["files"][fast.CONFIG] = {"bytes": (folder / fast.CONFIG).stat().st_size,
-                                     "sha256": fast._sha256(folder / fast.CONFIG)}
-    (folder / fast.MANIFEST).write_text(json.dumps(manifest))
+    _fix_manifest(folder, fast.CONFIG)
     with pytest.raises(WeightsError, match=r"predictor\.pth: the box predictor's weights do not fit"):
         fast.load(folder)
+
+
+def test_deploy_config_and_manifest_are_checked(setup, tmp_path):
+    *_, out = setup
+    folder = _copy(out / "deploy", tmp_path)
+    text = (folder / fast.CONFIG).read_text()
+    (folder / fast.CONFIG).write_text("_BASE_: https://example.com/other.yaml\n" + text)
+    _fix_manifest(folder, fast.CONFIG)
+    with pytest.raises(config.ConfigError, match=r"detectron2\.yaml: .*no _BASE_"):
+        fast.load(folder)
+    (folder / fast.CONFIG).write_text(text.replace("DEVICE: cpu", "DEVICE: cuda"))
+    _fix_manifest(folder, fast.CONFIG, threads=10**6)
+    with pytest.raises(WeightsError, match=r"manifest\.json: threads must be an integer"):
+        fast.load(folder)
+    _fix_manifest(folder, fast.CONFIG, threads=1)
+    cfg, model = fast.load(folder)  # a GPU config still runs where ONNX Runtime runs: the CPU
+    assert cfg.MODEL.DEVICE == "cpu" and next(model.parameters()).device.type == "cpu"
+
+
+def test_onnx_file_of_another_model_is_refused(setup, tmp_path):
+    cfg, model, images, fp32, _, _ = setup
+    other = channels.prune(model, {"box_head": 0.5})  # box features 128, not 256
+    files = fast.export(other, images[0], tmp_path / "other")
+    with pytest.raises(WeightsError, match=r"other/box_head\.onnx: takes \['pooled'\] and gives \[\('box_features', 128\)\]"):
+        fast.attach(model, {"backbone": fp32["backbone"], "box_head": files["box_head"]})
 
 
 def test_onnx_with_external_data_or_foreign_ops_is_refused(setup, tmp_path):
@@ -189,3 +221,36 @@ def test_lean_rpn_and_cached_anchors_give_detectron2s_proposals(setup):
     # a config naming them builds them
     built = modeling.build_model(fast.lean_config(cfg))
     assert type(built.proposal_generator.anchor_generator).__name__ == "CachedAnchorGenerator"
+
+
+def test_lean_rpn_keeps_detectron2s_choice_among_tied_scores(setup):
+    """int8 logits take few values, so ties at the top-k cut are common: the same anchors must win."""
+    _, model, images, *_ = setup
+    lean = fast.lean(copy.deepcopy(model))
+    rpn, lean_rpn = model.proposal_generator, lean.proposal_generator
+    x = model.preprocess_image([images[0]])
+    with torch.no_grad():
+        feats = [model.backbone(x.tensor)[f] for f in rpn.in_features]
+        anchors = rpn.anchor_generator(feats)
+        logits, deltas = rpn.rpn_head(feats)
+        logits = [(lg.permute(0, 2, 3, 1).flatten(1) * 4).round() / 4 for lg in logits]  # coarse: many ties
+        deltas = [d.view(d.shape[0], -1, 4, d.shape[-2], d.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+                  for d in deltas]
+        for pre in (50, 1000):
+            rpn.pre_nms_topk[False] = lean_rpn.pre_nms_topk[False] = pre
+            want = rpn.predict_proposals(anchors, logits, deltas, x.image_sizes)[0]
+            got = lean_rpn.predict_proposals(anchors, logits, deltas, x.image_sizes)[0]
+            assert torch.equal(want.proposal_boxes.tensor, got.proposal_boxes.tensor)
+            assert torch.equal(want.objectness_logits, got.objectness_logits)
+
+
+def test_cached_anchors_follow_the_input_size_and_are_copies(setup):
+    _, model, *_ = setup
+    gen = fast.lean(copy.deepcopy(model)).proposal_generator.anchor_generator
+    ref = model.proposal_generator.anchor_generator
+    for h, w in ((32, 40), (16, 20), (32, 40)):
+        feats = [torch.zeros(1, 8, h // 2 ** k, w // 2 ** k) for k in range(5)]
+        got, want = gen(feats), ref(feats)
+        assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(got, want))
+        got[0].tensor.zero_()  # a caller clipping in place must not change the next call's anchors
+    assert torch.equal(gen(feats)[0].tensor, ref(feats)[0].tensor)

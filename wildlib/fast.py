@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling import WeightsError
+from .modeling import WeightsError, sha256_file
 
 GRAPHS = ("backbone", "box_head")
 FLOAT_PARTS = ("input normalisation and padding", "anchor generation", "proposal top-k and NMS", "ROIAlign",
@@ -93,35 +94,58 @@ def with_test_time(cfg, pre_nms: int, post_nms: int, detections: int, min_size: 
 
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator  # noqa: E402
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY  # noqa: E402
-from detectron2.modeling.proposal_generator.rpn import RPN, find_top_rpn_proposals  # noqa: E402
+from detectron2.modeling.proposal_generator.rpn import RPN  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
 
 class TopKFirstRPN(RPN):
-    """Detectron2's RPN, except that at test time it picks the ``pre_nms_topk`` best anchors of each
-    level first and decodes only those (Detectron2 decodes all of them, ~19k at 240x320, then keeps
-    the top k).  The proposals are the same; training is unchanged."""
+    """Detectron2's RPN, except that at test time it decodes only the anchors it keeps: each
+    level's logits are sorted as Detectron2 sorts them, the first ``pre_nms_topk`` are kept, and only
+    their deltas are applied (Detectron2 decodes all anchors, ~19k at 240x320, then keeps the top
+    k).  The rest is ``find_top_rpn_proposals``' inference path, step for step: same proposals,
+    ties included.  Training is unchanged."""
 
     def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
         if self.training:
             return super().predict_proposals(anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes)
         k = self.pre_nms_topk[False]
-        boxes, logits = [], []
+        boxes, scores, levels = [], [], []
         with torch.no_grad():
-            for a, lg, d in zip(anchors, pred_objectness_logits, pred_anchor_deltas):
-                top, idx = lg.topk(min(k, lg.shape[1]), dim=1)
+            for level, (a, lg, d) in enumerate(zip(anchors, pred_objectness_logits, pred_anchor_deltas)):
+                n = min(k, lg.shape[1])
+                top, idx = lg.sort(descending=True, dim=1)
+                top, idx = top.narrow(1, 0, n), idx.narrow(1, 0, n)
                 rows = torch.arange(lg.shape[0], device=lg.device)[:, None]
                 picked = a.tensor[idx]
                 b = self.box2box_transform.apply_deltas(d[rows, idx].reshape(-1, d.shape[-1]),
                                                         picked.reshape(-1, picked.shape[-1]))
-                boxes.append(b.view(lg.shape[0], -1, picked.shape[-1]))
-                logits.append(top)
-            return find_top_rpn_proposals(boxes, logits, image_sizes, self.nms_thresh, k, self.post_nms_topk[False],
-                                          self.min_box_size, False)
+                boxes.append(b.view(lg.shape[0], n, -1))
+                scores.append(top)
+                levels.append(torch.full((n,), level, dtype=torch.int64, device=lg.device))
+            boxes, scores, levels = torch.cat(boxes, dim=1), torch.cat(scores, dim=1), torch.cat(levels)
+            return [self._select(Boxes(boxes[i]), scores[i], levels, size) for i, size in enumerate(image_sizes)]
+
+    def _select(self, boxes, scores, levels, image_size):
+        from detectron2.layers import batched_nms
+        from detectron2.structures import Instances
+
+        valid = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
+        if not valid.all():
+            boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
+        boxes.clip(image_size)
+        keep = boxes.nonempty(threshold=self.min_box_size)
+        if keep.sum().item() != len(boxes):
+            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep = batched_nms(boxes.tensor, scores, levels, self.nms_thresh)[: self.post_nms_topk[False]]
+        out = Instances(image_size)
+        out.proposal_boxes, out.objectness_logits = boxes[keep], scores[keep]
+        return out
 
 
 class CachedAnchorGenerator(DefaultAnchorGenerator):
-    """Detectron2's anchors, computed once per set of feature-map sizes and then reused."""
+    """Detectron2's anchors, computed once per set of feature-map sizes and then reused (a fresh
+    copy each call: a caller may clip them in place).  In a latency measurement the cache is warm
+    after the first image of a size: what a camera's fixed-size stream sees."""
 
     MAX_SIZES = 32  # distinct input sizes remembered
 
@@ -131,8 +155,8 @@ class CachedAnchorGenerator(DefaultAnchorGenerator):
         if key not in cache:
             if len(cache) >= self.MAX_SIZES:
                 cache.clear()
-            cache[key] = [Boxes(x) for x in self._grid_anchors([f.shape[-2:] for f in features])]
-        return list(cache[key])
+            cache[key] = self._grid_anchors([f.shape[-2:] for f in features])
+        return [Boxes(t.clone()) for t in cache[key]]
 
 
 for _cls, _registry in ((TopKFirstRPN, PROPOSAL_GENERATOR_REGISTRY), (CachedAnchorGenerator, ANCHOR_GENERATOR_REGISTRY)):
@@ -204,14 +228,14 @@ def export(model, image: dict, out_dir, opset: int = 17) -> dict[str, Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    model = copy.deepcopy(model).eval().to("cpu").to(memory_format=torch.contiguous_format)
     x, pooled = _inputs_of(model, image)
     levels = list(model.proposal_generator.in_features)
     names = list(model.backbone._out_features)
     graphs = {
         "backbone": (_ConvGraph(model.backbone, model.proposal_generator.rpn_head, levels), (x,), ["image"],
                      names + [f"logits_{n}" for n in levels] + [f"deltas_{n}" for n in levels],
-                     {"image": {2: "height", 3: "width"}}),
+                     {"image": {0: "batch", 2: "height", 3: "width"}}),
         "box_head": (model.roi_heads.box_head, (pooled,), ["pooled"], ["box_features"], {"pooled": {0: "boxes"}}),
     }
     paths = {}
@@ -227,17 +251,23 @@ def export(model, image: dict, out_dir, opset: int = 17) -> dict[str, Path]:
 # ------------------------------------------------------------------------------ quantization
 
 
-def calibration_data(model, images: list[dict]) -> dict[str, list[dict]]:
-    """Each graph's inputs (name -> array) while the fp32 ``model`` runs on ``images``: what static
-    quantization measures its activation ranges on."""
+def calibration_data(model, images: list[dict], max_boxes: int = 512) -> dict[str, list[dict]]:
+    """Each graph's inputs (name -> array) while the fp32 ``model`` (on the CPU) runs on ``images``:
+    what static quantization measures its activation ranges on; at most ``max_boxes`` box-head
+    inputs per image, so memory stays bounded."""
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("calibration runs the model on the CPU: move it there first (model.to('cpu'))")
     data = {g: [] for g in GRAPHS}
 
     def on_backbone(_m, args):
         data["backbone"].append({"image": args[0].contiguous().numpy()})
 
     def on_box(_m, args):
-        if len(args[0]):
-            data["box_head"].append({"pooled": args[0].contiguous().numpy()})
+        x = args[0]
+        if len(x) > max_boxes:  # evenly spaced over the ranking: a bounded sample of each image
+            x = x[torch.linspace(0, len(x) - 1, max_boxes).long()]
+        if len(x):
+            data["box_head"].append({"pooled": x.contiguous().numpy()})
 
     hooks = [model.backbone.register_forward_pre_hook(on_backbone),
              model.roi_heads.box_head.register_forward_pre_hook(on_box)]
@@ -294,9 +324,32 @@ def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir,
 # ------------------------------------------------------------------------------ ORT modules
 
 
-def check_onnx(path) -> None:
-    """Refuse, naming the file, an ONNX file that is missing, too large, not a model, or that
-    reaches outside itself (external data, operators outside the standard domains)."""
+def _walk(graph):
+    """Every node and tensor of an ONNX graph, its subgraphs (If/Loop/Scan bodies) included."""
+    from onnx import AttributeProto
+
+    tensors = list(graph.initializer) + [t.values for t in graph.sparse_initializer]
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                tensors.append(attr.t)
+            elif attr.type == AttributeProto.TENSORS:
+                tensors.extend(attr.tensors)
+            subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for g in subgraphs:
+                n, t = _walk(g)
+                nodes += n
+                tensors += t
+    return nodes, tensors
+
+
+def read_onnx(path, sha256: str | None = None) -> bytes:
+    """The bytes of an ONNX file, once checked: refused (``WeightsError`` naming the file) if
+    missing, too large, not matching ``sha256``, not a valid model (truncated or damaged), holding
+    weights in external files, or using operators outside the standard domains.  Hand these very
+    bytes to ONNX Runtime: the file is not read twice."""
     import onnx
 
     path = Path(path)
@@ -305,32 +358,45 @@ def check_onnx(path) -> None:
     size = path.stat().st_size
     if size > MAX_MODEL_BYTES:
         raise WeightsError(f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES} an ONNX model may have here")
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise WeightsError(f"{path}: its SHA-256 does not match the manifest (altered or damaged?)")
+
     def invalid(exc):
         return WeightsError(f"{path}: not a valid ONNX model, truncated or damaged? ({type(exc).__name__}: "
                             f"{str(exc)[:200]})")
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_from_string(data)
     except Exception as exc:  # protobuf's DecodeError, ...
         raise invalid(exc) from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+    nodes, tensors = _walk(proto.graph)
+    for f in proto.functions:
+        nodes += list(f.node)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
         raise WeightsError(f"{path}: refers to external data files; a model here must hold its own weights")
+    domains = {n.domain for n in nodes} - ALLOWED_DOMAINS
+    if domains:
+        raise WeightsError(f"{path}: uses operators from {sorted(domains)}, not a standard domain")
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx's ValidationError
         raise invalid(exc) from None
-    domains = {op.domain for op in proto.graph.node}
-    if domains - ALLOWED_DOMAINS:
-        raise WeightsError(f"{path}: uses operators from {sorted(domains - ALLOWED_DOMAINS)}, not a standard domain")
+    return data
+
+
+def check_onnx(path) -> None:
+    """:func:`read_onnx`'s checks, without keeping the bytes."""
+    read_onnx(path)
 
 
 class OrtGraph:
-    """One ONNX file in an ONNX Runtime session: torch tensors in, torch tensors out."""
+    """One ONNX file in an ONNX Runtime session: CPU torch tensors in, CPU torch tensors out."""
 
-    def __init__(self, path, threads: int = 2):
+    def __init__(self, path, threads: int = 2, sha256: str | None = None):
         import onnxruntime as ort
 
-        check_onnx(path)
+        data = read_onnx(path, sha256)
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -339,16 +405,30 @@ class OrtGraph:
         # next (the PyTorch baseline measured beside it, above all)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise WeightsError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {str(exc)[:200]})") from None
         self.path = Path(path)
+        self.threads = int(threads)
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [(o.name, o.shape) for o in self.session.get_outputs()]
 
     def __deepcopy__(self, memo):  # a session holds no per-call state: copies of a model share it
         return self
 
+    def expect(self, inputs: list[str], outputs: list[tuple[str, int | None]]) -> None:
+        """The graph must take ``inputs`` and give ``outputs`` (name, channels at dim 1, or None
+        for any): else a ``WeightsError`` naming the file (an ONNX file of another model)."""
+        got = [(n, shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None) for n, shape in self.outputs]
+        want = [(n, c) for n, c in outputs]
+        if self.inputs != inputs or [n for n, _ in got] != [n for n, _ in want] or any(
+                c is not None and g != c for (_, g), (_, c) in zip(got, want)):
+            raise WeightsError(f"{self.path}: takes {self.inputs} and gives {got}, but this model needs {inputs} -> "
+                               f"{want} (an ONNX file of another model or config?)")
+
     def __call__(self, *tensors):
+        if any(t.device.type != "cpu" for t in tensors):
+            raise ValueError(f"{self.path}: ONNX Runtime runs on the CPU here; move the model to the CPU first")
         feed = {n: t.detach().contiguous().numpy() for n, t in zip(self.inputs, tensors)}
         return [torch.from_numpy(o) for o in self.session.run(None, feed)]
 
@@ -394,7 +474,8 @@ class OrtRPNHead(nn.Module):
         self._backbone = [backbone]  # a plain list: not a submodule twice
 
     def forward(self, features):
-        stash = self._backbone[0].rpn_outputs
+        backbone = self._backbone[0]
+        stash, backbone.rpn_outputs = backbone.rpn_outputs, None  # handed over once, not kept alive
         if stash is None or stash[0] is not features[0]:
             raise RuntimeError("the RPN head of an ONNX Runtime model runs inside the backbone's graph: "
                                "call the model, not the head alone")
@@ -419,25 +500,26 @@ class OrtBoxHead(nn.Module):
 
 
 def attach(model, graphs: dict, threads: int = 2):
-    """A copy of ``model`` whose backbone, RPN head and box head run the ONNX files ``graphs``
-    (name -> path) in ONNX Runtime, and whose RPN and anchors run leaner (:func:`lean`)."""
-    model = lean(copy.deepcopy(model).eval())
-    backbone = OrtBackbone(OrtGraph(graphs["backbone"], threads), model.backbone, model.proposal_generator.in_features)
-    box_head = OrtBoxHead(OrtGraph(graphs["box_head"], threads), model.roi_heads.box_head)
+    """A copy of ``model``, on the CPU, whose backbone, RPN head and box head run the ONNX files
+    ``graphs`` (name -> path, or a loaded :class:`OrtGraph`) in ONNX Runtime, and whose RPN and
+    anchors run leaner (:func:`lean`).  Each graph's inputs and outputs must fit ``model``."""
+    model = lean(copy.deepcopy(model).eval().to("cpu"))
+    levels = list(model.proposal_generator.in_features)
+    shapes = model.backbone.output_shape()
+    anchors = model.proposal_generator.anchor_generator.num_cell_anchors[0]
+    conv = graphs["backbone"] if isinstance(graphs["backbone"], OrtGraph) else OrtGraph(graphs["backbone"], threads)
+    conv.expect(["image"], [(n, shapes[n].channels) for n in model.backbone._out_features]
+                + [(f"logits_{n}", anchors) for n in levels] + [(f"deltas_{n}", 4 * anchors) for n in levels])
+    fc = graphs["box_head"] if isinstance(graphs["box_head"], OrtGraph) else OrtGraph(graphs["box_head"], threads)
+    fc.expect(["pooled"], [("box_features", model.roi_heads.box_head.output_shape.channels)])
+    backbone = OrtBackbone(conv, model.backbone, levels)
+    box_head = OrtBoxHead(fc, model.roi_heads.box_head)
     model.backbone, model.roi_heads.box_head = backbone, box_head
     model.proposal_generator.rpn_head = OrtRPNHead(backbone)
     return model
 
 
 # ------------------------------------------------------------------------------ deployable
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
@@ -455,7 +537,7 @@ def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
     atomic_write(out / PREDICTOR, lambda tmp: torch.save(state, tmp))
     files = [CONFIG, PREDICTOR] + [f"{g}.onnx" for g in GRAPHS]
     write_json(out / MANIFEST, {"format": "wildlib-deploy", "version": 1, "threads": int(threads),
-                                "files": {f: {"bytes": (out / f).stat().st_size, "sha256": _sha256(out / f)}
+                                "files": {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_file(out / f)}
                                           for f in files}})
     return out
 
@@ -466,46 +548,76 @@ def deploy_bytes(folder) -> int:
     return sum((folder / f).stat().st_size for f in [CONFIG, PREDICTOR, MANIFEST] + [f"{g}.onnx" for g in GRAPHS])
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+
+
 def _check_manifest(folder: Path) -> dict:
+    """The manifest, with every file present at its listed size, and the config's and predictor's
+    SHA-256 checked (each ONNX file's is checked on the very bytes ONNX Runtime gets)."""
     from .io import read_json
 
     path = folder / MANIFEST
     if not path.is_file():
         raise WeightsError(f"{path}: not found (not a deployable folder written by wildlib.fast.save?)")
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError("too large")
         manifest = read_json(path)
         files = manifest["files"]
-        assert isinstance(files, dict)
+        threads = manifest.get("threads", 2)
+        assert isinstance(files, dict) and all(isinstance(e, dict) for e in files.values())
     except Exception:
         raise WeightsError(f"{path}: not a deployable manifest") from None
+    if not isinstance(threads, int) or not 1 <= threads <= (os.cpu_count() or 1) * 4:
+        raise WeightsError(f"{path}: threads must be an integer from 1 to {(os.cpu_count() or 1) * 4}, not {threads!r}")
     for name in [CONFIG, PREDICTOR] + [f"{g}.onnx" for g in GRAPHS]:
         f = folder / name
         entry = files.get(name)
-        if not isinstance(entry, dict) or not f.is_file():
+        if entry is None or not f.is_file():
             raise WeightsError(f"{f}: missing (or not listed in {path})")
         size = f.stat().st_size
         if size != entry.get("bytes"):
             raise WeightsError(f"{f}: {size} bytes, the manifest says {entry.get('bytes')} (truncated or altered?)")
-        if _sha256(f) != entry.get("sha256"):
+        if not name.endswith(".onnx") and sha256_file(f) != entry.get("sha256"):
             raise WeightsError(f"{f}: its SHA-256 does not match {path} (altered or damaged?)")
     return manifest
 
 
+def _deploy_config(path: Path):
+    """A deployable's config: safe YAML, no ``_BASE_`` (it would pull in a file the manifest does not
+    cover, or a URL), built for the CPU without any weights download."""
+    import yaml
+
+    from .config import ConfigError, get_config
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid config ({type(exc).__name__}: {exc})") from None
+    if not isinstance(raw, dict) or "_BASE_" in raw:
+        raise ConfigError(f"{path}: a deployable's config must be one self-contained mapping (no _BASE_)")
+    cfg = get_config(str(path), freeze=False)
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.MOBILENET.PRETRAINED = "none"
+    cfg.MODEL.DEVICE = "cpu"  # ONNX Runtime runs on the CPU here
+    cfg.freeze()
+    return cfg
+
+
 def load(folder, threads: int | None = None):
-    """(cfg, model) of a deployable folder written by :func:`save`: the manifest's sizes and
-    digests, each ONNX file and the predictor's weights are checked before use."""
-    from .config import get_config
+    """(cfg, model) of a deployable folder written by :func:`save`, on the CPU: the manifest's sizes
+    and digests, the config, each ONNX file (and that it fits the config) and the predictor's
+    weights are checked before use; every refusal names its file."""
+    from .config import ConfigError
     from .modeling import build_model
 
     folder = Path(folder)
     manifest = _check_manifest(folder)
-    cfg = get_config(str(folder / CONFIG), freeze=False)
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.MOBILENET.PRETRAINED = "none"
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    model = build_model(cfg, weights="")
+    cfg = _deploy_config(folder / CONFIG)
+    try:
+        model = build_model(cfg, weights="")
+    except (ConfigError, ValueError, KeyError, AssertionError, NotImplementedError) as exc:
+        raise ConfigError(f"{folder / CONFIG}: does not build a model ({type(exc).__name__}: {exc})") from None
     path = folder / PREDICTOR
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -517,8 +629,10 @@ def load(folder, threads: int | None = None):
         raise WeightsError(f"{path}: the box predictor's weights do not fit {folder / CONFIG} "
                            f"(expected {expected})")
     pred.load_state_dict(state)
-    graphs = {g: folder / f"{g}.onnx" for g in GRAPHS}
-    return cfg, attach(model, graphs, threads or int(manifest.get("threads", 2)))
+    threads = threads or manifest.get("threads", 2)
+    graphs = {g: OrtGraph(folder / f"{g}.onnx", threads, sha256=manifest["files"][f"{g}.onnx"].get("sha256"))
+              for g in GRAPHS}
+    return cfg, attach(model, graphs, threads)
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -533,11 +647,14 @@ def macs(model, image: dict) -> float:
 
 
 def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *, file_bytes: int,
-            variant_inputs: list[dict] | None = None, twin=None, runs: int = 30, warmup: int = 5) -> dict:
+            variant_inputs: list[dict] | None = None, twin=None, runs: int = 30, warmup: int = 5,
+            count_macs: bool = True) -> dict:
     """One row of the speed table: COCO AP50/AP of ``model`` on ``dataset`` (``cfg``'s test input
-    size), its latency measured side by side with ``baseline`` (:func:`wildlib.evaluate.side_by_side`),
-    MACs and parameters (of ``twin``, the PyTorch model an ONNX Runtime one was exported from) and
-    the bytes of the file(s) it is stored in."""
+    size), its latency measured side by side with ``baseline`` (:func:`wildlib.evaluate.side_by_side`;
+    PyTorch and ONNX Runtime at the same thread count), MACs and parameters (of ``twin``, the
+    PyTorch model an ONNX Runtime one was exported from; MACs depend on the proposals its weights
+    keep, so ``count_macs=False`` where the twin has no trained weights) and the bytes of the
+    file(s) it is stored in."""
     from .evaluate import coco, side_by_side
 
     m = coco(model, cfg, dataset, quiet=True)
@@ -547,8 +664,9 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     x = (variant_inputs or inputs)[0]
     return {"name": name, "AP50": m["AP50"], "AP": m["AP"], "latency_ms_median": t["variant_ms_median"],
             "latency_ms_p90": t["variant_ms_p90"], "speedup": t["speedup"],
-            "baseline_ms_median": t["baseline_ms_median"], "macs": macs(twin, x),
-            "params": int(sum(p.numel() for p in twin.parameters())), "file_bytes": int(file_bytes)}
+            "baseline_ms_median": t["baseline_ms_median"], "macs": macs(twin, x) if count_macs else None,
+            "params": int(sum(p.numel() for p in twin.parameters())), "file_bytes": int(file_bytes),
+            "threads": t["threads"]}
 
 
 def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
@@ -634,12 +752,12 @@ def remeasure(spec: dict) -> dict:
     inputs, own = load_inputs(base_cfg, records), load_inputs(cfg, records)
     row = measure("reloaded", model, cfg, datasets["valid"], baseline, inputs, variant_inputs=own,
                   file_bytes=deploy_bytes(spec["deploy"]), twin=twin_of(cfg), runs=int(spec["runs"]),
-                  warmup=int(spec["warmup"]))
-    return {**row, "pid": __import__("os").getpid()}
+                  warmup=int(spec["warmup"]), count_macs=False)
+    return {**row, "pid": os.getpid()}
 
 
 def twin_of(cfg):
-    """A PyTorch model of ``cfg``'s shapes (random weights): what MACs and parameters are counted on."""
+    """A PyTorch model of ``cfg``'s shapes (random weights): what parameters are counted on."""
     from .modeling import build_model
 
     return build_model(cfg, weights="")
