@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.wildlib-setup
 RUN    ?= default
 RUN_DIR ?= runs/$(RUN)
 
-.PHONY: setup run test lab data report bench clean
+.PHONY: setup run test test-unit lab data report bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The fast tier: library unit tests only (no notebooks, no long training or fuzzing), about a minute
+test-unit: setup
+	$(PY) -m pytest -m unit
 
 # Bound to localhost; as root (a container) Jupyter needs --allow-root to start at all.
 lab: setup

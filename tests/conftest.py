@@ -17,6 +17,55 @@ def smoke_data(tmp_path_factory) -> Path:
     return out
 
 
+# Each notebook's smoke parameters: minutes in all, and assertions on what each one writes
+# (tests/test_notebooks.py).  After a 12-iteration baseline nothing is detected reliably, hence
+# AP50_FLOOR 0 downstream.
+SMOKE = {
+    "00": {"N_SAMPLES": 4},
+    "01": {"MAX_ITER": 12, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 6, "N_SHOW": 2, "PROFILE_RUNS": 2,
+           "LR": 0.0005},  # a low LR keeps some boxes above the score threshold after 12 iterations
+    "02": {"SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.3, 0.6], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5,
+           "FT_ITER": 10, "FT_LR": 0.0005, "PRUNE_EVERY": 2, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0,
+           "AP50_FLOOR": 0.0},
+    "03": {"BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2,
+           "AP50_FLOOR": 0.0},
+    "04": {"PROPOSALS": [[100, 50]], "COMBINED_PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208], "SCAN_RATIOS": [0.5], "FT_ITER": 4,
+           "SCAN_FAMILIES": ["m2", "m3", "m4", "m5", "fpn", "rpn", "box_head"], "IMS_PER_BATCH": 2,
+           "EVAL_PERIOD": 0, "CALIB_IMAGES": 4, "LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "EVAL_IMAGES": 4,
+           "AP50_FLOOR": 0.0},
+    "05": {"LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "N_SHOW": 2, "AP50_FLOOR": 0.0},
+}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_data):
+    """``smoke_run("03")``: the session's smoke run folder once notebook 03 and every earlier one
+    have run (each at most once per session), with the SMOKE parameters."""
+    from wildlib import runner
+
+    run_dir = tmp_path_factory.mktemp("run")
+    done = set()
+
+    def run(prefix: str) -> Path:
+        for p in sorted(SMOKE):
+            if p > prefix:
+                break
+            if p not in done:
+                extra = {"DATA_DIR": str(smoke_data)} if p == "00" else {}
+                runner.run_all(run_dir, only=[p], overrides={**SMOKE[p], **extra})
+                done.add(p)
+        return run_dir
+
+    return run
+
+
+def pytest_collection_modifyitems(items):
+    """Tests without a tier are unit tests (``make test-unit``: ``-m unit``)."""
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("notebooks", "slow")):
+            item.add_marker(pytest.mark.unit)
+
+
 def voc_xml(filename="a.jpg", size=(64, 48), objects=(("zebra", (5, 6, 30, 40)),)) -> str:
     objs = "".join(
         f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"

@@ -1,4 +1,7 @@
-"""Papermill runs of every notebook with smoke parameters; assertions on what they wrote."""
+"""Papermill runs of every notebook with smoke parameters; assertions on what they wrote.
+
+Each test runs its notebook through the session's ``smoke_run`` (conftest.py), which first runs
+whatever earlier stage has not run yet: any one of these tests can run alone."""
 import json
 import math
 
@@ -6,16 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from wildlib import runner, synth
+from wildlib import synth
+
+pytestmark = pytest.mark.notebooks
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("run")
-
-
-def test_00_explore(run_dir, smoke_data):
-    runner.run_all(run_dir, only=["00"], overrides={"DATA_DIR": str(smoke_data), "N_SAMPLES": 4})
+def test_00_explore(smoke_run, smoke_data):
+    run_dir = smoke_run("00")
     stage = run_dir / "00_explore"
     m = json.loads((stage / "metrics.json").read_text())
     assert m["instances_total"] == sum(synth.SynthConfig(scale=0.08).counts().values())
@@ -29,10 +29,8 @@ def test_00_explore(run_dir, smoke_data):
     assert (run_dir / "notebooks" / "00_explore_data.ipynb").exists()
 
 
-def test_01_baseline(run_dir, smoke_data):
-    runner.run_all(run_dir, only=["01"], overrides={
-        "MAX_ITER": 12, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 6, "N_SHOW": 2, "PROFILE_RUNS": 2,
-        "LR": 0.0005})  # a low LR keeps some boxes above the score threshold after 12 iterations
+def test_01_baseline(smoke_run, smoke_data):
+    run_dir = smoke_run("01")
     stage = run_dir / "01_baseline"
     m = json.loads((stage / "metrics.json").read_text())
     # stage 01 picked up the data that stage 00 explored
@@ -75,11 +73,8 @@ def test_01_baseline(run_dir, smoke_data):
     assert m["config_name"] == "mobilenet_fpn_cpu"
 
 
-def test_02_prune(run_dir):
-    runner.run_all(run_dir, only=["02"], overrides={
-        "SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.3, 0.6], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5,
-        "FT_ITER": 10, "FT_LR": 0.0005, "PRUNE_EVERY": 2, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0,
-        "AP50_FLOOR": 0.0})  # a 12-iteration baseline detects next to nothing
+def test_02_prune(smoke_run):
+    run_dir = smoke_run("02")
     stage = run_dir / "02_prune"
     m = json.loads((stage / "metrics.json").read_text())
     assert [(r["scope"], r["ratio"]) for r in m["one_shot"]] == [("all", 0.3), ("all", 0.6)]
@@ -113,10 +108,8 @@ def test_02_prune(run_dir):
         assert (stage / fig).exists(), fig
 
 
-def test_03_weight_sharing(run_dir):
-    runner.run_all(run_dir, only=["03"], overrides={
-        "BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2,
-        "AP50_FLOOR": 0.0})
+def test_03_weight_sharing(smoke_run):
+    run_dir = smoke_run("03")
     stage = run_dir / "03_share"
     m = json.loads((stage / "metrics.json").read_text())
     s = m["shared"]
@@ -142,12 +135,8 @@ def test_03_weight_sharing(run_dir):
     assert torch.unique(w[w != 0]).numel() <= 32
 
 
-def test_04_prune_channels(run_dir):
-    runner.run_all(run_dir, only=["04"], overrides={
-        "PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208], "SCAN_RATIOS": [0.5], "FT_ITER": 4,
-        "SCAN_FAMILIES": ["m2", "m3", "m4", "m5", "fpn", "rpn", "box_head"],
-        "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0, "CALIB_IMAGES": 4, "LATENCY_RUNS": 3, "LATENCY_WARMUP": 1,
-        "EVAL_IMAGES": 4, "AP50_FLOOR": 0.0})
+def test_04_prune_channels(smoke_run):
+    run_dir = smoke_run("04")
     stage = run_dir / "04_prune_channels"
     m = json.loads((stage / "metrics.json").read_text())
     keys = {"name", "AP50", "AP", "latency_ms_median", "latency_ms_p90", "speedup", "macs", "params", "file_bytes"}
@@ -182,9 +171,8 @@ def test_04_prune_channels(run_dir):
         assert (stage / f).exists(), f
 
 
-def test_05_evaluate(run_dir):
-    runner.run_all(run_dir, only=["05"], overrides={"LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "N_SHOW": 2,
-                                                     "AP50_FLOOR": 0.0})
+def test_05_evaluate(smoke_run):
+    run_dir = smoke_run("05")
     stage = run_dir / "05_evaluate"
     m = json.loads((stage / "metrics.json").read_text())
     rows = {r["variant"]: r for r in m["variants"]}
@@ -206,11 +194,12 @@ def test_05_evaluate(run_dir):
         assert (stage / f).exists(), f
 
 
-def test_report_is_written_from_the_run(run_dir, tmp_path):
+def test_report_is_written_from_the_run(smoke_run, tmp_path):
     """The README's results section comes from the run's files: the numbers in it are the
     metrics' numbers, and it names the commit the run came from."""
     from wildlib import report
 
+    run_dir = smoke_run("05")
     text = report.results_markdown(run_dir)
     base = json.loads((run_dir / "01_baseline" / "metrics.json").read_text())
     prune_m = json.loads((run_dir / "02_prune" / "metrics.json").read_text())

@@ -77,6 +77,7 @@ def survey(tmp_path_factory):
     return make_voc(root, images, size, {"train": [f"t{k}" for k in range(4)], "valid": ["v0", "v1"]})
 
 
+@pytest.mark.notebooks
 def test_own_data_through_00_01_02(survey, tmp_path):
     run = tmp_path / "run"
     before = sorted(p.relative_to(survey) for p in survey.rglob("*"))

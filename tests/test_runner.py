@@ -14,7 +14,7 @@ EXPECTED = {
                            "IMS_PER_BATCH", "EVAL_PERIOD", "DEVICE", "NUM_GPUS", "SEED", "NUM_THREADS"},
     "03_weight_sharing": {"RUN_DIR", "PRUNE_DIR", "DATA_DIR", "CLASSES", "ALIASES", "AP50_FLOOR", "BITS_SWEEP", "INIT_BITS", "CONV_BITS", "FC_BITS",
                           "FT_ITER", "FT_LR", "IMS_PER_BATCH", "DEVICE", "SEED", "NUM_THREADS"},
-    "04_prune_channels": {"RUN_DIR", "DATA_DIR", "CLASSES", "ALIASES", "AP50_FLOOR", "PROPOSALS", "DETECTIONS",
+    "04_prune_channels": {"RUN_DIR", "DATA_DIR", "CLASSES", "ALIASES", "AP50_FLOOR", "PROPOSALS", "COMBINED_PROPOSALS", "DETECTIONS",
                           "INPUT_SIZES", "KNOB_DROP", "SCAN_FAMILIES", "SCAN_RATIOS", "SCAN_DROP", "FT_ITER", "FT_LR", "IMS_PER_BATCH",
                           "EVAL_PERIOD", "CALIB_IMAGES", "CALIBRATION", "LATENCY_RUNS", "LATENCY_WARMUP",
                           "EVAL_IMAGES", "DEVICE", "NUM_GPUS", "NUM_THREADS", "SEED"},

@@ -91,6 +91,7 @@ def test_sliced_detection_finds_what_the_whole_image_misses():
     assert (iou.max(1).values > 0.7).all()
 
 
+@pytest.mark.notebooks
 def test_a_tiled_run_through_00_01(tmp_path):
     size = (800, 600)
     root = make_voc(tmp_path / "voc", {"a": grid_boxes("seal", 30, 14, size), "b": grid_boxes("seal", 20, 14, size),

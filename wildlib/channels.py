@@ -431,7 +431,8 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAM
 
 def ratios_from_scan(scan, reference_ap50: float, max_drop: float) -> dict[str, float]:
     """Per family, the largest scanned ratio whose AP50 (before fine-tuning) stays within
-    ``max_drop`` of ``reference_ap50``; 0 if none does."""
+    ``max_drop`` of ``reference_ap50`` (notebook 04: the unpruned model's own AP50, so that the
+    scan measures what pruning costs); 0 if none does."""
     out = {}
     for fam, df in scan.groupby("family", sort=False):
         ok = df[df["AP50"] >= reference_ap50 - max_drop]

@@ -225,3 +225,14 @@ def variant_row(name: str, model, cfg, dataset: str, path, baseline, inputs: lis
             "bits_per_weight": 8 * size / counts["params"], "latency_median_ms": t["variant_ms_median"],
             "latency_p90_ms": t["variant_ms_p90"], "speedup": t["speedup"],
             "per_class": {k[3:]: v for k, v in m.items() if k.startswith("AP-")}}
+
+
+def file_row(name: str, metrics: dict, path, dense_bytes: int, n_params: int, root) -> dict:
+    """One row of a size table: COCO metrics, the file (relative to ``root``), its bytes, the ratio
+    to the dense fp32 file and bits per parameter. Introduced in notebook 03."""
+    from pathlib import Path
+
+    size = file_size(path)
+    return {"variant": name, "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
+            "file": str(Path(path).resolve().relative_to(Path(root).resolve())), "dense_fp32_bytes": dense_bytes,
+            "file_bytes": size, "ratio": dense_bytes / size, "bits_per_weight": 8 * size / n_params}

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .modeling import WeightsError, sha256_file
+from .stages import D2_CONFIG_FILE
 
 GRAPHS = ("backbone", "box_head")
 FLOAT_PARTS = ("input normalisation and padding", "anchor generation", "proposal top-k and NMS", "ROIAlign",
@@ -49,7 +50,7 @@ MAX_MODEL_BYTES = 1 << 30  # an ONNX file larger than this is refused before it 
 ALLOWED_DOMAINS = {"", "ai.onnx", "com.microsoft"}
 MANIFEST = "manifest.json"
 PREDICTOR = "predictor.pth"
-CONFIG = "detectron2.yaml"
+CONFIG = D2_CONFIG_FILE  # the stage contract's name for a model's Detectron2 config
 
 
 # ------------------------------------------------------------------------- test-time settings
@@ -716,15 +717,19 @@ def fastest_within(sweep, reference_ap50: float, tolerance: float) -> dict | Non
     return {k: int(row[k]) for k in ("pre_nms", "post_nms", "detections", "min_size")}
 
 
-def pick_test_time(sweep, cfg, reference_ap50: float, max_drop: float) -> dict:
-    """Per knob, the cheapest setting swept whose AP50 stays within ``max_drop`` of
-    ``reference_ap50`` (``cfg``'s own if none is cheaper): one combined test-time setting."""
+def pick_test_time(sweep, cfg, max_drop: float) -> dict:
+    """Per knob, the cheapest setting swept whose AP50 is at most ``max_drop`` below the AP50 of
+    ``cfg``'s own setting (the sweep's first row): what each knob costs, not where the model
+    stands; ``cfg``'s own value if none is cheaper.  One combined test-time setting."""
     defaults = {"pre_nms": int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST), "post_nms": int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
                 "detections": int(cfg.TEST.DETECTIONS_PER_IMAGE), "min_size": int(cfg.INPUT.MIN_SIZE_TEST)}
+    own = sweep.iloc[0]
+    if any(int(own[k]) != v for k, v in defaults.items()):
+        raise ValueError("the sweep's first row must be cfg's own setting (as knob_settings puts it)")
     out = dict(defaults)
     for knob, keys in (("proposals", ("post_nms", "pre_nms")), ("detections", ("detections",)),
                        ("input size", ("min_size",))):
-        df = sweep[(sweep["knob"] == knob) & (sweep["AP50"] >= reference_ap50 - max_drop)]
+        df = sweep[(sweep["knob"] == knob) & (sweep["AP50"] >= own["AP50"] - max_drop)]
         if len(df):
             best = df.sort_values(list(keys)).iloc[0]
             if all(best[k] <= defaults[k] for k in keys):

@@ -104,17 +104,23 @@ def loss_curves(rows, keys=("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_
     return fig
 
 
-def predictions_vs_truth(records, preds, names=CLASSES, score_thresh=0.5):
-    """One row per image: ground truth on the left, predictions above ``score_thresh`` right."""
+def predictions_vs_truth(records, preds, names=CLASSES, score_thresh=0.5, other=None, titles=None):
+    """One row per image: ground truth on the left, predictions above ``score_thresh`` right.
+    With ``other`` (a second model's predictions), the two models side by side instead, titled
+    ``titles``. Introduced in notebook 01; two models in notebook 05."""
     fig, axes = plt.subplots(len(records), 2, figsize=(7, 2.7 * len(records)), squeeze=False)
-    for (a, b), r, p in zip(axes, records, preds):
+    for k, ((a, b), r, p) in enumerate(zip(axes, records, preds)):
         img = Image.open(r["file_name"]).convert("RGB")
-        anns = r["annotations"]
-        draw_boxes(a, img, [x["bbox"] for x in anns], [x["category_id"] for x in anns], names=names,
-                   title=f"{r.get('voc_id', '')} ground truth")
-        keep = p["scores"] >= score_thresh
-        draw_boxes(b, img, p["boxes"][keep], p["classes"][keep], p["scores"][keep], names=names,
-                   title=f"predictions (score >= {score_thresh})")
+        if other is None:
+            anns = r["annotations"]
+            draw_boxes(a, img, [x["bbox"] for x in anns], [x["category_id"] for x in anns], names=names,
+                       title=f"{r.get('voc_id', '')} ground truth")
+            panels = ((b, p, f"predictions (score >= {score_thresh})"),)
+        else:
+            panels = ((a, p, titles[0] if titles else "model A"), (b, other[k], titles[1] if titles else "model B"))
+        for ax, pr, title in panels:
+            keep = pr["scores"] >= score_thresh
+            draw_boxes(ax, img, pr["boxes"][keep], pr["classes"][keep], pr["scores"][keep], names=names, title=title)
     fig.tight_layout()
     return fig
 
@@ -196,13 +202,14 @@ def knob_sweep(sweep, reference_ap50: float, tolerance: float = 1.0):
     return fig
 
 
-def channel_scan(scan, reference_ap50: float, max_drop: float):
+def channel_scan(scan, base_ap50: float, max_drop: float):
     """One family of channel groups pruned at a time, before fine-tuning: AP50 against the ratio
-    (rows of ``wildlib.channels.sensitivity_scan``). Introduced in notebook 04_prune_channels."""
+    (rows of ``wildlib.channels.sensitivity_scan``), and the line ``max_drop`` below the unpruned
+    model's ``base_ap50``. Introduced in notebook 04_prune_channels."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for fam, df in scan.groupby("family", sort=False):
         ax.plot(df["ratio"] * 100, df["AP50"], marker="o", label=fam)
-    ax.axhline(reference_ap50 - max_drop, color="k", ls=":", lw=1, label=f"reference - {max_drop:g}")
+    ax.axhline(base_ap50 - max_drop, color="k", ls=":", lw=1, label=f"unpruned - {max_drop:g}")
     ax.set_xlabel("channels removed in the family (%)")
     ax.set_ylabel("AP50, no fine-tuning")
     ax.legend(fontsize=7, ncol=2)
@@ -226,5 +233,105 @@ def speed_vs_accuracy(rows, reference_ap50: float, tolerance: float = 1.0, x: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel("AP50")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def one_shot_sweep(ours, paper=None, title="one-shot global L1 pruning, no fine-tuning"):
+    """AP50 against the pruned fraction, one line per scope (``ours``: ratio x scope), the paper's
+    dashed beside them. Introduced in notebook 02, section 1."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for scope in ours.columns:
+        ax.plot(ours.index * 100, ours[scope], marker="o", label=f"ours: {scope}")
+    for scope, col in (paper.items() if paper is not None else []):
+        ax.plot(col.index * 100, col.values, ls="--", marker="x", alpha=0.6, label=f"paper: {scope}")
+    ax.set_xlabel("pruned weights in scope (%)")
+    ax.set_ylabel("AP50")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def ranking_sweep(l1_all, lamp, reference_ap50: float, tolerance: float = 1.0):
+    """Global L1 against LAMP, all scopes, one-shot: ``l1_all`` (a ratio-indexed series, or None)
+    and ``lamp`` (rows with ``ratio`` and ``AP50``). Introduced in notebook 02, section 2."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if l1_all is not None:
+        ax.plot(l1_all.index * 100, l1_all.values, marker="o", label="global L1, all scopes")
+    ax.plot(lamp["ratio"] * 100, lamp["AP50"], marker="s", label="LAMP, all scopes")
+    _reference_line(ax, reference_ap50, tolerance)
+    ax.set_xlabel("pruned weights (%)")
+    ax.set_ylabel("AP50")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title("one-shot, no fine-tuning: ranking matters")
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(scan, reference_ap50: float, tolerance: float = 1.0, x="ratio", xlabel="pruned weights in the group (%)"):
+    """AP50 against the pruning ratio, one line per group pruned alone (rows with ``group``,
+    ``ratio``, ``AP50``). Introduced in notebook 02, section 3."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for g, df in scan.groupby("group"):
+        ax.plot(df[x] * 100, df["AP50"], marker="o", label=g)
+    _reference_line(ax, reference_ap50, tolerance)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("AP50")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def gradual_schedule(schedule, evals, control_evals=()):
+    """Sparsity over the fine-tuning iterations (``schedule``: (iteration, sparsity) pairs) and AP50
+    at each evaluation, the dense control's beside it. Introduced in notebook 02, section 4."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if schedule:
+        ax.plot(*zip(*schedule), label="sparsity (all prunable)")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([e["iter"] for e in evals], [e["AP50"] for e in evals], "o-", color="C1", label="pruned")
+        ax2.plot([e["iter"] for e in control_evals], [e["AP50"] for e in control_evals], "s--", color="C2",
+                 label="dense control")
+        ax2.set_ylabel("AP50 on valid")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("fine-tuning iteration")
+    ax.set_ylabel("sparsity")
+    fig.tight_layout()
+    return fig
+
+
+def bits_sweep(sweep, reference_ap50: float, tolerance: float = 1.0):
+    """AP50 against bits per weight, one line per layer type shared at b bits while the other keeps
+    8 (rows with ``layer_type``, ``bits``, ``AP50``). Introduced in notebook 03."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for kind, df in sweep.groupby("layer_type"):
+        ax.plot(df["bits"], df["AP50"], marker="o", label=f"{kind} at b bits, the rest at 8")
+    _reference_line(ax, reference_ap50, tolerance)
+    ax.set_xlabel("bits per weight (2^b shared values per layer)")
+    ax.set_ylabel("AP50")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pareto(table, reference_ap50: float, tolerance: float = 1.0, threads: int = 2):
+    """Each variant (rows of a table indexed by name, with ``file_bytes``, ``latency_median_ms`` and
+    ``AP50``) as a point: file size against AP50, and latency against AP50. Introduced in notebook 05."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in table.iterrows():
+        axes[0].scatter(r.file_bytes / 1e6, r.AP50, s=40)
+        axes[0].annotate(name, (r.file_bytes / 1e6, r.AP50), fontsize=7)
+        axes[1].scatter(r.latency_median_ms, r.AP50, s=40)
+        axes[1].annotate(name, (r.latency_median_ms, r.AP50), fontsize=7)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("file size on disk (MB, log)")
+    axes[1].set_xlabel(f"CPU latency, batch 1, {threads} threads (ms, median, beside the baseline)")
+    for ax in axes:
+        _reference_line(ax, reference_ap50, tolerance)
+        ax.set_ylabel("AP50")
     fig.tight_layout()
     return fig

@@ -88,8 +88,8 @@ def is_depthwise(module) -> bool:
 def shareable(model, scopes):
     """The layers that get one codebook each: every conv/linear of ``scopes`` except grouped
     (depthwise) convolutions.  MobileNetV2's depthwise filters differ in scale from channel to
-    channel, so one codebook (or one int8 scale) per tensor fits them badly, and together they
-    hold under 2% of the weights: they stay float32."""
+    channel, so one codebook (or one int8 scale) per tensor fits them badly: they get int8 with one
+    scale per channel instead (:func:`quantize_depthwise`)."""
     return [(n, m) for n, m in prunable(model, scopes) if not is_depthwise(m)]
 
 

@@ -1,20 +1,71 @@
-"""How the stages hand over to each other through ``RUN_DIR/<NN_stage>/`` folders."""
+"""How the stages hand over to each other through ``RUN_DIR/<NN_stage>/`` folders: the one
+contract between notebooks.
+
+Every stage folder holds ``config.yaml`` (the stage's own settings: what it read and chose),
+``metrics.json`` (what it measured) and, for a stage that produces a model, ``detectron2.yaml``
+(the model's Detectron2 config) and the model's file(s) named below.  A stage opens itself with
+:func:`open_stage`, writes with :func:`save_stage`, and reads an earlier stage with
+:func:`load_trained` / :func:`metrics_of` / :func:`config_of`; file names are the constants here,
+never literals in a notebook.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
-from .io import read_json, resolve, write_json, write_text
+from .io import read_json, resolve, stage_dir, write_json, write_text
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
 
+CONFIG_FILE, METRICS_FILE, D2_CONFIG_FILE = "config.yaml", "metrics.json", "detectron2.yaml"
+MODEL_FILE = "model_final.pth"                 # 01 and 04: the stage's trained (dense) model
+DENSE_CONTROL_FILE = "model_dense_control.pth"  # 02: the baseline fine-tuned like the pruned model
+PRUNED_FILE = "model_pruned.pth"                # 02: the gradually pruned model, dense tensors
+PRUNED_SPARSE_FILE = "model_pruned.sparse.npz"  # 02: the same, stored sparsely
+ONESHOT_SPARSE_FILE = "model_oneshot.sparse.npz"  # 05: the paper's one-shot model, re-made
+SHARED_FILE, INT8_FILE = "model_shared.wlc", "model_int8.wlc"  # 03: the compressed files
+DEPLOY_DIR = "deploy"                           # 04: the deployable folder (wildlib.fast)
+
+
+class Stage(NamedTuple):
+    """What a notebook works with: its run, its own folder, and the data every stage shares."""
+    run: Path
+    dir: Path
+    data_dir: Path
+    classes: tuple
+    aliases: dict
+    datasets: dict
+
+
+def open_stage(run_dir, name: str, data_dir: str = "", classes=(), aliases=None, threads: int | None = None) -> Stage:
+    """Create ``RUN_DIR/<name>/``, register the data stage 00 explored (or ``data_dir``, ``classes``,
+    ``aliases`` if given) with Detectron2, and set PyTorch's thread count."""
+    from .data import register
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    run = resolve(run_dir)
+    folder = stage_dir(run, name)
+    data = data_dir_for(run, data_dir)
+    names, alias = classes_for(run, classes, aliases)
+    return Stage(run, folder, data, names, alias, register(data, names, aliases=alias, coco_dir=folder / "coco"))
+
+
+def config_of(stage_path) -> dict:
+    """A stage's own settings (``config.yaml``, safe YAML); {} if it has none."""
+    path = Path(stage_path) / CONFIG_FILE
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
 
 def explore_record(run_dir) -> dict:
     """What stage 00 recorded for later stages (``RUN_DIR/00_explore/config.yaml``), or {}."""
-    recorded = resolve(run_dir) / EXPLORE / "config.yaml"
+    recorded = resolve(run_dir) / EXPLORE / CONFIG_FILE
     return (yaml.safe_load(recorded.read_text()) or {}) if recorded.exists() else {}
 
 
@@ -47,7 +98,7 @@ def data_settings(run_dir, user: dict | None = None) -> dict:
     """Detectron2 settings for this data: what stage 00's check suggested
     (``suggested_settings`` in its metrics), with the user's own ``user`` keys winning.
     Prints each choice and where it came from."""
-    path = resolve(run_dir) / EXPLORE / "metrics.json"
+    path = resolve(run_dir) / EXPLORE / METRICS_FILE
     suggested = read_json(path).get("suggested_settings", {}) if path.exists() else {}
     out = dict(suggested.get("overrides", {}))
     for reason in suggested.get("reasons", []):
@@ -81,10 +132,15 @@ def require_baseline(ap50: float, floor: float = AP50_FLOOR, where: str = "the b
                            "more iterations, input size, NUM_CLASSES), or lower AP50_FLOOR for a smoke run.")
 
 
-def write_stage(stage: Path, config: dict | str, metrics: dict) -> None:
-    """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string) and ``metrics.json``."""
-    write_text(stage / "config.yaml", config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
-    write_json(stage / "metrics.json", metrics)
+def save_stage(stage: Path, config: dict | str, metrics: dict, cfg=None) -> None:
+    """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string), ``metrics.json`` and, with
+    ``cfg``, the model's Detectron2 config ``detectron2.yaml``."""
+    stage = Path(stage)
+    if cfg is not None:
+        write_text(stage / D2_CONFIG_FILE, cfg.dump())
+    write_text(stage / CONFIG_FILE, config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
+    write_json(stage / METRICS_FILE, metrics)
+
 
 
 def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
@@ -124,7 +180,7 @@ def _no_imagenet_init(cfg):
     return cfg
 
 
-def load_trained(stage_dir, weights_name: str = "model_final.pth"):
+def load_trained(stage_dir, weights_name: str = MODEL_FILE):
     """(cfg, model) of a finished stage, rebuilt from its ``config.yaml`` and weights file."""
     from .config import get_config
     from .modeling import build_model
@@ -132,10 +188,7 @@ def load_trained(stage_dir, weights_name: str = "model_final.pth"):
     import torch
 
     stage_dir = Path(stage_dir)
-    # stage 01 saves its Detectron2 config as config.yaml; later stages keep their own
-    # settings there and the model's Detectron2 config in detectron2.yaml
-    d2 = stage_dir / "detectron2.yaml"
-    d2 = d2 if d2.exists() else stage_dir / "config.yaml"
+    d2 = stage_dir / D2_CONFIG_FILE
     for f in (d2, stage_dir / weights_name):
         if not f.exists():
             raise FileNotFoundError(f"{f}: not found (has that stage run?)")
@@ -155,7 +208,7 @@ def load_trained(stage_dir, weights_name: str = "model_final.pth"):
 
 
 def metrics_of(run_dir, stage: str) -> dict:
-    return read_json(resolve(run_dir) / stage / "metrics.json")
+    return read_json(resolve(run_dir) / stage / METRICS_FILE)
 
 
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
@@ -170,10 +223,10 @@ def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_pe
     baseline_dir = Path(baseline_dir)
     over = baseline_overrides(Path(out_dir), device=device, max_iter=max_iter, ims_per_batch=ims_per_batch,
                               lr=lr, eval_period=eval_period, seed=seed,
-                              weights=str(weights or baseline_dir / "model_final.pth"))
+                              weights=str(weights or baseline_dir / MODEL_FILE))
     if freeze_at is not None:
         over["MODEL.BACKBONE.FREEZE_AT"] = int(freeze_at)
-    cfg = _no_imagenet_init(get_config(str(config_file or baseline_dir / "config.yaml"), over, freeze=False))
+    cfg = _no_imagenet_init(get_config(str(config_file or baseline_dir / D2_CONFIG_FILE), over, freeze=False))
     cfg.freeze()
     from .tiles import ensure_registered
 

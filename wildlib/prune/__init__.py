@@ -1,0 +1,33 @@
+"""Magnitude pruning of a Detectron2 Faster R-CNN with ``torch.nn.utils.prune``.
+
+* **Scopes** name groups of prunable weights (conv and linear ``weight`` tensors):
+  ``backbone`` (bottom-up network), ``fpn``, ``rpn``, ``roi_head`` (box head FCs) and
+  ``predictor`` (the final classifier/regressor, excluded unless asked).  ``all`` means every
+  scope but ``predictor``.  Combine with ``+``: ``"backbone+roi_head"``.
+* **One-shot** global L1 pruning (the paper's method), **sensitivity** scans per layer group,
+  **gradual** pruning on Zhu & Gupta's cubic schedule while fine-tuning (a Detectron2 hook).
+* **Ranking**: ``"l1"`` ranks raw magnitudes across all layers together (the paper).  Layers
+  differ in scale (a fan-in of 4704 gives small weights), so global L1 empties whole layers;
+  ``"lamp"`` ranks by the layer-adaptive magnitude score of Lee et al. (ICLR 2021),
+  ``w_i^2 / sum_{|w_j| >= |w_i|} w_j^2`` within each layer, which is scale-free and keeps every
+  layer alive while still choosing per-layer sparsities globally.
+* **Size accounting** from the tensors themselves, and a sparse file whose size is measured.
+
+The package, by concern: ``masks`` (scopes, rankings, masks, sparsity), ``experiments`` (the
+sweeps and tables of notebook 02), ``gradual`` (the cubic schedule as a training hook),
+``sparse_file`` (the sparse ``.npz`` format).  PyTorch's own module is imported as
+``torch_prune`` throughout, never under this package's name.
+"""
+
+from .experiments import (one_shot_pick, one_shot_sweep, ratios_from_sensitivity, sensitivity_scan, sweep_rows,
+                          variant_row)
+from .gradual import GradualPruning, cubic_schedule
+from .masks import (DEFAULT_SCOPES, RANKINGS, SCOPES, global_magnitude, group_of, group_sparsity, lamp_scores,
+                    layerwise_magnitude, make_permanent, parse_scopes, prunable, pruned_copy, scope_of, sparsity,
+                    sparsity_table, state_sparsity)
+from .sparse_file import load_sparse, save_sparse
+
+__all__ = ["DEFAULT_SCOPES", "GradualPruning", "RANKINGS", "SCOPES", "cubic_schedule", "global_magnitude", "group_of",
+           "group_sparsity", "lamp_scores", "layerwise_magnitude", "load_sparse", "make_permanent", "one_shot_pick",
+           "one_shot_sweep", "parse_scopes", "prunable", "pruned_copy", "ratios_from_sensitivity", "save_sparse",
+           "scope_of", "sensitivity_scan", "sparsity", "sparsity_table", "state_sparsity", "sweep_rows", "variant_row"]

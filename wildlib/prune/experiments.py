@@ -1,0 +1,81 @@
+"""The experiments of notebook 02: the one-shot sweep, the sensitivity scan, the variants table and
+the one-shot setting stage 05 re-makes."""
+
+from __future__ import annotations
+
+import copy
+
+
+from .masks import group_of, prunable, layerwise_magnitude, make_permanent, pruned_copy, group_sparsity, sparsity
+
+
+def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool = True, ranking: str = "l1"):
+    """The paper's experiment: prune a copy of ``model`` once per (scope, ratio), no
+    fine-tuning, and evaluate it.  Sparsity is also reported over all prunable weights."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from ..evaluate import COCO_KEYS, coco
+
+    rows = []
+    grid = [(s, r) for s in scopes_list for r in ratios]
+    for scopes, r in tqdm(grid, desc="one-shot sweep", disable=not progress):
+        m = pruned_copy(model, scopes, r, ranking) if r > 0 else model
+        met = coco(m, cfg, dataset, quiet=True)
+        rows.append({"scope": scopes, "ranking": ranking, "ratio": r, "sparsity_scope": sparsity(m, scopes),
+                     "sparsity_all": sparsity(m), **{k: met[k] for k in COCO_KEYS}})
+    return pd.DataFrame(rows)
+
+
+def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bool = True):
+    """Prune one group at a time (a backbone stage, the FPN, the RPN, the box head) at each
+    ratio and evaluate: which parts of the detector tolerate pruning."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from ..evaluate import coco
+
+    groups = groups or sorted({group_of(n) for n, _ in prunable(model, "all")})
+    sizes = group_sparsity(model)["weights"]
+    rows = []
+    for g, r in tqdm([(g, r) for g in groups for r in ratios], desc="sensitivity", disable=not progress):
+        m = copy.deepcopy(model)
+        make_permanent(layerwise_magnitude(m, {g: r}))
+        met = coco(m, cfg, dataset, quiet=True)
+        rows.append({"group": g, "ratio": r, "weights": int(sizes[g]), "AP50": met["AP50"], "AP": met["AP"]})
+    return pd.DataFrame(rows)
+
+
+def ratios_from_sensitivity(scan, baseline_ap50: float, tolerance: float = 1.0) -> dict[str, float]:
+    """Per group, the largest scanned ratio whose AP50 stays within ``tolerance`` of the baseline."""
+    out = {}
+    for g, df in scan.groupby("group"):
+        ok = df[df["AP50"] >= baseline_ap50 - tolerance]
+        out[g] = float(ok["ratio"].max()) if len(ok) else 0.0
+    return out
+
+
+def variant_row(name: str, sparsity_all: float, metrics: dict) -> dict:
+    """One row of stage 02's variants table: name, sparsity of all prunable weights, COCO metrics."""
+    from ..evaluate import COCO_KEYS
+
+    return {"variant": name, "sparsity_all": float(sparsity_all), **{k: metrics[k] for k in COCO_KEYS}}
+
+
+def sweep_rows(sweep, prefix: str) -> list[dict]:
+    """:func:`variant_row` of each row of a one-shot sweep, named ``"<prefix> <scope> <ratio>"``."""
+    return [variant_row(f"{prefix} {r['scope']} {r['ratio']:.0%}", r["sparsity_all"], r)
+            for r in sweep.to_dict(orient="records")]
+
+
+def one_shot_pick(rows, reference_ap50: float, tolerance: float | None = None) -> dict:
+    """The one-shot setting (``scope``, ``ratio``, ``ranking``) with the most sparsity among the rows
+    within ``tolerance`` AP50 of the reference, or the mildest if none is: what stage 02 records
+    for stage 05 to re-make. Introduced in notebook 02, Summary."""
+    from ..evaluate import AP50_TOLERANCE
+
+    tolerance = AP50_TOLERANCE if tolerance is None else tolerance
+    rows = list(rows)
+    ok = [r for r in rows if r["AP50"] >= reference_ap50 - tolerance]
+    best = max(ok, key=lambda r: r["sparsity_all"]) if ok else min(rows, key=lambda r: r["ratio"])
+    return {"scope": best["scope"], "ratio": float(best["ratio"]), "ranking": best.get("ranking", "l1")}

@@ -1,0 +1,181 @@
+"""Scopes, rankings (global L1, LAMP) and masks through ``torch.nn.utils.prune``; sparsity counted from
+the tensors. Introduced in notebook 02, sections 1-2."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+
+SCOPES = ("backbone", "fpn", "rpn", "roi_head", "predictor")
+
+
+DEFAULT_SCOPES = ("backbone", "fpn", "rpn", "roi_head")
+
+
+def parse_scopes(spec) -> tuple[str, ...]:
+    """``"all"``, ``"backbone+roi_head"`` or a list -> a tuple of scope names."""
+    parts = spec.split("+") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for p in parts:
+        p = p.strip()
+        names = DEFAULT_SCOPES if p == "all" else (p,)
+        for n in names:
+            if n not in SCOPES:
+                raise ValueError(f"unknown pruning scope {n!r}; known: {', '.join(SCOPES)} and 'all'")
+            if n not in out:
+                out.append(n)
+    return tuple(out)
+
+
+def scope_of(name: str) -> str | None:
+    """The scope of a module by its name in a GeneralizedRCNN."""
+    if name.startswith("backbone.bottom_up."):
+        return "backbone"
+    if name.startswith("backbone."):
+        return "fpn"
+    if name.startswith("proposal_generator."):
+        return "rpn"
+    if name.startswith("roi_heads.box_head."):
+        return "roi_head"
+    if name.startswith("roi_heads.box_predictor."):
+        return "predictor"
+    return None
+
+
+def group_of(name: str) -> str:
+    """A coarser-than-layer group for sensitivity scans: the backbone stage, else the scope."""
+    m = re.match(r"backbone\.bottom_up\.(\w+?)\.", name)
+    if m:
+        return f"backbone.{m.group(1)}"
+    return scope_of(name) or "other"
+
+
+def prunable(model, scopes=DEFAULT_SCOPES) -> list[tuple[str, nn.Module]]:
+    """(module name, module) of every Conv2d/Linear whose scope is selected."""
+    scopes = parse_scopes(scopes)
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and scope_of(n) in scopes]
+
+
+def _targets(model, scopes):
+    mods = prunable(model, scopes)
+    if not mods:
+        raise ValueError(f"no prunable layer in scopes {scopes}")
+    return [(m, "weight") for _, m in mods]
+
+
+RANKINGS = ("l1", "lamp")
+
+
+def _check_ranking(ranking: str) -> str:
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; known: {', '.join(RANKINGS)}")
+    return ranking
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP score of every entry: its squared magnitude over the sum of the squared magnitudes
+    of all entries of the layer at least as large.  The largest weight of a layer scores 1."""
+    sq = weight.detach().flatten().double() ** 2
+    order = torch.argsort(sq)
+    tail = torch.flip(torch.cumsum(torch.flip(sq[order], [0]), 0), [0])  # sum over j >= i
+    scores = torch.empty_like(sq)
+    scores[order] = sq[order] / tail.clamp_min(torch.finfo(torch.float64).tiny)
+    return scores.view_as(weight).float()
+
+
+def _global_unstructured(targets, amount: float, scores: dict | None = None):
+    """``torch.nn.utils.prune.global_unstructured`` (L1 on ``scores``, default: the weights) over
+    contiguous tensors: it flattens weights, masks and scores with ``view(-1)``, which the
+    channels-last weights of ``MODEL.CHANNELS_LAST`` refuse.  The values do not change."""
+    for m, n in targets:
+        for t in (m._parameters.get(n), m._parameters.get(n + "_orig"), m._buffers.get(n + "_mask")):
+            if t is not None and not t.is_contiguous():
+                t.data = t.data.contiguous()
+    scores = scores or {(m, n): getattr(m, n).detach() for m, n in targets}
+    torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=float(amount),
+                              importance_scores={k: v.contiguous() for k, v in scores.items()})
+
+
+def _prune_global(targets, amount: float, ranking: str = "l1"):
+    scores = None
+    if _check_ranking(ranking) == "lamp":  # computed on the live (masked) weights: pruned entries score 0
+        scores = {(m, n): lamp_scores(getattr(m, n)) for m, n in targets}
+    _global_unstructured(targets, amount, scores)
+
+
+def global_magnitude(model, scopes="all", amount: float = 0.5, ranking: str = "l1"):
+    """Global unstructured pruning (masks attached) of the selected scopes: ``amount`` of
+    their weights, lowest score first, ranked across all layers together (``ranking`` "l1":
+    the raw magnitude, as in the paper; "lamp": the layer-normalised LAMP score)."""
+    if not 0 <= amount < 1:
+        raise ValueError(f"amount must be in [0, 1), got {amount}")
+    _prune_global(_targets(model, scopes), amount, ranking)
+    return model
+
+
+def layerwise_magnitude(model, ratios: dict[str, float], scopes="all"):
+    """L1 pruning with a ratio per group (see :func:`group_of`), ranked within each group."""
+    by_group: dict[str, list] = {}
+    for name, m in prunable(model, scopes):
+        by_group.setdefault(group_of(name), []).append((m, "weight"))
+    for g, params in by_group.items():
+        r = float(ratios.get(g, 0.0))
+        if r > 0:
+            _global_unstructured(params, r)
+    return model
+
+
+def make_permanent(model):
+    """Fold every mask into its weight (``torch_prune.remove``): plain tensors with zeros remain."""
+    for m in model.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(m, hook._tensor_name)
+    return model
+
+
+def pruned_copy(model, scopes, amount, ranking: str = "l1"):
+    m = copy.deepcopy(model)
+    global_magnitude(m, scopes, amount, ranking)
+    return make_permanent(m)
+
+
+def sparsity_table(model, scopes=SCOPES):
+    """Per layer: scope, group, weights, nonzero, sparsity (masks included if attached)."""
+    import pandas as pd
+
+    rows = []
+    for name, m in prunable(model, scopes):
+        w = m.weight.detach()
+        rows.append({"layer": name, "scope": scope_of(name), "group": group_of(name), "weights": w.numel(),
+                     "nonzero": int(torch.count_nonzero(w)), "shape": tuple(w.shape)})
+    df = pd.DataFrame(rows)
+    df["sparsity"] = 1 - df["nonzero"] / df["weights"]
+    return df
+
+
+def group_sparsity(model, scopes="all"):
+    """Per group (see :func:`group_of`): weights, nonzero, sparsity."""
+    g = sparsity_table(model, scopes).groupby("group")[["weights", "nonzero"]].sum()
+    return g.assign(sparsity=1 - g["nonzero"] / g["weights"])
+
+
+def _zero_fraction(tensors) -> float:
+    tensors = [t.detach() for t in tensors]
+    return 1 - sum(int(torch.count_nonzero(t)) for t in tensors) / sum(t.numel() for t in tensors)
+
+
+def sparsity(model, scopes=DEFAULT_SCOPES) -> float:
+    """Fraction of zeros among the prunable weights of ``scopes`` (masks included if attached)."""
+    return _zero_fraction([m.weight for _, m in prunable(model, scopes)])
+
+
+def state_sparsity(state: dict, model, scopes=DEFAULT_SCOPES) -> float:
+    """The same fraction, read from a state dict (e.g. a saved file) instead of a live model."""
+    return _zero_fraction([state[f"{n}.weight"] for n, _ in prunable(model, scopes)])

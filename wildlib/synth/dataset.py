@@ -1,0 +1,260 @@
+"""Scenes, VOC annotations and splits: :func:`generate` writes the whole set, :func:`ensure`
+renders it only if missing or stale."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..classes import CLASSES, PAPER_COUNTS, VOC_SPELLING
+from .noise import jitter_color
+from .animals import SIZE, HERD, render_sprite
+from .scenery import paste, foliage, grass_tuft, background, place_scenery
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the generator; ``counts`` default to the paper's table times ``scale``."""
+
+    seed: int = 0
+    scale: float = 1.0
+    width: int = 320
+    height: int = 240
+    difficulty: float = 0.6
+    valid_fraction: float = 0.2
+    jpeg_quality: tuple[int, int] = (72, 92)
+
+    def counts(self) -> dict[str, int]:
+        return {c: max(1, int(round(n * self.scale))) for c, n in PAPER_COUNTS.items()}
+
+
+def choose_groups(rng, counts: dict[str, int]) -> list[list[str]]:
+    """Split exact per-class counts into images of 1-6 animals (herds, pairs, mixed scenes)."""
+    remaining = dict(counts)
+    images = []
+    while sum(remaining.values()) > 0:
+        names = [c for c in CLASSES if remaining[c] > 0]
+        w = np.array([remaining[c] for c in names], np.float64)
+        primary = names[rng.choice(len(names), p=w / w.sum())]
+        k = int(min(remaining[primary], 1 + rng.binomial(HERD[primary] - 1, 0.45) if HERD[primary] > 1 else 1))
+        group = [primary] * k
+        remaining[primary] -= k
+        if rng.random() < 0.3 and len(group) < 6:
+            others = [c for c in names if c != primary and remaining[c] > 0]
+            if others:
+                o = others[rng.integers(len(others))]
+                m = int(min(remaining[o], rng.integers(1, 3), 6 - len(group)))
+                group += [o] * m
+                remaining[o] -= m
+        images.append(group)
+    return images
+
+
+def iou(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / ua if ua > 0 else 0.0
+
+
+def render_image(cfg: SynthConfig, index: int, group: list[str]):
+    """Render one scene; returns (uint8 HxWx3, list of (class, x0, y0, x1, y1) in pixel edges)."""
+    rng = np.random.default_rng([cfg.seed, index])
+    W, H, d = cfg.width, cfg.height, float(np.clip(cfg.difficulty, 0, 1))
+    img, horizon, ground = background(rng, W, H, d)
+    place_scenery(rng, img, horizon, d, front=False)
+    # sprites with depth; draw far to near
+    placed = []
+    for cls in group:
+        for _try in range(40):
+            if cls == "bird" and rng.random() < 0.3:
+                t = rng.uniform(0.1, 0.6)  # flying over the plain
+                feet = rng.uniform(0.1, 0.9) * horizon + 10
+            else:
+                t = rng.uniform(0.08, 1.0)
+                feet = horizon + t * (H - horizon)
+            f = 0.32 + 0.68 * t
+            length = rng.uniform(*SIZE[cls]) * f * W / 320
+            spr = render_sprite(rng, cls, length)
+            h, w = spr.shape[:2]
+            x = int(rng.uniform(-0.15 * w, W - 0.85 * w))
+            y = int(feet - h * rng.uniform(0.92, 1.0))
+            box = (max(0, x), max(0, y), min(W, x + w), min(H, y + h))
+            if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+                continue
+            if (box[2] - box[0]) * (box[3] - box[1]) < 0.6 * w * h:  # mostly outside the frame
+                continue
+            if all(iou(box, p[2]) < 0.3 for p in placed):
+                placed.append((t, cls, box, spr, x, y))
+                break
+        else:
+            placed.append((t, cls, box, spr, x, y))  # accept overlap rather than drop an instance
+    placed.sort(key=lambda p: p[0])
+    objects = []
+    haze = jitter_color(rng, (0.78, 0.8, 0.82), 0.03)
+    for t, cls, box, spr, x, y in placed:
+        h, w = spr.shape[:2]
+        if cls != "bird" or y + h > horizon:  # shadow on the ground
+            sh = Image.new("L", (w + 8, max(4, h // 5)), 0)
+            ImageDraw.Draw(sh).ellipse([2, 0, w + 5, max(3, h // 5) - 1], fill=int(110 * (0.5 + 0.5 * d)))
+            sa = np.asarray(sh.filter(ImageFilter.GaussianBlur(2)), np.float32) / 255
+            shadow = np.concatenate([np.zeros(sa.shape + (3,), np.float32), sa[..., None]], 2)
+            paste(img, shadow, x - 4 + int(w * 0.1), y + h - sa.shape[0] // 2)
+        amount = (1 - t) * (0.25 + 0.35 * d)  # atmospheric haze on distant animals
+        spr = spr.copy()
+        spr[..., :3] = spr[..., :3] * (1 - amount) + haze * amount
+        spr[..., :3] *= rng.uniform(0.8, 1.15)  # sun/shade
+        paste(img, np.clip(spr, 0, 1), x, y)
+        objects.append((cls, *box))
+        # occlusion: grass or a bush in front of the lower part
+        if rng.random() < 0.25 + 0.5 * d and cls != "bird":
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            occ_h = max(3, int(bh * rng.uniform(0.15, 0.35 + 0.25 * d)))
+            if rng.random() < 0.6:
+                occ = grass_tuft(rng, max(4, int(bw * rng.uniform(0.5, 1.3))), occ_h, ground * rng.uniform(0.8, 1.2))
+            else:
+                occ = foliage(
+                    rng, max(4, int(bw * rng.uniform(0.3, 0.7))), occ_h * 2, jitter_color(rng, (0.25, 0.35, 0.15), 0.2)
+                )
+            ox = box[0] + int(rng.uniform(-0.2, 0.8) * bw)
+            paste(img, occ, ox, box[3] - occ.shape[0] + int(occ_h * 0.1))
+    place_scenery(rng, img, horizon, d * 0.6, front=True)
+    # photometric: white balance, exposure, contrast, vignette, blur, noise
+    img = img * jitter_color(rng, (1, 1, 1), 0.05 + 0.05 * d)[None, None] * rng.uniform(0.75, 1.15)
+    mean = img.mean()
+    img = (img - mean) * rng.uniform(0.75, 1.15) + mean
+    yy, xx = np.mgrid[0:H, 0:W]
+    r2 = ((xx - W / 2) / W) ** 2 + ((yy - H / 2) / H) ** 2
+    img *= (1 - rng.uniform(0, 0.5) * r2)[..., None]
+    img = np.clip(img, 0, 1)
+    pil = Image.fromarray((img * 255 + 0.5).astype(np.uint8))
+    if rng.random() < 0.2 + 0.4 * d:
+        pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.6 + 0.8 * d)))
+    arr = np.asarray(pil, np.float32) + rng.normal(0, 1 + 6 * d * rng.random(), (H, W, 3))
+    return np.clip(arr, 0, 255).astype(np.uint8), objects
+
+
+def voc_xml(image_id: str, width: int, height: int, objects) -> bytes:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "images"
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(root, "size")
+    for k, v in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, k).text = str(v)
+    for cls, x0, y0, x1, y1 in objects:
+        o = ET.SubElement(root, "object")
+        ET.SubElement(o, "name").text = VOC_SPELLING.get(cls, cls)
+        ET.SubElement(o, "pose").text = "Unspecified"
+        ET.SubElement(o, "truncated").text = str(int(x0 == 0 or y0 == 0 or x1 == width or y1 == height))
+        ET.SubElement(o, "difficult").text = "0"
+        bb = ET.SubElement(o, "bndbox")
+        # VOC: 1-based, inclusive pixel indices. Pixel edges [x0, x1) -> xmin = x0 + 1, xmax = x1.
+        for k, v in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
+            ET.SubElement(bb, k).text = str(int(v))
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def split_ids(rng, groups, valid_fraction):
+    """Greedy stratified split: an image goes to valid while its classes are under target."""
+    totals: dict[str, int] = {}
+    for g in groups:
+        for c in g:
+            totals[c] = totals.get(c, 0) + 1
+    target = {c: n * valid_fraction for c, n in totals.items()}
+    got = {c: 0 for c in totals}
+    valid = set()
+    for i in rng.permutation(len(groups)):
+        g = groups[i]
+        if all(got[c] + g.count(c) <= target[c] + 0.5 or (got[c] == 0 and g.count(c) < totals[c]) for c in set(g)):
+            valid.add(int(i))
+            for c in g:
+                got[c] += 1
+    return valid
+
+
+def generate(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
+    """Render the whole set into ``out_dir`` (replaced atomically). Returns a summary dict."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng([cfg.seed, 10**6])
+    groups = choose_groups(rng, cfg.counts())
+    valid = split_ids(rng, groups, cfg.valid_fraction)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        (tmp / "annotations").mkdir()
+        (tmp / "images").mkdir()
+        ids = {"train": [], "valid": []}
+        for i, group in enumerate(tqdm(groups, desc="rendering", disable=not progress)):
+            image_id = f"sav_{i:05d}"
+            pixels, objects = render_image(cfg, i, group)
+            q = int(np.random.default_rng([cfg.seed, i, 7]).integers(*cfg.jpeg_quality))
+            Image.fromarray(pixels).save(tmp / "images" / f"{image_id}.jpg", quality=q)
+            (tmp / "annotations" / f"{image_id}.xml").write_bytes(voc_xml(image_id, cfg.width, cfg.height, objects))
+            ids["valid" if i in valid else "train"].append(image_id)
+        for split, names in ids.items():
+            (tmp / f"{split}.txt").write_text("\n".join(names) + "\n")
+        summary = {
+            "config": asdict(cfg),
+            "images": {k: len(v) for k, v in ids.items()},
+            "instances": cfg.counts(),
+            "total_instances": sum(cfg.counts().values()),
+        }
+        (tmp / "synth.json").write_text(json.dumps(summary, indent=2))
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def ensure(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig()) -> Path:
+    """Generate the set unless ``out_dir`` already holds one made with the same config."""
+    out_dir = Path(out_dir)
+    meta = out_dir / "synth.json"
+    if meta.exists():
+        try:
+            if json.loads(meta.read_text())["config"] == json.loads(json.dumps(asdict(cfg))):
+                return out_dir
+        except (ValueError, KeyError):
+            pass
+    generate(out_dir, cfg)
+    return out_dir
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Render the embedded savanna dataset (VOC layout).")
+    ap.add_argument("--out", default="data/savanna")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiplies the paper's per-class counts")
+    ap.add_argument("--difficulty", type=float, default=SynthConfig.difficulty)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--force", action="store_true", help="re-render even if up to date")
+    a = ap.parse_args(argv)
+    cfg = SynthConfig(seed=a.seed, scale=a.scale, difficulty=a.difficulty, width=a.width, height=a.height)
+    if a.force:
+        summary = generate(a.out, cfg)
+    else:
+        ensure(a.out, cfg)
+        summary = json.loads((Path(a.out) / "synth.json").read_text())
+    print(json.dumps({k: summary[k] for k in ("images", "total_instances")}))
