@@ -58,3 +58,12 @@ def test_parameters_cell_must_be_literals(tmp_path):
 def test_paths_are_made_absolute(tmp_path):
     out = runner.absolutize({"RUN_DIR": "runs/x", "DATA_DIR": "", "MAX_ITER": 3}, base=tmp_path)
     assert out == {"RUN_DIR": str(tmp_path / "runs" / "x"), "DATA_DIR": "", "MAX_ITER": 3}
+
+
+def test_a_partial_rerun_keeps_the_other_stages_times_and_commits(tmp_path):
+    runner.record_run(tmp_path, {"00_a": 1.0, "01_b": 2.0}, {"commit": "aaa", "finished": "t1"})
+    runner.record_run(tmp_path, {"01_b": 5.0}, {"commit": "bbb", "finished": "t2"})
+    assert json.loads((tmp_path / "run_times.json").read_text()) == {"00_a": 1.0, "01_b": 5.0, "total": 6.0}
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["commit"] == "bbb" and info["notebooks"] == ["00_a", "01_b"]
+    assert info["stages"]["00_a"]["commit"] == "aaa" and info["stages"]["01_b"]["commit"] == "bbb"

@@ -153,13 +153,29 @@ def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 
         t0 = time.perf_counter()
         run_notebook(nb, params, run_dir / "notebooks" / nb.name, timeout=timeout)
         times[nb.stem] = round(time.perf_counter() - t0, 1)
-    times["total"] = round(sum(times.values()), 1)
-    from .io import write_json
+    record_run(run_dir, times, {**source_version(), "overrides": overrides,
+                                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+    return {**times, "total": round(sum(times.values()), 1)}
 
-    write_json(run_dir / "run_times.json", times)
-    write_json(run_dir / "run_info.json", {**source_version(), "notebooks": [p.stem for p in notebooks],
-                                           "overrides": overrides, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
-    return times
+
+def record_run(run_dir, times: dict, info: dict) -> None:
+    """``run_times.json`` and ``run_info.json`` of a run folder, merged with what earlier runs of
+    other notebooks recorded there: a re-run of 04 and 05 keeps 00-03's times, and each stage's
+    commit is kept beside it (``stages``), so a report can say which code produced which stage."""
+    from .io import read_json, write_json
+
+    run_dir = Path(run_dir)
+    old_times = read_json(run_dir / "run_times.json") if (run_dir / "run_times.json").exists() else {}
+    old_info = read_json(run_dir / "run_info.json") if (run_dir / "run_info.json").exists() else {}
+    merged = {k: v for k, v in old_times.items() if k != "total"}
+    merged.update(times)
+    merged = dict(sorted(merged.items()))
+    merged["total"] = round(sum(merged.values()), 1)
+    stage_info = dict(old_info.get("stages", {}))
+    stage_info.update({k: {"commit": info.get("commit"), "dirty": info.get("dirty"), "finished": info.get("finished")}
+                       for k in times})
+    write_json(run_dir / "run_times.json", merged)
+    write_json(run_dir / "run_info.json", {**info, "notebooks": list(stage_info), "stages": stage_info})
 
 
 def source_version() -> dict:
