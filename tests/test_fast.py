@@ -206,3 +206,59 @@ def test_pick_test_time_takes_the_cheapest_setting_within_the_drop():
     assert picked == {"pre_nms": 200, "post_nms": 100, "detections": 20, "min_size": 240}
     with pytest.raises(ValueError, match="first row"):
         fast.pick_test_time(pd.DataFrame(rows[1:]), cfg, 0.5)
+
+
+def test_lean_rpn_and_cached_anchors_give_detectron2s_proposals(setup):
+    cfg, model, images, *_ = setup
+    lean = fast.lean(copy.deepcopy(model))
+    assert type(lean.proposal_generator).__name__ == "TopKFirstRPN"
+    with torch.no_grad():
+        for im in images:
+            x = model.preprocess_image([im])
+            feats = model.backbone(x.tensor)
+            want = model.proposal_generator(x, feats)[0][0]
+            got = lean.proposal_generator(x, feats)[0][0]
+            assert len(want) == len(got) > 0
+            assert torch.equal(want.proposal_boxes.tensor, got.proposal_boxes.tensor)
+            assert torch.equal(want.objectness_logits, got.objectness_logits)
+    # a config naming them builds them
+    built = modeling.build_model(fast.lean_config(cfg))
+    assert type(built.proposal_generator.anchor_generator).__name__ == "CachedAnchorGenerator"
+
+
+def test_lean_rpn_keeps_detectron2s_choice_among_tied_scores(setup):
+    """int8 logits take few values, so ties at the top-k cut are common: the same anchors must win."""
+    _, model, images, *_ = setup
+    lean = fast.lean(copy.deepcopy(model))
+    rpn, lean_rpn = model.proposal_generator, lean.proposal_generator
+    x = model.preprocess_image([images[0]])
+    with torch.no_grad():
+        feats = [model.backbone(x.tensor)[f] for f in rpn.in_features]
+        anchors = rpn.anchor_generator(feats)
+        logits, deltas = rpn.rpn_head(feats)
+        logits = [(lg.permute(0, 2, 3, 1).flatten(1) * 4).round() / 4 for lg in logits]  # coarse: many ties
+        deltas = [d.view(d.shape[0], -1, 4, d.shape[-2], d.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+                  for d in deltas]
+        for pre in (50, 1000):
+            rpn.pre_nms_topk[False] = lean_rpn.pre_nms_topk[False] = pre
+            want = rpn.predict_proposals(anchors, logits, deltas, x.image_sizes)[0]
+            got = lean_rpn.predict_proposals(anchors, logits, deltas, x.image_sizes)[0]
+            assert torch.equal(want.proposal_boxes.tensor, got.proposal_boxes.tensor)
+            assert torch.equal(want.objectness_logits, got.objectness_logits)
+    rpn.pre_nms_topk[False] = lean_rpn.pre_nms_topk[False] = cfg_pre(model)
+
+
+def cfg_pre(model) -> int:
+    return int(config.get_config("mobilenet_fpn_cpu").MODEL.RPN.PRE_NMS_TOPK_TEST)
+
+
+def test_cached_anchors_follow_the_input_size_and_are_copies(setup):
+    _, model, *_ = setup
+    gen = fast.lean(copy.deepcopy(model)).proposal_generator.anchor_generator
+    ref = model.proposal_generator.anchor_generator
+    for h, w in ((32, 40), (16, 20), (32, 40)):
+        feats = [torch.zeros(1, 8, h // 2 ** k, w // 2 ** k) for k in range(5)]
+        got, want = gen(feats), ref(feats)
+        assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(got, want))
+        got[0].tensor.zero_()  # a caller clipping in place must not change the next call's anchors
+    assert torch.equal(gen(feats)[0].tensor, ref(feats)[0].tensor)

@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
