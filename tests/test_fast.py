@@ -232,6 +232,7 @@ def test_lean_rpn_keeps_detectron2s_choice_among_tied_scores(setup):
     lean = fast.lean(copy.deepcopy(model))
     rpn, lean_rpn = model.proposal_generator, lean.proposal_generator
     x = model.preprocess_image([images[0]])
+    saved = rpn.pre_nms_topk[False]
     with torch.no_grad():
         feats = [model.backbone(x.tensor)[f] for f in rpn.in_features]
         anchors = rpn.anchor_generator(feats)
@@ -245,11 +246,7 @@ def test_lean_rpn_keeps_detectron2s_choice_among_tied_scores(setup):
             got = lean_rpn.predict_proposals(anchors, logits, deltas, x.image_sizes)[0]
             assert torch.equal(want.proposal_boxes.tensor, got.proposal_boxes.tensor)
             assert torch.equal(want.objectness_logits, got.objectness_logits)
-    rpn.pre_nms_topk[False] = lean_rpn.pre_nms_topk[False] = cfg_pre(model)
-
-
-def cfg_pre(model) -> int:
-    return int(config.get_config("mobilenet_fpn_cpu").MODEL.RPN.PRE_NMS_TOPK_TEST)
+    rpn.pre_nms_topk[False] = saved  # the module-scoped model goes back as it was
 
 
 def test_cached_anchors_follow_the_input_size_and_are_copies(setup):
