@@ -32,9 +32,15 @@ class Quad:
     slope: float = 0.0  # degrees, positive = shoulders higher
 
 
+def quad_canvas(length):
+    """A blank canvas that holds a quadruped of body length ``length`` with room to spare; textures
+    are drawn on one of these as a probe before the body is painted with them."""
+    return Sprite(length * 3.2, length * 3.2)
+
+
 def draw_quadruped(rng, length, q: Quad, body_tex, leg_tex=None, far_shade=0.72):
     """Side view facing right; returns (sprite, geometry dict of key points)."""
-    sp = Sprite(length * 3.2, length * 3.2)
+    sp = quad_canvas(length)
     cx, cy = length * 1.6, length * 1.55
     slope = math.radians(q.slope)
     half = length / 2
@@ -104,14 +110,16 @@ def draw_quadruped(rng, length, q: Quad, body_tex, leg_tex=None, far_shade=0.72)
 def coat_and_body(rng, length, q: Quad, color, jitter: float, texture):
     """The template most animals start from: a coat colour jittered around ``color``, its texture
     drawn on a probe canvas by ``texture(coat, probe)``, then the quadruped body in that coat.
-    Returns (coat, sprite, geometry)."""
+    Returns (coat, sprite, geometry); the animal then adds its own features and ends with
+    :func:`finish_quadruped`."""
     coat = jitter_color(rng, color, jitter)
-    tex = texture(coat, Sprite(length * 3.2, length * 3.2))
+    tex = texture(coat, quad_canvas(length))
     sp, geo = draw_quadruped(rng, length, q, tex)
     return coat, sp, geo
 
 
 def ears(sp, geo, length, size, color, pointed=True):
+    """A pair of ears (``size`` in body lengths) on top of the head, pointed or round."""
     m, d = sp.new_mask()
     hx, hy = geo["head"]
     hl = geo["head_len"]
@@ -134,6 +142,7 @@ def ears(sp, geo, length, size, color, pointed=True):
 
 
 def eye(sp, geo, length, color=(0.05, 0.04, 0.03)):
+    """A small dark eye near the front of the head."""
     m, d = sp.new_mask()
     hx, hy = geo["head"]
     hl = geo["head_len"]
@@ -145,6 +154,7 @@ def eye(sp, geo, length, color=(0.05, 0.04, 0.03)):
 
 
 def paint_belly(sp, geo, color, frac=0.45):
+    """Repaint the lower ``frac`` of the body ellipse (a pale belly) in ``color`` (a colour or texture)."""
     cx, cy, rx, ry, ang = geo["body"]
     m, d = sp.new_mask()
     d.polygon(ellipse_pts(cx, cy, rx, ry, ang), fill=255)
@@ -154,11 +164,35 @@ def paint_belly(sp, geo, color, frac=0.45):
 
 
 def tail_tuft(sp, geo, length, r, color):
+    """A tuft of hair at the tail tip, ``r`` body lengths long."""
     m, d = sp.new_mask()
     x, y = geo["tail_tip"]
     rr = r * length
     d.polygon(ellipse_pts(x, y, rr * 0.6, rr, 0.3), fill=255)
     sp.paint(m, color)
+
+
+def paint_strokes(sp, strokes, width, color):
+    """Paint thick strokes (horns, ossicones, tusks) in one colour: each stroke is a list of
+    points drawn as a :func:`limb` of the given ``width``, all on one mask, in order."""
+    mask, draw = sp.new_mask()
+    for points in strokes:
+        limb(draw, points, width)
+    sp.paint(mask, color)
+
+
+def finish_quadruped(sp, geo, length, ear_size=None, ear_color=None, pointed_ears=True, tuft_size=None,
+                     tuft_color=None, with_eye=True):
+    """The last touches the quadrupeds share, painted in this order: a pair of ears (when
+    ``ear_size`` is given; pointed or round), a tuft at the tail tip (when ``tuft_size`` is given),
+    then the eye (unless ``with_eye`` is false). Draws nothing at random; returns the sprite."""
+    if ear_size is not None:
+        ears(sp, geo, length, ear_size, ear_color, pointed=pointed_ears)
+    if tuft_size is not None:
+        tail_tuft(sp, geo, length, tuft_size, tuft_color)
+    if with_eye:
+        eye(sp, geo, length)
+    return sp
 
 
 def giraffe(rng, length):
@@ -169,22 +203,15 @@ def giraffe(rng, length):
     net, sp, geo = coat_and_body(
         rng, length, q, (0.93, 0.85, 0.66), 0.05, lambda c, probe: tex_patches(rng, probe, length, cell, c)
     )
-    m, d = sp.new_mask()  # ossicones
     hx, hy = geo["head"]
-    for k in (0, 1):
-        limb(
-            d,
-            [
-                (hx - length * (0.06 + 0.03 * k), hy - length * 0.04),
-                (hx - length * (0.07 + 0.03 * k), hy - length * 0.13),
-            ],
-            length * 0.025,
-        )
-    sp.paint(m, cell * 0.6)
-    ears(sp, geo, length, 0.06, net * 0.9)
-    tail_tuft(sp, geo, length, 0.05, (0.1, 0.07, 0.05))
-    eye(sp, geo, length)
-    return sp
+    ossicones = [
+        [(hx - length * (0.06 + 0.03 * k), hy - length * 0.04), (hx - length * (0.07 + 0.03 * k), hy - length * 0.13)]
+        for k in (0, 1)
+    ]
+    paint_strokes(sp, ossicones, length * 0.025, cell * 0.6)
+    return finish_quadruped(
+        sp, geo, length, ear_size=0.06, ear_color=net * 0.9, tuft_size=0.05, tuft_color=(0.1, 0.07, 0.05)
+    )
 
 
 def zebra(rng, length):
@@ -192,17 +219,14 @@ def zebra(rng, length):
              head_h=0.45, head_tilt=rng.uniform(30, 80), tail=0.4, tail_w=0.03)
     white = jitter_color(rng, (0.93, 0.92, 0.88), 0.04)
     black = jitter_color(rng, (0.07, 0.06, 0.06), 0.2)
-    probe = Sprite(length * 3.2, length * 3.2)
+    probe = quad_canvas(length)
     tex = tex_stripes(rng, probe, length, white, black, period=rng.uniform(0.09, 0.13))
     legtex = tex_stripes(rng, probe, length, white, black, period=0.07, angle=0.0)
     sp, geo = draw_quadruped(rng, length, q, tex, legtex)
-    m, d = sp.new_mask()  # mane
-    taper(d, geo["neck_base"], geo["neck_end"], length * 0.06, length * 0.04)
-    sp.paint(m, black)
-    ears(sp, geo, length, 0.1, white)
-    tail_tuft(sp, geo, length, 0.05, black)
-    eye(sp, geo, length)
-    return sp
+    mane, draw = sp.new_mask()
+    taper(draw, geo["neck_base"], geo["neck_end"], length * 0.06, length * 0.04)
+    sp.paint(mane, black)
+    return finish_quadruped(sp, geo, length, ear_size=0.1, ear_color=white, tuft_size=0.05, tuft_color=black)
 
 
 def elephant(rng, length):
@@ -211,7 +235,7 @@ def elephant(rng, length):
     gray = jitter_color(rng, (0.45, 0.42, 0.40), 0.1)
     if rng.random() < 0.3:
         gray = jitter_color(rng, (0.55, 0.40, 0.30), 0.06)  # dusted with red soil
-    probe = Sprite(length * 3.2, length * 3.2)
+    probe = quad_canvas(length)
     tex = tex_solid(rng, probe, gray, 0.18, 12)
     sp, geo = draw_quadruped(rng, length, q, tex)
     hx, hy = geo["head"]
@@ -228,19 +252,13 @@ def elephant(rng, length):
     for (a, b), w in zip(zip(pts[:-1], pts[1:]), (0.13, 0.1, 0.07)):
         taper(d, a, b, length * w, length * w * 0.8)
     sp.paint(m, gray * 0.95)
-    # tusks
-    if rng.random() < 0.8:
-        m, d = sp.new_mask()
-        limb(
-            d,
-            [
-                (hx + length * 0.12, hy + length * 0.12),
-                (hx + length * 0.22, hy + length * 0.22),
-                (hx + length * 0.3, hy + length * 0.2),
-            ],
-            length * 0.035,
-        )
-        sp.paint(m, (0.9, 0.87, 0.78))
+    if rng.random() < 0.8:  # tusks
+        tusk = [
+            (hx + length * 0.12, hy + length * 0.12),
+            (hx + length * 0.22, hy + length * 0.22),
+            (hx + length * 0.3, hy + length * 0.2),
+        ]
+        paint_strokes(sp, [tusk], length * 0.035, (0.9, 0.87, 0.78))
     # big ear
     m, d = sp.new_mask()
     d.polygon(
@@ -248,9 +266,7 @@ def elephant(rng, length):
         fill=255,
     )
     sp.paint(m, gray * 0.85)
-    tail_tuft(sp, geo, length, 0.03, gray * 0.3)
-    eye(sp, geo, length)
-    return sp
+    return finish_quadruped(sp, geo, length, tuft_size=0.03, tuft_color=gray * 0.3)
 
 
 def impala(rng, length):
@@ -261,32 +277,27 @@ def impala(rng, length):
     )
     paint_belly(sp, geo, jitter_color(rng, (0.92, 0.88, 0.8), 0.03), 0.35)
     if rng.random() < 0.5:  # lyre-shaped horns of the males
-        m, d = sp.new_mask()
         hx, hy = geo["head"]
+        horns = []
         for k in (0, 1):
-            o = length * 0.03 * k
-            limb(
-                d,
-                [
-                    (hx - length * 0.05 - o, hy - length * 0.06),
-                    (hx - length * 0.14 - o, hy - length * 0.2),
-                    (hx - length * 0.09 - o, hy - length * 0.32),
-                    (hx - length * 0.13 - o, hy - length * 0.4),
-                ],
-                length * 0.022,
-            )
-        sp.paint(m, (0.12, 0.1, 0.08))
-    ears(sp, geo, length, 0.11, coat)
-    tail_tuft(sp, geo, length, 0.04, (0.1, 0.08, 0.06))
-    eye(sp, geo, length)
-    return sp
+            behind = length * 0.03 * k
+            horns.append([
+                (hx - length * 0.05 - behind, hy - length * 0.06),
+                (hx - length * 0.14 - behind, hy - length * 0.2),
+                (hx - length * 0.09 - behind, hy - length * 0.32),
+                (hx - length * 0.13 - behind, hy - length * 0.4),
+            ])
+        paint_strokes(sp, horns, length * 0.022, (0.12, 0.1, 0.08))
+    return finish_quadruped(
+        sp, geo, length, ear_size=0.11, ear_color=coat, tuft_size=0.04, tuft_color=(0.1, 0.08, 0.06)
+    )
 
 
 def lion(rng, length):
     q = Quad(body_h=0.42, leg=0.5, leg_w=0.12, neck=0.28, neck_w=0.3, neck_angle=rng.uniform(0, 40), head=0.33,
              head_h=0.75, head_tilt=rng.uniform(5, 35), tail=0.7, tail_w=0.035, tail_droop=55)
     coat = jitter_color(rng, (0.78, 0.6, 0.35), 0.06)
-    probe = Sprite(length * 3.2, length * 3.2)
+    probe = quad_canvas(length)
     tex = tex_solid(rng, probe, coat, 0.08)
     male = rng.random() < 0.4
     sp, geo = draw_quadruped(rng, length, q, tex)
@@ -301,10 +312,10 @@ def lion(rng, length):
             fill=255,
         )
         sp.paint(m, coat)
-    ears(sp, geo, length, 0.07, coat, pointed=False)
-    tail_tuft(sp, geo, length, 0.045, (0.2, 0.12, 0.06))
-    eye(sp, geo, length)
-    return sp
+    return finish_quadruped(
+        sp, geo, length, ear_size=0.07, ear_color=coat, pointed_ears=False, tuft_size=0.045,
+        tuft_color=(0.2, 0.12, 0.06),
+    )
 
 
 def leopard(rng, length):
@@ -319,9 +330,7 @@ def leopard(rng, length):
         lambda c, probe: tex_rosettes(rng, probe, length, c, (0.12, 0.09, 0.05)),
     )
     paint_belly(sp, geo, tex_rosettes(rng, sp, length, (0.9, 0.85, 0.72), (0.15, 0.1, 0.06), density=0.5), 0.25)
-    ears(sp, geo, length, 0.06, ground, pointed=False)
-    eye(sp, geo, length)
-    return sp
+    return finish_quadruped(sp, geo, length, ear_size=0.06, ear_color=ground, pointed_ears=False)
 
 
 def buffalo(rng, length):
@@ -330,22 +339,20 @@ def buffalo(rng, length):
     coat, sp, geo = coat_and_body(
         rng, length, q, (0.16, 0.13, 0.11), 0.2, lambda c, probe: tex_solid(rng, probe, c, 0.25, 10)
     )
-    m, d = sp.new_mask()  # boss and horns sweeping down then up
     hx, hy = geo["head"]
-    for s in (-1, 1):
-        limb(
-            d,
-            [
-                (hx - length * 0.02, hy - length * 0.1),
-                (hx - length * 0.02 + s * length * 0.14, hy - length * 0.02),
-                (hx + s * length * 0.2, hy - length * 0.14),
-            ],
-            length * 0.05,
-        )
-    sp.paint(m, jitter_color(rng, (0.3, 0.27, 0.22), 0.1))
-    ears(sp, geo, length, 0.08, coat, pointed=False)
-    tail_tuft(sp, geo, length, 0.04, coat * 0.6)
-    return sp
+    horns = [  # boss and horns sweeping down then up
+        [
+            (hx - length * 0.02, hy - length * 0.1),
+            (hx - length * 0.02 + side * length * 0.14, hy - length * 0.02),
+            (hx + side * length * 0.2, hy - length * 0.14),
+        ]
+        for side in (-1, 1)
+    ]
+    paint_strokes(sp, horns, length * 0.05, jitter_color(rng, (0.3, 0.27, 0.22), 0.1))
+    return finish_quadruped(
+        sp, geo, length, ear_size=0.08, ear_color=coat, pointed_ears=False, tuft_size=0.04, tuft_color=coat * 0.6,
+        with_eye=False,
+    )
 
 
 def hyena(rng, length):
@@ -355,13 +362,11 @@ def hyena(rng, length):
     ground, sp, geo = coat_and_body(
         rng, length, q, (0.6, 0.52, 0.38), 0.08, lambda c, probe: tex_spots(rng, probe, length, c, (0.2, 0.15, 0.1))
     )
-    m, d = sp.new_mask()
-    hx, hy = geo["head"]
-    d.polygon(ellipse_pts(geo["snout"][0] - length * 0.03, geo["snout"][1], length * 0.06, length * 0.05), fill=255)
-    sp.paint(m, (0.15, 0.12, 0.1))  # dark muzzle
-    ears(sp, geo, length, 0.09, ground * 0.8, pointed=False)
-    eye(sp, geo, length)
-    return sp
+    muzzle, draw = sp.new_mask()
+    snout_x, snout_y = geo["snout"]
+    draw.polygon(ellipse_pts(snout_x - length * 0.03, snout_y, length * 0.06, length * 0.05), fill=255)
+    sp.paint(muzzle, (0.15, 0.12, 0.1))  # dark muzzle
+    return finish_quadruped(sp, geo, length, ear_size=0.09, ear_color=ground * 0.8, pointed_ears=False)
 
 
 def gorilla(rng, length):
@@ -369,7 +374,7 @@ def gorilla(rng, length):
     if rng.random() < 0.55:  # knuckle-walking
         q = Quad(body_h=0.7, leg=0.35, leg_w=0.2, front_leg=1.7, neck=0.08, neck_w=0.4, neck_angle=20, head=0.34,
                  head_h=0.9, head_tilt=20, tail=0.0, slope=rng.uniform(20, 30))
-        probe = Sprite(length * 3.2, length * 3.2)
+        probe = quad_canvas(length)
         sp, geo = draw_quadruped(rng, length, q, tex_solid(rng, probe, coat, 0.3, 14), far_shade=0.8)
         if rng.random() < 0.5:  # silverback saddle
             cx, cy, rx, ry, ang = geo["body"]
@@ -414,7 +419,7 @@ def monkey(rng, length):
     if rng.random() < 0.5:  # walking on all fours, tail arched
         q = Quad(body_h=0.42, leg=0.55, leg_w=0.1, neck=0.15, neck_w=0.25, neck_angle=20, head=0.3, head_h=0.85,
                  head_tilt=10, tail=0.9, tail_w=0.05, tail_droop=-60 + rng.uniform(-20, 30), slope=5)
-        probe = Sprite(length * 3.2, length * 3.2)
+        probe = quad_canvas(length)
         sp, geo = draw_quadruped(rng, length, q, tex_solid(rng, probe, coat, 0.12))
         m, d = sp.new_mask()
         d.polygon(ellipse_pts(geo["snout"][0] - length * 0.04, geo["snout"][1], length * 0.07, length * 0.06), fill=255)
@@ -646,19 +651,12 @@ DRAW = {
 }
 
 
+# Body length range of each class (a person's: standing height), in pixels of a 320-pixel-wide image
+# at the nearest distance; farther animals are drawn smaller.
 SIZE = {
-    "giraffe": (55, 80),
-    "person": (60, 95),
-    "zebra": (55, 80),
-    "elephant": (80, 115),
-    "impala": (42, 62),
-    "monkey": (26, 40),
-    "lion": (52, 75),
-    "leopard": (45, 68),
-    "crocodile": (75, 115),
-    "buffalo": (62, 85),
-    "hyena": (44, 62),
-    "bird": (14, 30),
+    "giraffe": (55, 80), "person": (60, 95), "zebra": (55, 80), "elephant": (80, 115),
+    "impala": (42, 62), "monkey": (26, 40), "lion": (52, 75), "leopard": (45, 68),
+    "crocodile": (75, 115), "buffalo": (62, 85), "hyena": (44, 62), "bird": (14, 30),
     "gorilla": (44, 62),
 }
 
