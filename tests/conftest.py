@@ -19,21 +19,18 @@ def smoke_data(tmp_path_factory) -> Path:
 
 # Each notebook's smoke parameters: minutes in all, and assertions on what each one writes
 # (tests/test_notebooks.py).  After a 12-iteration baseline nothing is detected reliably, hence
-# AP50_FLOOR 0 downstream.
+# AP50_FLOOR 0 in stage 02 (later stages rely on 02's check).
 SMOKE = {
     "00": {"N_SAMPLES": 4},
-    "01": {"MAX_ITER": 12, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 6, "N_SHOW": 2, "PROFILE_RUNS": 2,
+    "01": {"MAX_ITER": 12, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 6, "PROFILE_RUNS": 2,
            "LR": 0.0005},  # a low LR keeps some boxes above the score threshold after 12 iterations
     "02": {"SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.3, 0.6], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5,
-           "FT_ITER": 10, "FT_LR": 0.0005, "PRUNE_EVERY": 2, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0,
-           "AP50_FLOOR": 0.0},
-    "03": {"BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2,
-           "AP50_FLOOR": 0.0},
-    "04": {"PROPOSALS": [[100, 50]], "COMBINED_PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208], "SCAN_RATIOS": [0.5], "FT_ITER": 4,
-           "SCAN_FAMILIES": ["m2", "m3", "m4", "m5", "fpn", "rpn", "box_head"], "IMS_PER_BATCH": 2,
-           "EVAL_PERIOD": 0, "CALIB_IMAGES": 4, "LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "EVAL_IMAGES": 4,
-           "AP50_FLOOR": 0.0},
-    "05": {"LATENCY_RUNS": 3, "LATENCY_WARMUP": 1, "N_SHOW": 2, "AP50_FLOOR": 0.0},
+           "FT_ITER": 10, "FT_LR": 0.0005, "PRUNE_EVERY": 2, "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0},
+    "03": {"BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2},
+    "04": {"PROPOSALS": [[100, 50]], "COMBINED_PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208],
+           "SCAN_RATIOS": [0.5], "FT_ITER": 4, "SCAN_FAMILIES": ["m2", "m3", "m4", "m5", "fpn", "rpn", "box_head"],
+           "LATENCY_RUNS": 3},
+    "05": {"LATENCY_RUNS": 3, "N_SHOW": 2},
 }
 
 
@@ -88,3 +85,41 @@ def voc_dir(tmp_path) -> Path:
     (root / "train.txt").write_text("img1\nimg2\n")
     (root / "valid.txt").write_text("img3\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def untrained_cfg():
+    """The project's default config (``mobilenet_fpn_cpu``) with ``MODEL.MOBILENET.PRETRAINED=none``:
+    a model of it needs no weights file.  Frozen, so sharing it is safe."""
+    from wildlib import config
+
+    return config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
+
+
+@pytest.fixture(scope="session")
+def untrained_model(untrained_cfg):
+    """One untrained model of :func:`untrained_cfg` (random init from ``torch.manual_seed(0)``, eval
+    mode), built once per session and shared by every test that asks for it.
+
+    Read-only: a test that changes a model (pruning, hooks, quantizing, sharing, BN statistics,
+    loading weights) works on ``copy.deepcopy(untrained_model)``; one that needs another config or
+    two independently built models builds its own.  Building does not move the session's random
+    state, and at the end of the session the model is checked against what was built, so a test
+    that changed it is reported instead of silently skewing the tests that ran after it."""
+    import torch
+
+    from wildlib import modeling
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = modeling.build_model(untrained_cfg)
+    built = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    yield model
+    now = model.state_dict()
+    changed = sorted(set(built) ^ set(now)) + sorted(k for k in set(built) & set(now)
+                                                     if not torch.equal(built[k], now[k]))
+    changed += sorted(n for n, p in model.named_parameters() if flags.get(n) != p.requires_grad)
+    assert not changed and not model.training, (
+        f"a test changed the shared untrained_model (use copy.deepcopy): {changed[:5]}"
+        f"{' (train mode)' if model.training else ''}")

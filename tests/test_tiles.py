@@ -100,7 +100,7 @@ def test_a_tiled_run_through_00_01(tmp_path):
     run = tmp_path / "run"
     runner.run_all(run, only=["00"], overrides={"DATA_DIR": str(root), "CLASSES": ["seal"], "N_SAMPLES": 2})
     runner.run_all(run, only=["01"], overrides={
-        "MAX_ITER": 4, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 2, "N_SHOW": 1, "PROFILE_RUNS": 0, "TILE": [320, 32],
+        "MAX_ITER": 4, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 2, "PROFILE_RUNS": 0, "TILE": [320, 32],
         "CFG_OVERRIDES": {"INPUT.MIN_SIZE_TEST": 240, "INPUT.MAX_SIZE_TEST": 320,
                           "INPUT.MIN_SIZE_TRAIN": [240], "INPUT.MAX_SIZE_TRAIN": 320}})
     stage = run / "01_baseline"

@@ -16,6 +16,7 @@ COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
 # the baseline and a dense control trained as long as the compressed model), with this tolerance.
 AP50_TOLERANCE = 1.0
+LATENCY_WARMUP = 5  # untimed passes of each model before a side-by-side latency measurement
 
 
 def reference_ap50(baseline_ap50: float, dense_control_ap50: float | None = None) -> float:
@@ -135,7 +136,7 @@ def latency(model, images: list[dict], warmup: int = 3, runs: int = 20, threads:
 
 @torch.no_grad()
 def side_by_side(baseline, variant, inputs: list[dict], variant_inputs: list[dict] | None = None, runs: int = 30,
-                 warmup: int = 5, threads: int | None = None) -> dict:
+                 warmup: int = LATENCY_WARMUP, threads: int | None = None) -> dict:
     """Batch-1 latency of ``variant`` against ``baseline``, measured in turns in this process, same
     threads, after ``warmup`` untimed passes of each: median and p90 of ``runs`` timed passes, and
     ``speedup`` = baseline median / variant median.  The order alternates run to run, so neither
@@ -199,8 +200,17 @@ def predictions_to_json(preds: list[dict], inputs: list[dict]) -> list[dict]:
             for p, x in zip(preds, inputs)]
 
 
+def accuracy_and_speed(model, cfg, dataset: str, baseline, inputs: list[dict], variant_inputs=None,
+                       runs: int = 30, warmup: int = LATENCY_WARMUP) -> tuple[dict, dict]:
+    """(COCO metrics of ``model`` on ``dataset``, its latency side by side with ``baseline``): what
+    every row of a speed or evaluation table measures (notebooks 04 and 05)."""
+    return coco(model, cfg, dataset, quiet=True), side_by_side(baseline, model, inputs, variant_inputs,
+                                                                runs=runs, warmup=warmup)
+
+
 def variant_row(name: str, model, cfg, dataset: str, path, baseline, inputs: list[dict], *, twin=None,
-                variant_inputs: list[dict] | None = None, runs: int = 20, warmup: int = 3, dense_bytes=None) -> dict:
+                variant_inputs: list[dict] | None = None, runs: int = 20, warmup: int = LATENCY_WARMUP,
+                dense_bytes=None) -> dict:
     """One row of the evaluation table (notebook 05): COCO metrics, per-class AP, parameters
     (nonzero too) of ``twin`` (default ``model``), bytes on disk of ``path`` (a file, or a
     deployable folder) and the compression ratio against ``dense_bytes``' file, latency side by
@@ -209,8 +219,7 @@ def variant_row(name: str, model, cfg, dataset: str, path, baseline, inputs: lis
 
     from .modeling import count_parameters
 
-    m = coco(model, cfg, dataset, quiet=True)
-    t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
+    m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
     counts = count_parameters(twin if twin is not None else model)
     path = Path(path)
     if path.is_dir():

@@ -44,6 +44,8 @@ from .stages import D2_CONFIG_FILE
 GRAPHS = ("backbone", "box_head")
 FLOAT_PARTS = ("input normalisation and padding", "anchor generation", "proposal top-k and NMS", "ROIAlign",
                "box predictor (two small FC layers)", "box decoding, per-class NMS, rescaling")
+LATENCY_IMAGES = 20  # validation images the latency runs cycle through (notebook 04)
+CALIB_IMAGES = 32    # training images that calibrate the int8 activation ranges (notebook 04, §4)
 MAX_MODEL_BYTES = 1 << 30  # an ONNX file larger than this is refused before it is parsed
 ALLOWED_DOMAINS = {"", "ai.onnx", "com.microsoft"}
 MANIFEST = "manifest.json"
@@ -646,7 +648,7 @@ def macs(model, image: dict) -> float:
 
 
 def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *, file_bytes: int,
-            variant_inputs: list[dict] | None = None, twin=None, runs: int = 30, warmup: int = 5,
+            variant_inputs: list[dict] | None = None, twin=None, runs: int = 30, warmup: int | None = None,
             count_macs: bool = True) -> dict:
     """One row of the speed table: COCO AP50/AP of ``model`` on ``dataset`` (``cfg``'s test input
     size), its latency measured side by side with ``baseline`` (:func:`wildlib.evaluate.side_by_side`;
@@ -654,10 +656,10 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     PyTorch model an ONNX Runtime one was exported from; MACs depend on the proposals its weights
     keep, so ``count_macs=False`` where the twin has no trained weights) and the bytes of the
     file(s) it is stored in."""
-    from .evaluate import coco, side_by_side
+    from .evaluate import LATENCY_WARMUP, accuracy_and_speed
 
-    m = coco(model, cfg, dataset, quiet=True)
-    t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
+    warmup = LATENCY_WARMUP if warmup is None else warmup
+    m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
     # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings
     twin = model if twin is None else test_time(copy.deepcopy(twin), **test_time_of(model))
     x = (variant_inputs or inputs)[0]
@@ -686,7 +688,7 @@ def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
 
 
 def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inputs: list[dict], settings,
-                    runs: int = 30, warmup: int = 5, twin=None):
+                    runs: int = 30, warmup: int | None = None, twin=None):
     """AP50 and side-by-side latency of ``model`` at each test-time setting (see :func:`knob_settings`);
     ``twin``: the PyTorch model whose MACs an ONNX Runtime ``model`` has."""
     import pandas as pd
@@ -757,6 +759,20 @@ def remeasure(spec: dict) -> dict:
                   file_bytes=deploy_bytes(spec["deploy"]), twin=twin_of(cfg), runs=int(spec["runs"]),
                   warmup=int(spec["warmup"]), count_macs=False)
     return {**row, "pid": os.getpid()}
+
+
+def reload_spec(deploy, run_dir, *, threads: int, runs: int, warmup: int | None = None,
+                images: int = LATENCY_IMAGES) -> dict:
+    """What :func:`in_fresh_process` needs to reload ``deploy`` and measure it beside the run's
+    baseline on the run's data (as stage 00 recorded it), ``runs`` timed passes at ``threads``."""
+    from .evaluate import LATENCY_WARMUP
+    from .stages import BASELINE, classes_for, data_dir_for
+
+    run = Path(run_dir)
+    classes, aliases = classes_for(run)
+    return {"deploy": str(deploy), "baseline_dir": str(run / BASELINE), "data_dir": str(data_dir_for(run)),
+            "classes": list(classes), "aliases": aliases, "threads": int(threads), "runs": int(runs),
+            "warmup": LATENCY_WARMUP if warmup is None else int(warmup), "images": int(images)}
 
 
 def twin_of(cfg):

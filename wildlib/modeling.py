@@ -172,6 +172,8 @@ def resolve_weights(spec: str, local: str | os.PathLike | None = None) -> str:
         if not Path(local).exists():
             raise WeightsError(f"{local}: weights file not found")
         return str(local)
+    if "://" not in spec and not Path(spec).exists():  # a local path, not a URL: it must be there
+        raise WeightsError(f"{spec}: weights file not found")
     return spec
 
 

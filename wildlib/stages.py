@@ -144,10 +144,11 @@ def save_stage(stage: Path, config: dict | str, metrics: dict, cfg=None) -> None
 
 
 def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
-                       eval_period: int, seed: int, weights: str = "", lr_steps=(0.75, 0.92),
+                       eval_period: int, seed: int | None = None, weights: str = "", lr_steps=(0.75, 0.92),
                        num_classes: int | None = None, tile=(), train_dataset: str | None = None) -> dict:
     """Notebook parameters -> Detectron2 config keys.  The LR drops 10x at each fraction of the
-    schedule in ``lr_steps``; warm-up is the first 100 iterations (or a fifth of a short run)."""
+    schedule in ``lr_steps``; warm-up is the first 100 iterations (or a fifth of a short run).
+    ``seed=None`` keeps the config's own ``SEED`` (a fine-tuning run keeps the baseline's)."""
     from .modeling import resolve_weights
 
     out = {
@@ -160,8 +161,9 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
         "SOLVER.WARMUP_ITERS": int(min(100, max(1, max_iter // 5))),
         "SOLVER.CHECKPOINT_PERIOD": int(max(eval_period, 100)),
         "TEST.EVAL_PERIOD": int(eval_period),
-        "SEED": int(seed),
     }
+    if seed is not None:
+        out["SEED"] = int(seed)
     if weights:
         out["MODEL.WEIGHTS"] = resolve_weights(weights, weights if Path(weights).exists() else None)
     if num_classes is not None:
@@ -171,6 +173,23 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
     if train_dataset:
         out["DATASETS.TRAIN"] = [train_dataset]
     return out
+
+
+def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes, **schedule):
+    """Stage 01's Detectron2 config: ``config_name`` (a shipped config or a YAML file), the
+    schedule of :func:`baseline_overrides`, stage 00's suggested settings, then the user's own
+    keys ``user`` (they win; a ``MODEL.WEIGHTS`` there is a model-zoo URL or a local checkpoint).
+    Introduced in notebook 01, §1."""
+    from .config import get_config
+    from .modeling import resolve_weights
+
+    keys = {**baseline_overrides(stage, num_classes=len(classes), **schedule), **data_settings(run_dir, user)}
+    if keys.get("MODEL.WEIGHTS"):
+        w = str(keys["MODEL.WEIGHTS"])
+        keys["MODEL.WEIGHTS"] = resolve_weights(w, w if Path(w).exists() else None)
+    cfg = get_config(config_name, keys)
+    check_num_classes(cfg, classes)
+    return cfg
 
 
 def _no_imagenet_init(cfg):
@@ -208,16 +227,42 @@ def load_trained(stage_dir, weights_name: str = MODEL_FILE):
 
 
 def metrics_of(run_dir, stage: str) -> dict:
+    """What stage ``stage`` of the run measured (its ``metrics.json``)."""
     return read_json(resolve(run_dir) / stage / METRICS_FILE)
 
 
+class Record(NamedTuple):
+    """A finished stage as a later one reads it: its folder, settings, measurements and (when asked
+    for) its model with the model's Detectron2 config."""
+    dir: Path
+    config: dict
+    metrics: dict
+    cfg: object = None
+    model: object = None
+
+
+def load_stage(stage_path, model_file: str | None = None) -> Record:
+    """Read a finished stage: ``config.yaml``, ``metrics.json`` and, with ``model_file``, its model
+    rebuilt from ``detectron2.yaml`` (see :func:`load_trained`).  The reading side of
+    :func:`save_stage`."""
+    stage_path = resolve(stage_path)
+    metrics_file = stage_path / METRICS_FILE
+    if not metrics_file.exists():
+        raise FileNotFoundError(f"{metrics_file}: not found (has that stage run?)")
+    cfg = model = None
+    if model_file:
+        cfg, model = load_trained(stage_path, model_file)
+    return Record(stage_path, config_of(stage_path), read_json(metrics_file), cfg, model)
+
+
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
-                    eval_period: int, seed: int, freeze_at: int | None = 0, config_file=None, weights=None):
+                    eval_period: int, seed: int | None = None, freeze_at: int | None = 0, config_file=None, weights=None):
     """The baseline's own config, starting from its trained weights, with a new schedule.
 
     ``freeze_at=0`` (default) lets every layer train: a pruned layer that stays frozen cannot
     recover from its pruning.  ``None`` keeps the baseline's setting.  ``config_file`` and
-    ``weights`` start from another model of the baseline's data (a channel-pruned one, say)."""
+    ``weights`` start from another model of the baseline's data (a channel-pruned one, say).
+    ``seed=None`` (default) keeps the baseline's seed: one seed per run, set in stage 01."""
     from .config import get_config
 
     baseline_dir = Path(baseline_dir)

@@ -1,0 +1,67 @@
+"""The stage contract (wildlib.stages): what a stage writes, how a later one reads it, and what it
+takes from earlier stages instead of parameters (the data, the seed, the fine-tuning batch)."""
+import pytest
+
+from wildlib import fast, modeling, stages
+
+
+@pytest.fixture
+def baseline_stage(tmp_path, untrained_cfg, untrained_model):
+    """A finished stage 01 of a run: Detectron2 config (seed 7) and weights, beside a stage 00
+    record that names a data folder and two classes."""
+    run = tmp_path / "run"
+    data_dir = tmp_path / "voc"
+    data_dir.mkdir()
+    stages.save_stage(stages.stage_dir(run, stages.EXPLORE),
+                      {"data_dir": str(data_dir), "classes": ["Tree", "Rock"], "aliases": {"conifer": "Tree"}}, {})
+    cfg = untrained_cfg.clone()
+    cfg.defrost()
+    cfg.SEED = 7
+    stage = stages.stage_dir(run, stages.BASELINE)
+    modeling.save_weights(untrained_model, stage / stages.MODEL_FILE)
+    stages.save_stage(stage, cfg.dump(), {"bbox": {"AP50": 12.5}}, cfg=cfg)
+    return run
+
+
+def test_load_stage_reads_what_save_stage_wrote(baseline_stage, untrained_model):
+    rec = stages.load_stage(baseline_stage / stages.BASELINE, stages.MODEL_FILE)
+    assert rec.metrics == {"bbox": {"AP50": 12.5}} and rec.config["SEED"] == 7 and rec.cfg.SEED == 7
+    want, got = untrained_model.state_dict(), rec.model.state_dict()
+    assert set(want) == set(got) and all((want[k] == got[k]).all() for k in want)
+    assert stages.load_stage(baseline_stage / stages.BASELINE).model is None  # no model asked for
+
+
+def test_load_stage_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="02_prune.*metrics.json"):
+        stages.load_stage(tmp_path / stages.PRUNE)
+
+
+def test_finetuning_keeps_the_baselines_seed_unless_given(baseline_stage, tmp_path):
+    args = dict(device="cpu", max_iter=10, ims_per_batch=2, lr=0.001, eval_period=5)
+    base = baseline_stage / stages.BASELINE
+    assert stages.finetune_config(base, tmp_path / "ft", **args).SEED == 7
+    assert stages.finetune_config(base, tmp_path / "ft", seed=3, **args).SEED == 3
+
+
+def test_baseline_config_user_keys_win_and_weights_resolve(baseline_stage, tmp_path):
+    run = baseline_stage
+    stages.save_stage(run / stages.EXPLORE, stages.config_of(run / stages.EXPLORE),
+                      {"suggested_settings": {"overrides": {"TEST.DETECTIONS_PER_IMAGE": 150,
+                                                            "INPUT.MIN_SIZE_TEST": 800}, "reasons": []}})
+    weights = run / stages.BASELINE / stages.MODEL_FILE
+    schedule = dict(device="cpu", max_iter=100, ims_per_batch=2, lr=0.01, eval_period=0, seed=1)
+    user = {"INPUT.MIN_SIZE_TEST": 480, "MODEL.WEIGHTS": str(weights), "MODEL.MOBILENET.PRETRAINED": "none"}
+    cfg = stages.baseline_config(run, tmp_path / "stage", "mobilenet_fpn_cpu", user, ("Tree", "Rock"), **schedule)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 2 and cfg.TEST.DETECTIONS_PER_IMAGE == 150  # stage 00's suggestion
+    assert cfg.INPUT.MIN_SIZE_TEST == 480 and cfg.MODEL.WEIGHTS == str(weights)  # the user's keys win
+    assert cfg.SEED == 1 and cfg.SOLVER.STEPS == (75, 92)
+    with pytest.raises(modeling.WeightsError, match="absent.pth"):
+        stages.baseline_config(run, tmp_path / "stage", "mobilenet_fpn_cpu",
+                               {**user, "MODEL.WEIGHTS": str(tmp_path / "absent.pth")}, ("Tree", "Rock"), **schedule)
+
+
+def test_reload_spec_takes_the_data_stage_00_recorded(baseline_stage, tmp_path):
+    spec = fast.reload_spec(tmp_path / "deploy", baseline_stage, threads=2, runs=7)
+    assert spec["data_dir"] == str(tmp_path / "voc") and spec["classes"] == ["Tree", "Rock"]
+    assert spec["aliases"] == {"conifer": "Tree"} and spec["baseline_dir"] == str(baseline_stage / stages.BASELINE)
+    assert (spec["runs"], spec["threads"], spec["images"]) == (7, 2, fast.LATENCY_IMAGES)
