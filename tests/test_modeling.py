@@ -6,10 +6,10 @@ import torch
 from wildlib import config, modeling
 
 
-def test_mobilenet_fpn_shapes_from_scratch():
-    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
-    model = modeling.build_model(cfg)
-    feats = model.backbone(torch.zeros(1, 3, 224, 320))
+def test_mobilenet_fpn_shapes_from_scratch(untrained_cfg, untrained_model):
+    cfg, model = untrained_cfg, untrained_model
+    with torch.no_grad():
+        feats = model.backbone(torch.zeros(1, 3, 224, 320))
     assert {k: tuple(v.shape[-2:]) for k, v in feats.items()} == {
         "p2": (56, 80), "p3": (28, 40), "p4": (14, 20), "p5": (7, 10), "p6": (4, 5)}
     assert all(v.shape[1] == cfg.MODEL.FPN.OUT_CHANNELS for v in feats.values())
@@ -76,14 +76,15 @@ def test_paper_config_is_the_papers_schedule():
     assert min(cfg.INPUT.MIN_SIZE_TRAIN) == 640 and max(cfg.INPUT.MIN_SIZE_TRAIN) == 800
 
 
-def test_weights_only_file_reloads(tmp_path):
+def test_weights_only_file_reloads(untrained_cfg, untrained_model, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
-    a = modeling.build_model(cfg)
+    a = untrained_model
     path = modeling.save_weights(a, tmp_path / "w.pth")
     assert set(torch.load(path, weights_only=True)) == {"model"}
-    b = modeling.build_model(cfg)
+    torch.manual_seed(1)  # not the shared model's seed: b starts out different from a
+    b = modeling.build_model(untrained_cfg)
+    assert not all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     DetectionCheckpointer(b).load(str(path))
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k

@@ -1,16 +1,16 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from wildlib import codec, config, modeling, share
+from wildlib import codec, modeling, share
 from wildlib import prune as wp
 
 
 @pytest.fixture(scope="module")
-def pruned_shared():
-    torch.manual_seed(0)
-    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
-    model = wp.pruned_copy(modeling.build_model(cfg), "all", 0.8)
+def pruned_shared(untrained_model):
+    model = wp.pruned_copy(untrained_model, "all", 0.8)  # a copy: the shared model stays as built
     layers = share.share_weights(model, bits={"conv": 5, "fc": 4}, init="linear")
     return model, layers
 
@@ -80,10 +80,8 @@ def test_gap_coding_handles_long_runs():
     assert np.array_equal(codec.gaps_decode(g, mask.size), mask)
 
 
-def test_int8_roundtrip(tmp_path):
-    torch.manual_seed(1)
-    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
-    model = modeling.build_model(cfg)
+def test_int8_roundtrip(untrained_model, tmp_path):
+    model = copy.deepcopy(untrained_model)  # quantize_int8 rewrites the weights in place
     q = share.quantize_int8(model)
     path = codec.save(tmp_path / "q.wlc", model.state_dict(), int8={codec.param_key(n): v for n, v in q.items()})
     back = codec.load(path)
@@ -106,12 +104,9 @@ def test_centroid_gradient_is_the_sum_over_its_cluster():
         assert lin.centroids.grad[j] == pytest.approx(float(g_w[idx == j].sum()), rel=1e-5)
 
 
-def test_depthwise_int8_and_folded_bn_roundtrip_and_streams(tmp_path):
-    import copy
-
+def test_depthwise_int8_and_folded_bn_roundtrip_and_streams(untrained_model, tmp_path):
     torch.manual_seed(2)
-    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
-    model = modeling.build_model(cfg).eval()
+    model = copy.deepcopy(untrained_model)  # its statistics are rewritten below; eval mode as built
     with torch.no_grad():  # give the frozen BatchNorms non-trivial statistics
         for name, buf in model.named_buffers():
             if name.endswith("running_mean"):

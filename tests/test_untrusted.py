@@ -34,27 +34,25 @@ class _Touch:
 
 # ----------------------------------------------------------------------------- checkpoints, configs
 @pytest.mark.parametrize("suffix", [".pkl", ".pth"])
-def test_a_crafted_checkpoint_runs_no_code(tmp_path, suffix):
+def test_a_crafted_checkpoint_runs_no_code(untrained_cfg, tmp_path, suffix):
     marker = tmp_path / "ran"
     path = tmp_path / f"evil{suffix}"
     payload = {"model": {"w": _Touch(marker)}, "__author__": "x"}
     with open(path, "wb") as fh:
         pickle.dump(payload, fh)
-    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
-    with pytest.raises(modeling.WeightsError, match="evil"):
-        modeling.build_model(cfg, weights=str(path))
+    with pytest.raises(modeling.WeightsError, match="evil"):  # build_model itself: the entry point
+        modeling.build_model(untrained_cfg, weights=str(path))
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("content", [b"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\x7f",  # overflowing length
                                      pickle.dumps({"model": {"w": 1}, "__author__": "x"}),  # not arrays
                                      pickle.dumps({"blobs": [1]}), pickle.dumps({1: np.zeros(2)})])
-def test_malformed_pickles_are_weights_errors(tmp_path, content):
+def test_malformed_pickles_are_weights_errors(untrained_cfg, tmp_path, content):
     path = tmp_path / "bad.pkl"
     path.write_bytes(content)
-    cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
     with pytest.raises(modeling.WeightsError, match="bad.pkl"):
-        modeling.build_model(cfg, weights=str(path))
+        modeling.build_model(untrained_cfg, weights=str(path))
 
 
 def test_model_zoo_pickle_of_arrays_still_loads(tmp_path):
@@ -63,6 +61,39 @@ def test_model_zoo_pickle_of_arrays_still_loads(tmp_path):
         pickle.dump({"model": {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}, "__author__": "zoo"}, fh)
     data_ = modeling.read_pickled_weights(path)
     assert np.array_equal(data_["model"]["a"], np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize("key", ["dense/w", "sparse/w/values"])
+def test_a_sparse_file_with_a_pickled_object_runs_no_code(tmp_path, key):
+    """A pruned model's ``.npz`` (wildlib.prune.save_sparse) is read with allow_pickle=False: an
+    object array (a pickle inside the npz) is refused, and what it would call is never called."""
+    from wildlib import prune as wp
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.npz"
+    arrays = {"sparse/w/mask": np.packbits(np.ones(1, bool)), "sparse/w/values": np.zeros(1, np.float32),
+              "sparse/w/shape": np.array([1], np.int64)}
+    arrays[key] = np.array([_Touch(marker)], dtype=object)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)  # pickling only records the call: nothing runs while writing
+    assert not marker.exists()
+    with pytest.raises(wp.SparseFileError, match="evil.npz.*allow_pickle"):
+        wp.load_sparse(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("shape", [[1 << 40], [-8], [9]])
+def test_a_sparse_file_cannot_claim_more_than_it_holds(tmp_path, shape):
+    """The shape is checked against the stored bitmask (8 bits per byte) before the dense tensor
+    is allocated: a file of a few bytes cannot ask for a terabyte."""
+    from wildlib import prune as wp
+
+    path = tmp_path / "big.npz"
+    with open(path, "wb") as fh:
+        np.savez(fh, **{"sparse/w/mask": np.packbits(np.ones(8, bool)), "sparse/w/values": np.ones(8, np.float32),
+                        "sparse/w/shape": np.array(shape, np.int64)})
+    with pytest.raises(wp.SparseFileError, match="big.npz.*claims shape"):
+        wp.load_sparse(path)
 
 
 def test_a_yaml_config_with_a_python_tag_runs_no_code(tmp_path):

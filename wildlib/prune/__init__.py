@@ -25,9 +25,10 @@ from .gradual import GradualPruning, cubic_schedule
 from .masks import (DEFAULT_SCOPES, RANKINGS, SCOPES, global_magnitude, group_of, group_sparsity, lamp_scores,
                     layerwise_magnitude, make_permanent, parse_scopes, prunable, pruned_copy, scope_of, sparsity,
                     sparsity_table, state_sparsity)
-from .sparse_file import load_sparse, save_sparse
+from .sparse_file import SparseFileError, load_sparse, save_sparse
 
 __all__ = ["DEFAULT_SCOPES", "GradualPruning", "RANKINGS", "SCOPES", "cubic_schedule", "global_magnitude", "group_of",
            "group_sparsity", "lamp_scores", "layerwise_magnitude", "load_sparse", "make_permanent", "one_shot_pick",
            "one_shot_sweep", "parse_scopes", "prunable", "pruned_copy", "ratios_from_sensitivity", "save_sparse",
+           "SparseFileError",
            "scope_of", "sensitivity_scan", "sparsity", "sparsity_table", "state_sparsity", "sweep_rows", "variant_row"]
