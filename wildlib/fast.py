@@ -764,7 +764,8 @@ def remeasure(spec: dict) -> dict:
 def reload_spec(deploy, run_dir, *, threads: int, runs: int, warmup: int | None = None,
                 images: int = LATENCY_IMAGES) -> dict:
     """What :func:`in_fresh_process` needs to reload ``deploy`` and measure it beside the run's
-    baseline on the run's data (as stage 00 recorded it), ``runs`` timed passes at ``threads``."""
+    baseline on the run's data (as stage 00 recorded it), ``runs`` timed passes at ``threads``.
+    Introduced in notebook 04, §5."""
     from .evaluate import LATENCY_WARMUP
     from .stages import BASELINE, classes_for, data_dir_for
 

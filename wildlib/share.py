@@ -172,9 +172,14 @@ def detach_centroids(model, shared: dict[str, SharedLayer]) -> dict[str, SharedL
 
 def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, progress: bool = True) -> dict:
     """Train only the centroids (assignments fixed) with Detectron2's SimpleTrainer on the
-    config's training set.  Returns updated ``shared`` and the loss history."""
+    config's training set.  Returns updated ``shared`` and the loss history.  Seeded from
+    ``cfg.SEED`` as :func:`wildlib.train.train` is: the loader's image order (drawn from the
+    global RNG otherwise) and so the result repeat run to run."""
     from detectron2.data import build_detection_train_loader
     from detectron2.engine import SimpleTrainer, hooks
+    from detectron2.utils.env import seed_all_rng
+
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
 
     from .train import LossRecorder, ProgressBar
 

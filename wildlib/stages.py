@@ -244,7 +244,7 @@ class Record(NamedTuple):
 def load_stage(stage_path, model_file: str | None = None) -> Record:
     """Read a finished stage: ``config.yaml``, ``metrics.json`` and, with ``model_file``, its model
     rebuilt from ``detectron2.yaml`` (see :func:`load_trained`).  The reading side of
-    :func:`save_stage`."""
+    :func:`save_stage`.  Introduced in notebook 03, §1 (stage 03 reads stage 02's record)."""
     stage_path = resolve(stage_path)
     metrics_file = stage_path / METRICS_FILE
     if not metrics_file.exists():
