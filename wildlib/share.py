@@ -173,8 +173,10 @@ def detach_centroids(model, shared: dict[str, SharedLayer]) -> dict[str, SharedL
 def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, progress: bool = True) -> dict:
     """Train only the centroids (assignments fixed) with Detectron2's SimpleTrainer on the
     config's training set.  Returns updated ``shared`` and the loss history.  Seeded from
-    ``cfg.SEED`` as :func:`wildlib.train.train` is: the loader's image order (drawn from the
-    global RNG otherwise) and so the result repeat run to run."""
+    ``cfg.SEED`` as :func:`wildlib.train.train` is (the loader's image order would otherwise come
+    from the process's global RNG), and run with PyTorch's deterministic algorithms: the centroid
+    gradient is a scatter-add (``table[index]``'s backward) whose threaded float sums otherwise
+    differ run to run, enough to move AP50 after 100 iterations by tenths."""
     from detectron2.data import build_detection_train_loader
     from detectron2.engine import SimpleTrainer, hooks
     from detectron2.utils.env import seed_all_rng
@@ -191,8 +193,13 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     trainer = SimpleTrainer(model, build_detection_train_loader(cfg), opt)
     recorder = LossRecorder()
     trainer.register_hooks([hooks.IterationTimer(), recorder] + ([ProgressBar()] if progress else []))
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
     t = time.perf_counter()
-    trainer.train(0, iters)
+    try:
+        trainer.train(0, iters)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     seconds = time.perf_counter() - t
     model.eval()
     new = detach_centroids(model, shared)
