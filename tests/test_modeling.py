@@ -82,8 +82,9 @@ def test_weights_only_file_reloads(untrained_cfg, untrained_model, tmp_path):
     a = untrained_model
     path = modeling.save_weights(a, tmp_path / "w.pth")
     assert set(torch.load(path, weights_only=True)) == {"model"}
-    torch.manual_seed(1)  # not the shared model's seed: b starts out different from a
-    b = modeling.build_model(untrained_cfg)
+    with torch.random.fork_rng():  # the session's random state is left as it was
+        torch.manual_seed(1)  # not the shared model's seed: b starts out different from a
+        b = modeling.build_model(untrained_cfg)
     assert not all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     DetectionCheckpointer(b).load(str(path))
     for k, v in a.state_dict().items():

@@ -43,7 +43,8 @@ def test_finetuning_keeps_the_baselines_seed_unless_given(baseline_stage, tmp_pa
     assert stages.finetune_config(base, tmp_path / "ft", seed=3, **args).SEED == 3
 
 
-def test_baseline_config_user_keys_win_and_weights_resolve(baseline_stage, tmp_path):
+def test_baseline_config_user_keys_win_and_weights_resolve(baseline_stage, tmp_path, monkeypatch):
+    monkeypatch.delenv("WILDLIB_COCO_WEIGHTS", raising=False)
     run = baseline_stage
     stages.save_stage(run / stages.EXPLORE, stages.config_of(run / stages.EXPLORE),
                       {"suggested_settings": {"overrides": {"TEST.DETECTIONS_PER_IMAGE": 150,
@@ -65,3 +66,20 @@ def test_reload_spec_takes_the_data_stage_00_recorded(baseline_stage, tmp_path):
     assert spec["data_dir"] == str(tmp_path / "voc") and spec["classes"] == ["Tree", "Rock"]
     assert spec["aliases"] == {"conifer": "Tree"} and spec["baseline_dir"] == str(baseline_stage / stages.BASELINE)
     assert (spec["runs"], spec["threads"], spec["images"]) == (7, 2, fast.LATENCY_IMAGES)
+
+
+def test_a_local_weights_path_is_not_replaced_by_the_offline_coco_file(tmp_path, monkeypatch):
+    coco = tmp_path / "coco.pkl"
+    coco.write_bytes(b"")
+    monkeypatch.setenv("WILDLIB_COCO_WEIGHTS", str(coco))
+    assert modeling.resolve_weights("detectron2://COCO-Detection/x.pkl") == str(coco)  # it stands in for URLs
+    with pytest.raises(modeling.WeightsError, match="typo.pth"):
+        modeling.resolve_weights(str(tmp_path / "typo.pth"))  # a mistyped local path is not the COCO file
+
+
+def test_a_rerun_stage_drops_its_old_record(baseline_stage, voc_dir):
+    """A stage that is re-run and stops half-way (stage 02 on a baseline under its AP50 floor, say)
+    leaves no record of its previous run for later stages to read."""
+    stages.save_stage(stages.stage_dir(baseline_stage, stages.PRUNE), {}, {"reference_ap50": 1.0})
+    stages.open_stage(baseline_stage, stages.PRUNE, data_dir=str(voc_dir), classes=["zebra"], aliases={"z": "zebra"})
+    assert not (baseline_stage / stages.PRUNE / stages.METRICS_FILE).exists()

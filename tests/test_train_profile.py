@@ -114,14 +114,17 @@ def test_centroid_finetuning_repeats_whatever_the_global_rng(tiny):
 
     start = modeling.build_model(tiny)
     codebooks, losses = [], []
-    for other in (1, 2):
-        np.random.seed(other)
-        torch.manual_seed(other)
-        m = copy.deepcopy(start)
-        layers = share.share_weights(m, bits=3, init="linear")
-        out = share.finetune_centroids(m, tiny, layers, iters=2, lr=0.05, progress=False)
-        codebooks.append({n: layer.codebook for n, layer in out["shared"].items()})
-        losses.append([row["total_loss"] for row in out["losses"]])
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng():  # the session's random state is given back afterwards
+        for other in (1, 2):
+            np.random.seed(other)
+            torch.manual_seed(other)
+            m = copy.deepcopy(start)
+            layers = share.share_weights(m, bits=3, init="linear")
+            out = share.finetune_centroids(m, tiny, layers, iters=2, lr=0.05, progress=False)
+            codebooks.append({n: layer.codebook for n, layer in out["shared"].items()})
+            losses.append([row["total_loss"] for row in out["losses"]])
+    np.random.set_state(numpy_state)
     assert losses[0] == losses[1]  # the same images, in the same order
     assert codebooks[0].keys() == codebooks[1].keys()
     assert all(np.array_equal(codebooks[0][n], codebooks[1][n]) for n in codebooks[0])  # bit for bit

@@ -92,8 +92,30 @@ def test_a_sparse_file_cannot_claim_more_than_it_holds(tmp_path, shape):
     with open(path, "wb") as fh:
         np.savez(fh, **{"sparse/w/mask": np.packbits(np.ones(8, bool)), "sparse/w/values": np.ones(8, np.float32),
                         "sparse/w/shape": np.array(shape, np.int64)})
-    with pytest.raises(wp.SparseFileError, match="big.npz.*claims shape"):
+    with pytest.raises(wp.SparseFileError, match="big.npz.*(claims shape|no valid shape)"):
         wp.load_sparse(path)
+
+
+def test_a_sparse_file_member_header_is_checked_before_numpy_allocates(tmp_path):
+    """A member's .npy header may claim a terabyte over a few bytes of data, and a compressed
+    member may inflate far beyond the file: both refused before numpy reads them."""
+    import io
+    import zipfile
+
+    from wildlib import prune as wp
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)})
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as zf:
+        zf.writestr("dense/w.npy", header.getvalue() + b"\0" * 16)
+    with pytest.raises(wp.SparseFileError, match="huge.npz: dense/w.npy claims shape"):
+        wp.load_sparse(tmp_path / "huge.npz")
+    np.savez_compressed(tmp_path / "zipped.npz", **{"dense/w": np.zeros(4, np.float32)})
+    with pytest.raises(wp.SparseFileError, match="zipped.npz: dense/w.npy is compressed"):
+        wp.load_sparse(tmp_path / "zipped.npz")
+    (tmp_path / "junk.npz").write_bytes(b"PK not a zip")
+    with pytest.raises(wp.SparseFileError, match="junk.npz: not a readable sparse weights file"):
+        wp.load_sparse(tmp_path / "junk.npz")
 
 
 def test_a_yaml_config_with_a_python_tag_runs_no_code(tmp_path):
@@ -218,11 +240,9 @@ def _mutations():
                               st.integers(0, 255)), min_size=1, max_size=6)
 
 
-@settings(max_examples=int(os.environ.get("WILDLIB_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=_mutations())
-def test_fuzz_wlc_bytes(wlc_blob, ops):
-    """Random byte damage: only CodecError, within a memory bound."""
-    b = bytearray(wlc_blob)
+def _damaged(blob: bytes, ops) -> bytes:
+    """``blob`` with the byte flips, cuts and insertions of :func:`_mutations` applied."""
+    b = bytearray(blob)
     for op, pos, val in ops:
         pos %= max(1, len(b))
         if op == "flip" and b:
@@ -231,7 +251,14 @@ def test_fuzz_wlc_bytes(wlc_blob, ops):
             del b[pos:]
         elif op == "insert":
             b.insert(pos, val)
-    _decodes_or_codec_error(bytes(b))
+    return bytes(b)
+
+
+@settings(max_examples=int(os.environ.get("WILDLIB_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_mutations())
+def test_fuzz_wlc_bytes(wlc_blob, ops):
+    """Random byte damage: only CodecError, within a memory bound."""
+    _decodes_or_codec_error(_damaged(wlc_blob, ops))
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 40, 2 ** 40) | st.text(max_size=8),
@@ -266,6 +293,37 @@ def _decodes_or_codec_error(blob):
         codec.decode(blob, "fuzz.wlc")
     except codec.CodecError:
         pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 32 << 20
+
+
+@pytest.fixture(scope="module")
+def sparse_blob(tmp_path_factory) -> bytes:
+    """The bytes of a small valid sparse file (wildlib.prune.save_sparse): a half-zero linear layer."""
+    from wildlib import prune as wp
+
+    layer = torch.nn.Linear(16, 16)
+    with torch.no_grad():
+        layer.weight[:, ::2] = 0
+    return wp.save_sparse(layer, tmp_path_factory.mktemp("sparse") / "ok.npz").read_bytes()
+
+
+@settings(max_examples=int(os.environ.get("WILDLIB_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_mutations())
+def test_fuzz_sparse_file_bytes(sparse_blob, tmp_path, ops):
+    """Random byte damage to a sparse .npz: it loads or raises SparseFileError naming the file,
+    within a memory bound."""
+    from wildlib import prune as wp
+
+    path = tmp_path / "fuzz.npz"
+    path.write_bytes(_damaged(sparse_blob, ops))
+    tracemalloc.start()
+    try:
+        wp.load_sparse(path)
+    except wp.SparseFileError as e:
+        assert "fuzz.npz" in str(e)
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()

@@ -165,15 +165,18 @@ if "build_mobilenetv2_fpn_backbone" not in BACKBONE_REGISTRY:
 
 
 def resolve_weights(spec: str, local: str | os.PathLike | None = None) -> str:
-    """Where to load ``MODEL.WEIGHTS`` from.  A model-zoo URL (``detectron2://...``) is used as
-    it is when online; offline, give the downloaded file as ``local`` (or ``$WILDLIB_COCO_WEIGHTS``)."""
+    """Where to load ``MODEL.WEIGHTS`` from.  A local path must exist and is used as it is.  A
+    model-zoo URL (``detectron2://...``) is used as it is when online; offline, give the downloaded
+    file as ``local`` (or ``$WILDLIB_COCO_WEIGHTS``), which then stands in for the URL."""
+    if "://" not in str(spec):  # a local path, not a URL: it must be there
+        if not Path(spec).exists():
+            raise WeightsError(f"{spec}: weights file not found")
+        return str(spec)
     local = local or os.environ.get("WILDLIB_COCO_WEIGHTS")
     if local:
         if not Path(local).exists():
             raise WeightsError(f"{local}: weights file not found")
         return str(local)
-    if "://" not in spec and not Path(spec).exists():  # a local path, not a URL: it must be there
-        raise WeightsError(f"{spec}: weights file not found")
     return spec
 
 

@@ -146,7 +146,7 @@ def _evaluate_lines(ev: dict, **_) -> list[str]:
                                  ("p90", "latency_p90_ms", 1), ("speedup", "speedup", 2)])
     return L + ["", f"`best_compression_ratio_within_1ap50` = **{_f(ev.get('best_compression_ratio_within_1ap50'), 1)}** "
                     f"({ev.get('best_variant')}); `best_speedup_within_1ap50` = "
-                    f"**{_f(ev.get('best_speedup_within_1ap50'))}** ({ev.get('fastest_variant')}).", ""]
+                    f"**{_f(ev.get('best_speedup_within_1ap50'), 3)}** ({ev.get('fastest_variant')}).", ""]
 
 
 def stage_summary(run_dir, stage: str) -> str:
@@ -179,7 +179,7 @@ def _channel_lines(c: dict, **_) -> list[str]:
     r = c.get("reloaded") or {}
     L += ["", f"Reloaded from `{c.get('deploy_dir')}` in a fresh process: AP50 {_f(r.get('AP50'))}, "
               f"{_f(r.get('latency_ms_median'), 1)} ms median, **{_f(r.get('speedup'))}x**. "
-              f"`best_speedup_within_1ap50` = **{_f(c.get('best_speedup_within_1ap50'))}** ({c.get('best_variant')}).",
+              f"`best_speedup_within_1ap50` = **{_f(c.get('best_speedup_within_1ap50'), 3)}** ({c.get('best_variant')}).",
           ""]
     return L
 

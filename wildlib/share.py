@@ -176,7 +176,9 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     ``cfg.SEED`` as :func:`wildlib.train.train` is (the loader's image order would otherwise come
     from the process's global RNG), and run with PyTorch's deterministic algorithms: the centroid
     gradient is a scatter-add (``table[index]``'s backward) whose threaded float sums otherwise
-    differ run to run, enough to move AP50 after 100 iterations by tenths."""
+    differ run to run, enough to move AP50 after 100 iterations by tenths.  Bit-for-bit on CPU (on
+    CUDA some kernels have no deterministic version: PyTorch warns).  Like ``train``, it leaves the
+    process's global RNGs seeded."""
     from detectron2.data import build_detection_train_loader
     from detectron2.engine import SimpleTrainer, hooks
     from detectron2.utils.env import seed_all_rng

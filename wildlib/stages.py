@@ -5,8 +5,9 @@ Every stage folder holds ``config.yaml`` (the stage's own settings: what it read
 ``metrics.json`` (what it measured) and, for a stage that produces a model, ``detectron2.yaml``
 (the model's Detectron2 config) and the model's file(s) named below.  A stage opens itself with
 :func:`open_stage`, writes with :func:`save_stage`, and reads an earlier stage with
-:func:`load_trained` / :func:`metrics_of` / :func:`config_of`; file names are the constants here,
-never literals in a notebook.
+:func:`load_stage` (or its parts :func:`load_trained` / :func:`metrics_of` / :func:`config_of`); file
+names are the constants here, never literals in a notebook.  A stage reads only the earlier stages
+of its own run: the data is given to stage 00, the seed to stage 01.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Stage(NamedTuple):
 
 def open_stage(run_dir, name: str, data_dir: str = "", classes=(), aliases=None, threads: int | None = None) -> Stage:
     """Create ``RUN_DIR/<name>/``, register the data stage 00 explored (or ``data_dir``, ``classes``,
-    ``aliases`` if given) with Detectron2, and set PyTorch's thread count."""
+    ``aliases`` if given) with Detectron2, and set PyTorch's thread count.  The stage's previous
+    ``metrics.json`` is removed: a re-run that stops half-way leaves no stale record for later stages."""
     from .data import register
 
     if threads:
@@ -52,6 +54,7 @@ def open_stage(run_dir, name: str, data_dir: str = "", classes=(), aliases=None,
         torch.set_num_threads(int(threads))
     run = resolve(run_dir)
     folder = stage_dir(run, name)
+    (folder / METRICS_FILE).unlink(missing_ok=True)
     data = data_dir_for(run, data_dir)
     names, alias = classes_for(run, classes, aliases)
     return Stage(run, folder, data, names, alias, register(data, names, aliases=alias, coco_dir=folder / "coco"))
@@ -179,15 +182,15 @@ def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes,
     """Stage 01's Detectron2 config: ``config_name`` (a shipped config or a YAML file), the
     schedule of :func:`baseline_overrides`, stage 00's suggested settings, then the user's own
     keys ``user`` (they win; a ``MODEL.WEIGHTS`` there is a model-zoo URL or a local checkpoint).
-    Introduced in notebook 01, §1."""
+    Introduced in notebook 01 (its set-up cell)."""
     from .config import get_config
     from .modeling import resolve_weights
 
     keys = {**baseline_overrides(stage, num_classes=len(classes), **schedule), **data_settings(run_dir, user)}
-    if keys.get("MODEL.WEIGHTS"):
-        w = str(keys["MODEL.WEIGHTS"])
-        keys["MODEL.WEIGHTS"] = resolve_weights(w, w if Path(w).exists() else None)
-    cfg = get_config(config_name, keys)
+    cfg = get_config(config_name, keys, freeze=False)
+    if cfg.MODEL.WEIGHTS:  # the config's own model-zoo URL too: $WILDLIB_COCO_WEIGHTS stands in for it
+        cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
+    cfg.freeze()
     check_num_classes(cfg, classes)
     return cfg
 
@@ -244,7 +247,7 @@ class Record(NamedTuple):
 def load_stage(stage_path, model_file: str | None = None) -> Record:
     """Read a finished stage: ``config.yaml``, ``metrics.json`` and, with ``model_file``, its model
     rebuilt from ``detectron2.yaml`` (see :func:`load_trained`).  The reading side of
-    :func:`save_stage`.  Introduced in notebook 03, §1 (stage 03 reads stage 02's record)."""
+    :func:`save_stage`.  Introduced in notebook 03 (its set-up cell reads stage 02's record)."""
     stage_path = resolve(stage_path)
     metrics_file = stage_path / METRICS_FILE
     if not metrics_file.exists():

@@ -3,6 +3,7 @@ measured. Introduced in notebook 02, section 5."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,40 @@ class SparseFileError(ValueError):
     """A sparse file that is not what :func:`save_sparse` writes (the message names the file)."""
 
 
+def _check_members(path) -> None:
+    """Before numpy reads anything: every member of the ``.npz`` stored uncompressed (as
+    :func:`save_sparse` writes them: no zip bomb), and its ``.npy`` header asking for no more
+    bytes than the member holds and for no Python objects."""
+    import zipfile
+
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise SparseFileError(f"{path}: {info.filename} is compressed (save_sparse stores members as they are)")
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version not in readers:
+                    raise SparseFileError(f"{path}: {info.filename} has .npy format version {version}")
+                shape, _, dtype = readers[version](fh)
+            if dtype.hasobject:
+                raise SparseFileError(f"{path}: {info.filename} holds Python objects (allow_pickle is off)")
+            if math.prod(shape) * dtype.itemsize > info.file_size:
+                raise SparseFileError(f"{path}: {info.filename} claims shape {list(shape)} of {dtype}, more than "
+                                      f"its {info.file_size} bytes")
+
+
 def load_sparse(path) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`save_sparse`: a state dict of dense tensors.  Read without pickle; each
-    tensor's shape is checked against its stored bitmask and values before anything that size
-    is allocated, so a crafted file cannot ask for more memory than it holds."""
+    """Inverse of :func:`save_sparse`: a state dict of dense tensors.  Read without pickle; every
+    size is checked before it is allocated (each member's header against the member's bytes, each
+    tensor's shape against its stored bitmask and values), so a crafted file cannot ask for more
+    memory than its own size (plus the dense tensors that size describes)."""
+    import zipfile
+    import zlib
+
     out = {}
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
             for k in keys:
@@ -50,22 +79,24 @@ def load_sparse(path) -> dict[str, torch.Tensor]:
                     out[k[6:]] = torch.from_numpy(z[k].copy())
             for k in keys:
                 if k.startswith("sparse/") and k.endswith("/shape"):
-                    name = k[7:-6]
-                    shape = tuple(int(d) for d in z[k])
+                    name, dims = k[7:-6], z[k]
+                    if dims.ndim != 1 or dims.dtype.kind not in "iu" or (dims < 0).any():
+                        raise SparseFileError(f"{path}: {name} has no valid shape ({dims.tolist()})")
+                    shape = tuple(int(d) for d in dims)
                     packed, values = z[f"sparse/{name}/mask"], z[f"sparse/{name}/values"]
-                    n = int(np.prod(shape)) if all(d >= 0 for d in shape) else -1
+                    n = math.prod(shape)
                     if not (packed.dtype == np.uint8 and packed.ndim == 1 and 8 * (packed.size - 1) < n <= 8 * packed.size):
                         raise SparseFileError(f"{path}: {name} claims shape {list(shape)} but its bitmask has "
                                               f"{packed.size} bytes")
                     mask = np.unpackbits(packed)[:n].astype(bool)
                     if values.dtype != np.float32 or values.shape != (int(mask.sum()),):
-                        raise SparseFileError(f"{path}: {name} has {values.size} values for {int(mask.sum())} "
-                                              "set bits")
+                        raise SparseFileError(f"{path}: {name} has {values.size} {values.dtype} values for "
+                                              f"{int(mask.sum())} set bits (float32 expected)")
                     dense = np.zeros(n, np.float32)
                     dense[mask] = values
                     out[name] = torch.from_numpy(dense.reshape(shape))
     except SparseFileError:
         raise
-    except (ValueError, KeyError, OSError, EOFError) as e:  # numpy's refusal of pickles included
+    except (ValueError, KeyError, OSError, EOFError, TypeError, zipfile.BadZipFile, zlib.error) as e:
         raise SparseFileError(f"{path}: not a readable sparse weights file ({e})") from e
     return out
