@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .evaluate import LATENCY_WARMUP, accuracy_and_speed
 from .modeling import WeightsError, sha256_file
 from .stages import D2_CONFIG_FILE
 
@@ -648,7 +649,7 @@ def macs(model, image: dict) -> float:
 
 
 def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *, file_bytes: int,
-            variant_inputs: list[dict] | None = None, twin=None, runs: int = 30, warmup: int | None = None,
+            variant_inputs: list[dict] | None = None, twin=None, runs: int = 30, warmup: int = LATENCY_WARMUP,
             count_macs: bool = True) -> dict:
     """One row of the speed table: COCO AP50/AP of ``model`` on ``dataset`` (``cfg``'s test input
     size), its latency measured side by side with ``baseline`` (:func:`wildlib.evaluate.side_by_side`;
@@ -656,9 +657,6 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     PyTorch model an ONNX Runtime one was exported from; MACs depend on the proposals its weights
     keep, so ``count_macs=False`` where the twin has no trained weights) and the bytes of the
     file(s) it is stored in."""
-    from .evaluate import LATENCY_WARMUP, accuracy_and_speed
-
-    warmup = LATENCY_WARMUP if warmup is None else warmup
     m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
     # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings
     twin = model if twin is None else test_time(copy.deepcopy(twin), **test_time_of(model))
@@ -688,7 +686,7 @@ def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
 
 
 def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inputs: list[dict], settings,
-                    runs: int = 30, warmup: int | None = None, twin=None):
+                    runs: int = 30, warmup: int = LATENCY_WARMUP, twin=None):
     """AP50 and side-by-side latency of ``model`` at each test-time setting (see :func:`knob_settings`);
     ``twin``: the PyTorch model whose MACs an ONNX Runtime ``model`` has."""
     import pandas as pd
@@ -761,19 +759,18 @@ def remeasure(spec: dict) -> dict:
     return {**row, "pid": os.getpid()}
 
 
-def reload_spec(deploy, run_dir, *, threads: int, runs: int, warmup: int | None = None,
+def reload_spec(deploy, run_dir, *, threads: int, runs: int, warmup: int = LATENCY_WARMUP,
                 images: int = LATENCY_IMAGES) -> dict:
     """What :func:`in_fresh_process` needs to reload ``deploy`` and measure it beside the run's
     baseline on the run's data (as stage 00 recorded it), ``runs`` timed passes at ``threads``.
     Introduced in notebook 04, §5."""
-    from .evaluate import LATENCY_WARMUP
     from .stages import BASELINE, classes_for, data_dir_for
 
     run = Path(run_dir)
     classes, aliases = classes_for(run)
     return {"deploy": str(deploy), "baseline_dir": str(run / BASELINE), "data_dir": str(data_dir_for(run)),
             "classes": list(classes), "aliases": aliases, "threads": int(threads), "runs": int(runs),
-            "warmup": LATENCY_WARMUP if warmup is None else int(warmup), "images": int(images)}
+            "warmup": int(warmup), "images": int(images)}
 
 
 def twin_of(cfg):

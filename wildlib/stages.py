@@ -68,8 +68,7 @@ def config_of(stage_path) -> dict:
 
 def explore_record(run_dir) -> dict:
     """What stage 00 recorded for later stages (``RUN_DIR/00_explore/config.yaml``), or {}."""
-    recorded = resolve(run_dir) / EXPLORE / CONFIG_FILE
-    return (yaml.safe_load(recorded.read_text()) or {}) if recorded.exists() else {}
+    return config_of(resolve(run_dir) / EXPLORE)
 
 
 def data_dir_for(run_dir, data_dir: str = "") -> Path:
@@ -168,7 +167,7 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
     if seed is not None:
         out["SEED"] = int(seed)
     if weights:
-        out["MODEL.WEIGHTS"] = resolve_weights(weights, weights if Path(weights).exists() else None)
+        out["MODEL.WEIGHTS"] = resolve_weights(weights)
     if num_classes is not None:
         out["MODEL.ROI_HEADS.NUM_CLASSES"] = int(num_classes)
     if tile:  # train on the tiles of the training set, evaluate slice by slice (wildlib.tiles)
