@@ -5,6 +5,7 @@ Layout (the authors')::
     <root>/annotations/<id>.xml   Pascal VOC boxes, 1-based inclusive pixel indices
     <root>/images/<id>.jpg
     <root>/train.txt  <root>/valid.txt   one id per line
+    <root>/test.txt                      optional: a held-out split that nothing is chosen on
 
 Every problem names the file it is in.  ``on_error="raise"`` (default) stops at the first one;
 ``on_error="warn"`` drops only the offending box or image, warns, and writes every problem to a
@@ -26,7 +27,19 @@ from PIL import Image
 from .classes import ALIASES, CLASSES
 from .io import write_json
 
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid")  # every dataset has these
+TEST = "test"                # optional: choices are made on valid, results reported on test
+
+
+def splits_in(root) -> tuple[str, ...]:
+    """The splits a dataset folder holds: train and valid, and test when ``test.txt`` exists."""
+    return SPLITS + ((TEST,) if (Path(root) / f"{TEST}.txt").is_file() else ())
+
+
+def report_split(datasets: dict) -> str:
+    """The split every reported number is measured on: ``test`` when the data has one, else
+    ``valid`` (then results are chosen and reported on one split, and the notebooks say so)."""
+    return TEST if TEST in datasets else "valid"
 
 
 class DatasetError(ValueError):
@@ -266,9 +279,10 @@ def load_split(root, split: str, classes: Sequence[str] = CLASSES, on_error: str
     return records
 
 
-def register(root, classes: Sequence[str] = CLASSES, prefix: str = "wild", splits: Iterable[str] = SPLITS,
+def register(root, classes: Sequence[str] = CLASSES, prefix: str = "wild", splits: Iterable[str] | None = None,
              on_error: str = "raise", coco_dir=None, aliases: dict | None = None) -> dict[str, str]:
-    """Register ``<prefix>_<split>`` in Detectron2's catalogs (replacing earlier registrations).
+    """Register ``<prefix>_<split>`` in Detectron2's catalogs (replacing earlier registrations),
+    for ``splits`` (default: those the folder holds, :func:`splits_in`).
 
     Each split is loaded once here (so bad data fails now, not inside a data-loader worker) and
     exported as COCO JSON into ``coco_dir`` (the notebooks give a folder under ``RUN_DIR``; by
@@ -280,6 +294,7 @@ def register(root, classes: Sequence[str] = CLASSES, prefix: str = "wild", split
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     root = Path(root).expanduser().resolve()
+    splits = splits_in(root) if splits is None else splits
     classes = class_list(classes)
     coco_dir = Path(coco_dir) if coco_dir else Path(tempfile.mkdtemp(prefix="wildlib-coco-"))
     loaded = {split: load_split(root, split, classes, on_error=on_error, aliases=aliases) for split in splits}
@@ -355,7 +370,8 @@ def box_table(records: list[dict], classes: Sequence[str] = CLASSES, split: str 
 
 
 def class_counts(records_by_split: dict[str, list[dict]], classes: Sequence[str] = CLASSES):
-    """Instances per class and split, next to the paper's table."""
+    """Instances per class and split, next to the paper's table; ``total`` counts train + valid
+    (the paper's table), a ``test`` column stands beside it."""
     import pandas as pd
 
     from .classes import PAPER_COUNTS
@@ -365,7 +381,7 @@ def class_counts(records_by_split: dict[str, list[dict]], classes: Sequence[str]
         for r in recs:
             for a in r["annotations"]:
                 table.loc[classes[a["category_id"]], split] += 1
-    table["total"] = table.sum(axis=1)
+    table["total"] = table[[s for s in SPLITS if s in table]].sum(axis=1)
     if tuple(classes) == tuple(PAPER_COUNTS):  # the paper's table only beside the paper's classes
         table["paper"] = [PAPER_COUNTS[c] for c in classes]
     return table

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import intervals
+from .io import read_json, write_json
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
@@ -48,23 +53,31 @@ def quiet_logs(enabled: bool = True):
             lg.setLevel(lv)
 
 
-def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: bool = False) -> dict:
+def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: bool = False,
+         max_dets_per_image: int | None = None) -> dict:
     """COCO box metrics of ``model`` on a registered dataset, as a plain dict with Detectron2's
     names (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AP-<class>``), in percent.
     Metrics that cannot be computed (no predictions, no boxes of that size) are NaN."""
+    return score(model, cfg, dataset_name, output_dir, quiet, max_dets_per_image)[0]
+
+
+def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: bool = False,
+          max_dets_per_image: int | None = None) -> tuple[dict, list[dict]]:
+    """(:func:`coco`'s metrics, the detections as COCO result dicts): what a bootstrap interval
+    (:mod:`wildlib.intervals`) is computed from.  ``max_dets_per_image``: COCO's detections per
+    image, the reference's when variants are compared (default: ``cfg``'s, :func:`max_dets`)."""
     from detectron2.data import MetadataCatalog, build_detection_test_loader
-    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+    from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
 
-    from detectron2.evaluation import DatasetEvaluators
-
-    counter = DetectionCounter()
-    evaluator = DatasetEvaluators([
-        COCOEvaluator(dataset_name, tasks=("bbox",), distributed=False, max_dets_per_image=max_dets(cfg),
-                      output_dir=str(output_dir) if output_dir else None, use_fast_impl=False),
-        counter,
-    ])
     from . import tiles
 
+    collector = DetectionCollector(dataset_name)
+    limit = max_dets(cfg) if max_dets_per_image is None else max_dets_per_image
+    evaluator = DatasetEvaluators([
+        COCOEvaluator(dataset_name, tasks=("bbox",), distributed=False, max_dets_per_image=limit,
+                      output_dir=str(output_dir) if output_dir else None, use_fast_impl=False),
+        collector,
+    ])
     tile = tiles.tile_setting(cfg)
     loader = tiles.test_loader(cfg, dataset_name) if tile else build_detection_test_loader(cfg, dataset_name)
     was_training = model.training
@@ -78,10 +91,10 @@ def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: b
     # so every AP over classes that have ground truth is 0 (size buckets stay NaN).
     out = {k: float(bbox.get(k, math.nan)) for k in COCO_KEYS}
     out.update({f"AP-{c}": float(bbox.get(f"AP-{c}", math.nan)) for c in classes})
-    if counter.count == 0:
+    if not collector.detections:
         out.update({k: 0.0 for k in out if k in ("AP", "AP50", "AP75") or k.startswith("AP-")})
-    out["num_detections"] = counter.count
-    return out
+    out["num_detections"] = len(collector.detections)
+    return out, collector.detections
 
 
 def max_dets(cfg) -> int | None:
@@ -91,17 +104,97 @@ def max_dets(cfg) -> int | None:
     return n if n > 100 else None
 
 
-class DetectionCounter:
-    """A DatasetEvaluator that only counts predicted boxes."""
+class DetectionCollector:
+    """A DatasetEvaluator that keeps every predicted box as a COCO result dict (category ids
+    mapped as COCOEvaluator maps them)."""
+
+    def __init__(self, dataset_name: str):
+        from detectron2.data import MetadataCatalog
+
+        meta = MetadataCatalog.get(dataset_name)
+        mapping = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
+        self.to_dataset_id = {v: k for k, v in mapping.items()} if mapping else None
 
     def reset(self):
-        self.count = 0
+        self.detections = []
 
     def process(self, inputs, outputs):
-        self.count += sum(len(o["instances"]) for o in outputs if "instances" in o)
+        from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+        for x, o in zip(inputs, outputs):
+            if "instances" not in o:
+                continue
+            for d in instances_to_coco_json(o["instances"].to("cpu"), x["image_id"]):
+                if self.to_dataset_id:
+                    d["category_id"] = self.to_dataset_id[d["category_id"]]
+                self.detections.append(d)
 
     def evaluate(self):
         return {}
+
+
+@dataclass
+class Scored:
+    """A model's COCO metrics on one split, with its detections matched once for intervals."""
+
+    split: str
+    metrics: dict
+    matched: intervals.Matched
+
+    @property
+    def ap50(self) -> float:
+        return self.metrics["AP50"]
+
+
+def ground_truth(json_file):
+    """pycocotools' ``COCO`` of a ground-truth file, quietly."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(json_file))
+
+
+def matched(dataset_name: str, detections: list[dict], max_dets_per_image: int | None = None) -> intervals.Matched:
+    """``detections`` on a registered dataset, matched once to its ground truth."""
+    from detectron2.data import MetadataCatalog
+
+    gt = ground_truth(MetadataCatalog.get(dataset_name).json_file)
+    return intervals.match(gt, detections, max_dets_per_image or 100)
+
+
+def scored(model, cfg, datasets: dict, split: str, *, max_dets_per_image: int | None = None, output_dir=None,
+           detections_file=None, quiet: bool = True) -> Scored:
+    """Evaluate ``model`` on ``datasets[split]`` and keep what intervals need; ``detections_file``:
+    also write the detections there (a later stage or a sweep pairs other models with them)."""
+    metrics, dets = score(model, cfg, datasets[split], output_dir, quiet, max_dets_per_image)
+    if detections_file:
+        write_json(detections_file, dets)
+    return Scored(split, metrics, matched(datasets[split], dets, max_dets_per_image or max_dets(cfg)))
+
+
+def scored_from_file(datasets: dict, split: str, metrics: dict, detections_file,
+                     max_dets_per_image: int | None = None) -> Scored:
+    """A :class:`Scored` rebuilt from a detections file another stage wrote."""
+    return Scored(split, metrics, matched(datasets[split], read_json(detections_file), max_dets_per_image))
+
+
+def with_interval(s: Scored) -> dict:
+    """``{"split", "AP50", "AP50_ci95", "AP50_se"}``: AP50 with its image-level bootstrap interval."""
+    iv = intervals.interval(s.matched)
+    return {"split": s.split, "AP50": s.ap50, "AP50_ci95": iv["ci95"], "AP50_se": iv["se"]}
+
+
+def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANCE) -> dict:
+    """A variant against the reference on the same split: its AP50 with interval, the paired
+    ``delta_ap50`` (variant - reference) with interval, and both verdicts (``within_1ap50``:
+    point estimate of the drop <= tolerance; ``non_inferior``: the drop's 95% upper end <= it)."""
+    if variant.split != reference.split:
+        raise ValueError(f"a variant on {variant.split} cannot be compared with a reference on {reference.split}")
+    d = intervals.paired(variant.matched, reference.matched)
+    v = intervals.verdicts(d, tolerance)
+    return {**with_interval(variant), "reference_ap50": reference.ap50, "delta_ap50": d["delta"],
+            "delta_ap50_ci95": d["ci95"], "delta_ap50_se": d["se"], "within_1ap50": v["within_tolerance"],
+            "non_inferior": v["non_inferior"], "tolerance": tolerance}
 
 
 def per_class(metrics: dict):

@@ -32,6 +32,7 @@ class SynthConfig:
     difficulty: float = 0.6
     valid_fraction: float = 0.2
     jpeg_quality: tuple[int, int] = (72, 92)
+    test_images: int = 400  # held-out test scenes at scale 1 (times ``scale``); 0: no test split
 
     def counts(self) -> dict[str, int]:
         return {c: max(1, int(round(n * self.scale))) for c, n in PAPER_COUNTS.items()}
@@ -57,6 +58,22 @@ def choose_groups(rng, counts: dict[str, int]) -> list[list[str]]:
                 remaining[o] -= m
         images.append(group)
     return images
+
+
+TEST_STREAM = 2 * 10**6  # the test split's scenes draw from seeds [seed, TEST_STREAM + i]: none of train/valid's
+
+
+def test_groups(cfg: SynthConfig) -> list[list[str]]:
+    """The held-out test split's scenes, from a seed stream of their own: the first
+    ``test_images * scale`` scenes drawn like :func:`choose_groups` from the paper's class mix (the
+    mix ``valid`` is stratified to).  The paper's per-class counts stay those of train + valid."""
+    n = int(round(cfg.test_images * cfg.scale))
+    if n <= 0:
+        return []
+    total = sum(cfg.counts().values())
+    factor = 3.0 * n / total  # scenes hold 1-6 animals: three instances per scene leaves enough scenes
+    counts = {c: max(1, int(round(k * factor))) for c, k in cfg.counts().items()}
+    return choose_groups(np.random.default_rng([cfg.seed, TEST_STREAM + 10**6]), counts)[:n]
 
 
 def iou(a, b):
@@ -196,21 +213,26 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progr
     try:
         (tmp / "annotations").mkdir()
         (tmp / "images").mkdir()
-        ids = {"train": [], "valid": []}
-        for i, group in enumerate(tqdm(groups, desc="rendering", disable=not progress)):
-            image_id = f"sav_{i:05d}"
-            pixels, objects = render_image(cfg, i, group)
-            q = int(np.random.default_rng([cfg.seed, i, 7]).integers(*cfg.jpeg_quality))
+        held_out = test_groups(cfg)
+        scenes = [(i, f"sav_{i:05d}", g, "valid" if i in valid else "train") for i, g in enumerate(groups)]
+        scenes += [(TEST_STREAM + i, f"sav_test_{i:05d}", g, "test") for i, g in enumerate(held_out)]
+        ids = {"train": [], "valid": [], "test": []}
+        for index, image_id, group, split in tqdm(scenes, desc="rendering", disable=not progress):
+            pixels, objects = render_image(cfg, index, group)
+            q = int(np.random.default_rng([cfg.seed, index, 7]).integers(*cfg.jpeg_quality))
             Image.fromarray(pixels).save(tmp / "images" / f"{image_id}.jpg", quality=q)
             (tmp / "annotations" / f"{image_id}.xml").write_bytes(voc_xml(image_id, cfg.width, cfg.height, objects))
-            ids["valid" if i in valid else "train"].append(image_id)
+            ids[split].append(image_id)
         for split, names in ids.items():
-            (tmp / f"{split}.txt").write_text("\n".join(names) + "\n")
+            if names:
+                (tmp / f"{split}.txt").write_text("\n".join(names) + "\n")
+        test_counts = {c: sum(g.count(c) for g in held_out) for c in CLASSES}
         summary = {
             "config": asdict(cfg),
             "images": {k: len(v) for k, v in ids.items()},
-            "instances": cfg.counts(),
+            "instances": cfg.counts(),  # train + valid: the paper's table
             "total_instances": sum(cfg.counts().values()),
+            "test_instances": test_counts,
         }
         (tmp / "synth.json").write_text(json.dumps(summary, indent=2))
         old = None
@@ -249,9 +271,12 @@ def main(argv=None):
     ap.add_argument("--difficulty", type=float, default=SynthConfig.difficulty)
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--test-images", type=int, default=SynthConfig.test_images,
+                    help="held-out test scenes at scale 1 (0: no test split)")
     ap.add_argument("--force", action="store_true", help="re-render even if up to date")
     a = ap.parse_args(argv)
-    cfg = SynthConfig(seed=a.seed, scale=a.scale, difficulty=a.difficulty, width=a.width, height=a.height)
+    cfg = SynthConfig(seed=a.seed, scale=a.scale, difficulty=a.difficulty, width=a.width, height=a.height,
+                      test_images=a.test_images)
     if a.force:
         summary = generate(a.out, cfg)
     else:

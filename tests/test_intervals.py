@@ -1,0 +1,135 @@
+"""The image-level bootstrap of COCO AP50 (wildlib.intervals) against pycocotools itself."""
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from wildlib import intervals
+
+
+def _gt(n_images=40, n_classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [{"id": i, "width": 320, "height": 240, "file_name": f"{i}.jpg"} for i in range(n_images)]
+    anns = []
+    for i in range(n_images):
+        for _ in range(rng.integers(0, 5)):
+            x, y, w, h = rng.uniform(0, 200), rng.uniform(0, 150), rng.uniform(8, 100), rng.uniform(8, 80)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.integers(n_classes)),
+                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns,
+                    "categories": [{"id": k, "name": f"c{k}"} for k in range(n_classes)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _detections(gt, seed=1, jitter=6.0, miss=0.2, extra=2):
+    """Jittered copies of most ground-truth boxes (some class swaps) plus random false positives."""
+    rng = np.random.default_rng(seed)
+    dets = []
+    for a in gt.dataset["annotations"]:
+        if rng.random() < miss:
+            continue
+        x, y, w, h = (v + rng.normal(0, jitter) for v in a["bbox"])
+        cat = a["category_id"] if rng.random() > 0.1 else int(rng.integers(4))
+        dets.append({"image_id": a["image_id"], "category_id": cat, "bbox": [x, y, max(w, 2), max(h, 2)],
+                     "score": float(rng.uniform(0.3, 1.0))})
+    for img in gt.dataset["images"]:
+        for _ in range(rng.integers(0, extra + 1)):
+            dets.append({"image_id": img["id"], "category_id": int(rng.integers(4)),
+                         "bbox": [*rng.uniform(0, 200, 2), *rng.uniform(8, 60, 2)], "score": float(rng.uniform(0, 0.6))})
+    return dets
+
+
+def _pycocotools_ap50(gt, dets, max_dets=100):
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.params.maxDets = [1, 10, max_dets]
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    return ev.stats[1] * 100
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_without_resampling_it_is_pycocotools_ap50(seed):
+    gt = _gt(seed=seed)
+    dets = _detections(gt, seed=seed)
+    assert intervals.ap50(intervals.match(gt, dets)) == pytest.approx(_pycocotools_ap50(gt, dets), abs=1e-6)
+
+
+def test_max_dets_is_applied_per_image_as_coco_does():
+    gt = _gt(seed=4)
+    dets = _detections(gt, seed=4, extra=8)
+    assert intervals.ap50(intervals.match(gt, dets, max_dets=3)) == pytest.approx(
+        _pycocotools_ap50(gt, dets, max_dets=3), abs=1e-6)
+
+
+def test_identical_detections_give_a_zero_width_difference():
+    gt = _gt()
+    m = intervals.match(gt, _detections(gt))
+    d = intervals.paired(m, m, samples=200)
+    assert d["delta"] == 0.0 and d["ci95"] == [0.0, 0.0]
+
+
+def test_interval_contains_the_estimate_and_a_better_model_is_paired_above_zero():
+    gt = _gt(n_images=80)
+    worse = intervals.match(gt, _detections(gt, seed=1, jitter=10.0, miss=0.4))
+    better = intervals.match(gt, _detections(gt, seed=1, jitter=2.0, miss=0.05))
+    iv = intervals.interval(worse, samples=300)
+    assert iv["ci95"][0] < iv["AP50"] < iv["ci95"][1]
+    d = intervals.paired(better, worse, samples=300)
+    assert d["delta"] > 0 and d["ci95"][0] > 0
+    # pairing removes the image-to-image spread both models share: the difference is narrower
+    # than the sum of both models' own intervals
+    width = d["ci95"][1] - d["ci95"][0]
+    own = intervals.interval(better, samples=300)["ci95"]
+    assert width < (own[1] - own[0]) + (iv["ci95"][1] - iv["ci95"][0])
+
+
+def test_resamples_depend_only_on_their_arguments():
+    a, b = intervals.resamples(50, 10), intervals.resamples(50, 10)
+    assert np.array_equal(a, b) and (a.sum(axis=1) == 50).all()
+    assert not np.array_equal(a, intervals.resamples(51, 10)[:, :50])
+
+
+@pytest.mark.parametrize("sample", [0, 1, 2])
+def test_weights_count_an_image_as_often_as_it_is_drawn(sample):
+    gt = _gt(n_images=10, seed=5)
+    dets = _detections(gt, seed=5, extra=1)
+    m = intervals.match(gt, dets)
+    w = intervals.resamples(10, 3)[sample]
+    # the same sample written out: images repeated w times, with new ids
+    images, anns, dd = [], [], []
+    for i, k in enumerate(w):
+        for r in range(k):
+            nid = len(images)
+            images.append({"id": nid, "width": 320, "height": 240})
+            anns += [{**a, "image_id": nid} for a in gt.dataset["annotations"] if a["image_id"] == i]
+            dd += [{"image_id": nid, "category_id": d["category_id"], "bbox": d["bbox"], "score": d["score"] - 1e-6 * r}
+                   for d in dets if d["image_id"] == i]
+    for k, a in enumerate(anns):
+        a["id"] = k + 1
+    copy = COCO()
+    copy.dataset = {"images": images, "annotations": anns, "categories": gt.dataset["categories"]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        copy.createIndex()
+    assert intervals.ap50(m, w) == pytest.approx(_pycocotools_ap50(copy, dd), abs=1e-6)
+
+
+def test_no_detections_score_zero_and_pairing_needs_the_same_images():
+    gt = _gt(n_images=12)
+    empty = intervals.match(gt, [])
+    assert intervals.ap50(empty) == 0.0
+    other = intervals.match(_gt(n_images=13), [])
+    with pytest.raises(ValueError, match="same images"):
+        intervals.paired(empty, other, samples=5)
+
+
+def test_verdicts_state_their_rule():
+    d = {"delta": -0.5, "ci95": [-2.9, 0.5]}
+    assert intervals.verdicts(d, 1.0) == {"within_tolerance": True, "non_inferior": False}
+    assert intervals.verdicts({"delta": -0.2, "ci95": [-0.9, 0.4]}, 1.0)["non_inferior"]
