@@ -6,11 +6,13 @@ from wildlib import data, synth
 from wildlib.classes import CLASSES, PAPER_COUNTS
 
 
-def _digest(folder, skip=()):
-    """SHA-256 over every file's relative path and bytes (names in ``skip`` aside)."""
+def _digest(folder, skip=(), test_split=True):
+    """SHA-256 over every file's relative path and bytes (names in ``skip`` aside; the test
+    split's files too unless ``test_split``)."""
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name not in skip:
+        held_out = p.name == "test.txt" or p.name.startswith("sav_test_")
+        if p.is_file() and p.name not in skip and (test_split or not held_out):
             h.update(p.relative_to(folder).as_posix().encode())
             h.update(p.read_bytes())
     return h.hexdigest()
@@ -44,11 +46,30 @@ def test_rendering_is_deterministic(tmp_path):
     c = synth.generate(tmp_path / "c", synth.SynthConfig(seed=6, scale=0.02), progress=False)
     assert _digest(tmp_path / "c") != _digest(tmp_path / "a") and c["instances"] == a["instances"]
     # the bytes the generator wrote before it became a package (wildlib/synth.py, commit 6054aa5):
-    # a refactoring that changes one pixel or one annotation changes this digest
-    assert _digest(tmp_path / "a", skip=("synth.json",)) == GOLDEN_SEED5_SCALE002
+    # a refactoring that changes one pixel or one annotation changes this digest.  The test split
+    # came later, from its own seed stream: train and valid are byte for byte what they were.
+    assert _digest(tmp_path / "a", skip=("synth.json",), test_split=False) == GOLDEN_SEED5_SCALE002
+    assert _digest(tmp_path / "a", skip=("synth.json",)) == GOLDEN_SEED5_SCALE002_WITH_TEST
+
+
+def test_held_out_split_is_disjoint_sized_and_has_the_class_mix(tmp_path):
+    cfg = synth.SynthConfig(seed=1, scale=0.25)
+    summary = synth.generate(tmp_path / "d", cfg, progress=False)
+    assert summary["images"]["test"] == round(400 * 0.25)
+    assert summary["instances"] == cfg.counts()  # the paper's table stays train + valid
+    recs = {s: data.load_split(tmp_path / "d", s) for s in data.splits_in(tmp_path / "d")}
+    assert set(recs) == {"train", "valid", "test"} and not data.split_overlap(recs)
+    test_counts = data.class_counts({"test": recs["test"]})["test"]
+    assert dict(test_counts) == summary["test_instances"] and (test_counts > 0).all()
+    share = test_counts / test_counts.sum()
+    paper = np.array([PAPER_COUNTS[c] for c in CLASSES]) / sum(PAPER_COUNTS.values())
+    assert np.abs(share.to_numpy() - paper).max() < 0.05
+    none = synth.generate(tmp_path / "e", synth.SynthConfig(seed=1, scale=0.02, test_images=0), progress=False)
+    assert "test" not in data.splits_in(tmp_path / "e") and none["images"]["test"] == 0
 
 
 GOLDEN_SEED5_SCALE002 = "29fccfb47bc995be4b1c896145fc97f50e6363443c160742af5c8d038ba01e3b"
+GOLDEN_SEED5_SCALE002_WITH_TEST = "179df923f6895587098f934f8a7a6c545e59f30799dc8875a970fe2282b4d626"
 
 
 def test_generated_set_loads_with_the_real_loader(smoke_data):
