@@ -25,7 +25,7 @@ SMOKE = {
     "01": {"MAX_ITER": 12, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 6, "PROFILE_RUNS": 2,
            "LR": 0.0005},  # a low LR keeps some boxes above the score threshold after 12 iterations
     "02": {"SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.3, 0.6], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5,
-           "FT_ITER": 10, "FT_LR": 0.0005, "PRUNE_EVERY": 2, "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0},
+           "FT_ITER": 10, "FT_LR": 0.0005, "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0},
     "03": {"BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2},
     "04": {"PROPOSALS": [[100, 50]], "COMBINED_PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208],
            "SCAN_RATIOS": [0.5], "FT_ITER": 4, "SCAN_FAMILIES": ["m2", "m3", "m4", "m5", "fpn", "rpn", "box_head"],

@@ -101,9 +101,27 @@ def test_02_prune(smoke_run):
     # the dense control: the same fine-tuning without pruning, and the reference it sets
     dc = m["dense_control"]
     assert dc["iterations"] == m["gradual"]["iterations"] == 10 and math.isfinite(dc["AP50"])
-    assert m["reference_ap50"] == max(m["baseline"]["AP50"], dc["AP50"])
-    within = [v["sparsity_all"] for v in m["variants"] if v["AP50"] >= m["reference_ap50"] - 1.0]
+    # chosen on valid, reported on test: the reference is the better model on valid, its AP50 the test one
+    assert m["evaluation_split"] == "test"
+    assert m["reference_ap50_valid"] == max(m["baseline_valid_AP50"], dc["valid_AP50"])
+    chosen = dc if m["reference"] == "dense control" else m["baseline"]
+    assert m["reference_ap50"] == chosen["AP50"]
+    lo, hi = m["reference_ap50_ci95"]
+    assert lo <= m["reference_ap50"] <= hi
+    g = m["gradual"]
+    assert g["split"] == "test" and len(g["delta_ap50_ci95"]) == 2
+    assert g["delta_ap50"] == pytest.approx(g["AP50"] - m["reference_ap50"])
+    for v in m["variants"]:
+        assert v["within_1ap50"] == (v["delta_ap50"] >= -1.0) and v["non_inferior"] == (v["delta_ap50_ci95"][0] >= -1.0)
+    within = [v["sparsity_all"] for v in m["variants"] if v["within_1ap50"]]
     assert m["max_sparsity_within_1ap50"] == (max(within) if within else 0.0)
+    # the paired interval is reproducible from the detection files the stage wrote
+    from wildlib import evaluate, intervals
+
+    gt = evaluate.ground_truth(stage / "coco" / "test.json")
+    pair = [intervals.match(gt, json.loads((stage / "detections" / f).read_text()))
+            for f in ("gradual.json", f"{'dense_control' if m['reference'] == 'dense control' else 'baseline'}.json")]
+    assert intervals.paired(*pair)["ci95"] == g["delta_ap50_ci95"]
     assert (stage / "model_dense_control.pth").exists()
     for fig in ("one_shot_sweep.png", "sensitivity.png", "gradual_schedule.png"):
         assert (stage / fig).exists(), fig
@@ -206,7 +224,7 @@ def test_report_is_written_from_the_run(smoke_run, tmp_path):
     base = json.loads((run_dir / "01_baseline" / "metrics.json").read_text())
     prune_m = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
     assert f"AP50 {base['bbox']['AP50']:.2f}" in text
-    assert f"reference AP50 is {prune_m['reference_ap50']:.2f}" in text
+    assert f"AP50 {prune_m['reference_ap50']:.2f} [" in text
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["commit"] is None or info["commit"][:10] in text
     readme = tmp_path / "README.md"

@@ -111,7 +111,7 @@ def test_own_data_through_00_01_02(survey, tmp_path):
     assert "under the floor" in (run / "notebooks" / "02_prune_magnitude.ipynb").read_text()
     runner.run_all(run, only=["02"], overrides={
         "SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.5], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5, "FT_ITER": 4,
-        "PRUNE_EVERY": 2, "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0})
+        "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0})
     p = json.loads((run / "02_prune" / "metrics.json").read_text())
     assert p["paper_one_shot_ap50"] is None and [r["ratio"] for r in p["one_shot"]] == [0.5]
     assert sorted(x.relative_to(survey) for x in survey.rglob("*")) == before  # the data folder is untouched

@@ -38,6 +38,13 @@ def best_within(rows, reference: float, key: str, tolerance: float = AP50_TOLERA
     return max(ok, key=lambda r: r[key]) if ok else None
 
 
+def best_passing(rows, key: str, verdict: str = "within_1ap50"):
+    """The row with the largest ``key`` among those that pass ``verdict`` (``within_1ap50``: the
+    drop's point estimate within the tolerance; ``non_inferior``: its 95% upper end); None if none."""
+    ok = [r for r in rows if r.get(verdict)]
+    return max(ok, key=lambda r: r[key]) if ok else None
+
+
 @contextlib.contextmanager
 def quiet_logs(enabled: bool = True):
     """Hold Detectron2's INFO logging (per-evaluation tables) back while sweeping."""
@@ -176,6 +183,23 @@ def scored_from_file(datasets: dict, split: str, metrics: dict, detections_file,
                      max_dets_per_image: int | None = None) -> Scored:
     """A :class:`Scored` rebuilt from a detections file another stage wrote."""
     return Scored(split, metrics, matched(datasets[split], read_json(detections_file), max_dets_per_image))
+
+
+def on_splits(model, cfg, datasets: dict, split: str, detections_file=None, max_dets_per_image: int | None = None,
+              output_dir=None) -> tuple[dict, Scored]:
+    """(COCO metrics on ``valid``, to choose with; :class:`Scored` on ``split``, to report):
+    one evaluation when the two splits are one (own data without a test split)."""
+    s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, output_dir=output_dir,
+               detections_file=detections_file)
+    return (s.metrics if split == "valid" else coco(model, cfg, datasets["valid"], quiet=True,
+                                                    max_dets_per_image=max_dets_per_image)), s
+
+
+def pick_reference(candidates: dict) -> tuple[str, Scored]:
+    """``{name: (metrics on valid, Scored on the report split)}`` -> (name, Scored) of the one
+    with the best AP50 on ``valid``: the reference is chosen on valid, reported on its split."""
+    name = max(candidates, key=lambda k: candidates[k][0]["AP50"])
+    return name, candidates[name][1]
 
 
 def with_interval(s: Scored) -> dict:

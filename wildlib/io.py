@@ -95,6 +95,12 @@ def save_figure(fig, path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix[1:]))
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of a display name: letters, digits, '-' and '_' only."""
+    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.lower())
+    return "-".join(p for p in out.split("-") if p) or "unnamed"
+
+
 def project_root() -> Path:
     """The checkout holding ``notebooks/`` (editable install), else the current folder."""
     here = Path(__file__).resolve().parent.parent
@@ -114,6 +120,18 @@ def stage_dir(run_dir, name: str) -> Path:
     return d
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; else what ``platform`` knows): every timing
+    is named with it, since the same code runs at different speeds on different CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     """What a reader needs to reproduce a number: versions, threads, device."""
     import torch
@@ -125,6 +143,8 @@ def environment() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels PyTorch picked: AVX2, AVX512...
     }
     try:
         import detectron2

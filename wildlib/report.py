@@ -45,6 +45,28 @@ def _met(name: str, value) -> str:
     return f"{'met' if ok else '**not met**'} (goal {op} {target:g})"
 
 
+def interval(ci) -> str:
+    """A 95% interval as ``[lo, hi]``."""
+    return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "[n/a]"
+
+
+def verdict_line(name: str, row: dict) -> str:
+    """One variant against the reference, both verdicts named by their rule (notebooks 02-05)."""
+    yes = {True: "yes", False: "no"}
+    return (f"{name}: AP50 {_f(row['AP50'])} {interval(row.get('AP50_ci95'))} on {row.get('split')}, "
+            f"delta {row['delta_ap50']:+.2f} {interval(row.get('delta_ap50_ci95'))} against the reference "
+            f"{_f(row.get('reference_ap50'))}; within {row.get('tolerance', AP50_TOLERANCE):g} AP50 (point estimate): "
+            f"{yes[row['within_1ap50']]}, non-inferior (95% upper end of the drop): {yes[row['non_inferior']]}")
+
+
+def variants_on_split(rows: list[dict], split: str, ref_name: str, reference: dict) -> str:
+    """The reported variants of a stage as lines: the reference, then each variant's verdicts."""
+    head = (f"reported on {split}" + ("" if split == "test" else " (no test split: chosen and reported on one split)")
+            + f"; reference = the {ref_name}, AP50 {_f(reference['AP50'])} {interval(reference['AP50_ci95'])}")
+    return "\n".join([head] + [verdict_line(r["variant"], r) + f"; sparsity {r.get('sparsity_all', math.nan):.3f}"
+                              for r in rows])
+
+
 def _table(rows: list[dict], cols: list[tuple[str, str, int | None]]) -> list[str]:
     out = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -107,16 +129,23 @@ def _baseline_lines(b: dict, bench=None, **_) -> list[str]:
 def _prune_lines(p: dict, **_) -> list[str]:
     dc = p.get("dense_control", {})
     g = p["gradual"]
+    split = p.get("evaluation_split", "valid")
+    where = f"on `{split}`" + ("" if split == "test" else " (no test split: chosen and reported on one split)")
     L = [f"* **Dense control** (the baseline fine-tuned {dc.get('iterations')} more iterations at batch "
          f"{dc.get('ims_per_batch')}, LR {dc.get('lr')}, every layer trainable: the pruning run's schedule, "
-         f"no pruning): AP50 {_f(dc.get('AP50'))} against the baseline's {_f(p['baseline']['AP50'])}, so the "
-         f"**reference AP50 is {_f(p.get('reference_ap50'))}**; every \"within {AP50_TOLERANCE:g} AP50\" below "
-         f"is against it.",
+         f"no pruning): AP50 {_f(dc.get('AP50'))} against the baseline's {_f(p['baseline']['AP50'])} {where}. "
+         f"The reference (the better of the two on `valid`) is the {p.get('reference', 'n/a')}: **AP50 "
+         f"{_f(p.get('reference_ap50'))} {interval(p.get('reference_ap50_ci95'))}** {where} (image-level bootstrap "
+         f"95% interval); every \"within {AP50_TOLERANCE:g} AP50\" below is against it, with the paired interval "
+         "of the difference.",
          f"* **Gradual pruning** ({g['ranking']} ranking, cubic schedule to {g['target']:.0%} of all prunable "
          f"weights, same {g['iterations']} iterations): sparsity {g['sparsity']:.3f} at **AP50 "
-         f"{_f(g['bbox']['AP50'])}** ({_f(g['bbox']['AP50'] - p.get('reference_ap50', math.nan))} against "
-         f"the reference), {g['seconds'] / 60:.1f} min. `max_sparsity_within_1ap50` = "
-         f"**{_f(p.get('max_sparsity_within_1ap50'), 3)}** ({(p.get('best_variant') or {}).get('variant')}).",
+         f"{_f(g['bbox']['AP50'])}**, delta {_f(g.get('delta_ap50', g['bbox']['AP50'] - p.get('reference_ap50', math.nan)))} "
+         f"{interval(g.get('delta_ap50_ci95'))} against the reference, {g['seconds'] / 60:.1f} min. "
+         f"`max_sparsity_within_1ap50` (point estimate of the drop <= {AP50_TOLERANCE:g}) = "
+         f"**{_f(p.get('max_sparsity_within_1ap50'), 3)}** ({(p.get('best_variant') or {}).get('variant')}); "
+         f"non-inferior (95% upper end of the drop <= {AP50_TOLERANCE:g}): "
+         f"**{_f(p.get('max_sparsity_non_inferior'), 3)}**. One seed, one target: `make sweep` gives the frontier.",
          f"* Sparse file of the pruned model: {p['sizes']['pruned_sparse_bytes']:,} bytes "
          f"({p['sizes']['sparse_ratio_vs_dense']:.1f}x smaller than the dense file); with masks attached: "
          f"{p['sizes']['pruned_with_masks_bytes']:,} bytes.", ""]
@@ -234,7 +263,7 @@ def _one_shot_lines(p: dict) -> list[str]:
     scopes = list(dict.fromkeys(k for v in by.values() for k in v))
     paper = {s: {float(k): v for k, v in d.items()} for s, d in ONE_SHOT_AP50.items()}
     head = "| pruned | " + " | ".join(f"{s} (paper)" if s in paper else s for s in scopes) + " |"
-    L = ["One-shot pruning without fine-tuning, AP50 (the paper's numbers, on its real photos with an "
+    L = ["One-shot pruning without fine-tuning, AP50 on `valid`, where it chooses a setting (the paper's numbers, on its real photos with an "
          "R50-FPN, in brackets):", "", head, "|" + "---|" * (len(scopes) + 1)]
     for ratio in sorted(by):
         cells = []

@@ -257,6 +257,56 @@ def load_stage(stage_path, model_file: str | None = None) -> Record:
     return Record(stage_path, config_of(stage_path), read_json(metrics_file), cfg, model)
 
 
+def finetune_schedule(baseline_dir, cfg, *, max_iter: int, ims_per_batch: int, lr: float, seed: int | None,
+                      **_) -> dict:
+    """What makes two dense controls the same model: iterations, LR, batch, seed, and the
+    baseline's weights (SHA-256).  Recorded as stage 02's ``finetune`` settings."""
+    from .modeling import sha256_file
+
+    return {"iterations": int(max_iter), "lr": float(lr), "ims_per_batch": int(ims_per_batch),
+            "seed": int(cfg.SEED if seed is None else seed),
+            "baseline_sha256": sha256_file(Path(baseline_dir) / MODEL_FILE)}
+
+
+def dense_control(baseline_dir, stage: Path, schedule: dict, ft_args: dict, num_gpus: int = 1, control_dir=""):
+    """(model, record) of stage 02's dense control: the baseline fine-tuned with exactly the
+    pruning run's schedule, no pruning.  Trained here (and saved into ``stage``), or, with
+    ``control_dir``, taken from the run that trained it with the same ``schedule``
+    (:func:`reuse_dense_control`).  Introduced in notebook 02, "The baseline ... and the reference"."""
+    from .modeling import save_weights
+    from .train import train, unwrap
+
+    if control_dir:
+        record = reuse_dense_control(control_dir, stage, schedule)
+        return load_trained(control_dir, DENSE_CONTROL_FILE)[1], record
+    run = train(finetune_config(baseline_dir, Path(stage) / "dense_control", **ft_args), num_gpus=num_gpus)
+    model = unwrap(run["model"]).eval()
+    save_weights(model, Path(stage) / DENSE_CONTROL_FILE)
+    return model, {"iterations": run["iterations_run"], "ims_per_batch": schedule["ims_per_batch"],
+                   "lr": schedule["lr"], "seed": schedule["seed"], "seconds": run["train_seconds"],
+                   "evals": run["evals"]}
+
+
+def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> dict:
+    """Take the dense control that another run's stage 02 (``control_dir``) trained, when its
+    schedule (``finetune`` in its ``config.yaml``: iterations, LR, batch, seed) and its baseline's
+    weights (SHA-256) are this stage's: a sweep trains each control once.  The weights file is
+    copied into ``stage``; returns that stage's ``dense_control`` record, with where it came from."""
+    import shutil
+
+    other = load_stage(control_dir)
+    theirs = other.config.get("finetune", {})
+    wrong = {k: (theirs.get(k), v) for k, v in schedule.items() if theirs.get(k) != v}
+    if wrong:
+        raise ValueError(f"{Path(control_dir) / CONFIG_FILE}: its dense control had another schedule "
+                         f"(theirs, ours): {wrong}")
+    src = Path(control_dir) / DENSE_CONTROL_FILE
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: not found (has that stage finished?)")
+    shutil.copyfile(src, Path(stage) / DENSE_CONTROL_FILE)
+    return {**other.metrics["dense_control"], "trained_in": str(Path(control_dir))}
+
+
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
                     eval_period: int, seed: int | None = None, freeze_at: int | None = 0, config_file=None, weights=None):
     """The baseline's own config, starting from its trained weights, with a new schedule.

@@ -19,16 +19,17 @@ sweeps and tables of notebook 02), ``gradual`` (the cubic schedule as a training
 ``torch_prune`` throughout, never under this package's name.
 """
 
-from .experiments import (one_shot_pick, one_shot_sweep, ratios_from_sensitivity, sensitivity_scan, sweep_rows,
-                          variant_row)
-from .gradual import GradualPruning, cubic_schedule
+from .experiments import (one_shot_pick, one_shot_sweep, from_pick, pick_name, ratios_from_sensitivity, reported_row, reported_rows,
+                          sensitivity_scan,
+                          sweep_rows, variant_row)
+from .gradual import END_FRACTION, GradualPruning, cubic_schedule, schedule_of
 from .masks import (DEFAULT_SCOPES, RANKINGS, SCOPES, global_magnitude, group_of, group_sparsity, lamp_scores,
                     layerwise_magnitude, make_permanent, parse_scopes, prunable, pruned_copy, scope_of, sparsity,
                     sparsity_table, state_sparsity)
 from .sparse_file import SparseFileError, load_sparse, save_sparse
 
-__all__ = ["DEFAULT_SCOPES", "GradualPruning", "RANKINGS", "SCOPES", "cubic_schedule", "global_magnitude", "group_of",
+__all__ = ["DEFAULT_SCOPES", "END_FRACTION", "GradualPruning", "schedule_of", "RANKINGS", "SCOPES", "cubic_schedule", "global_magnitude", "group_of",
            "group_sparsity", "lamp_scores", "layerwise_magnitude", "load_sparse", "make_permanent", "one_shot_pick",
-           "one_shot_sweep", "parse_scopes", "prunable", "pruned_copy", "ratios_from_sensitivity", "save_sparse",
+           "one_shot_sweep", "parse_scopes", "prunable", "pruned_copy", "from_pick", "pick_name", "ratios_from_sensitivity", "reported_row", "reported_rows", "save_sparse",
            "SparseFileError",
            "scope_of", "sensitivity_scan", "sparsity", "sparsity_table", "state_sparsity", "sweep_rows", "variant_row"]

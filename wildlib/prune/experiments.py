@@ -4,6 +4,7 @@ the one-shot setting stage 05 re-makes."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 
 from .masks import group_of, prunable, layerwise_magnitude, make_permanent, pruned_copy, group_sparsity, sparsity
@@ -24,7 +25,7 @@ def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool
         met = coco(m, cfg, dataset, quiet=True)
         rows.append({"scope": scopes, "ranking": ranking, "ratio": r, "sparsity_scope": sparsity(m, scopes),
                      "sparsity_all": sparsity(m), **{k: met[k] for k in COCO_KEYS}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["scope", "ranking", "ratio", "sparsity_scope", "sparsity_all", *COCO_KEYS])
 
 
 def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bool = True):
@@ -43,7 +44,7 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bo
         make_permanent(layerwise_magnitude(m, {g: r}))
         met = coco(m, cfg, dataset, quiet=True)
         rows.append({"group": g, "ratio": r, "weights": int(sizes[g]), "AP50": met["AP50"], "AP": met["AP"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["group", "ratio", "weights", "AP50", "AP"])
 
 
 def ratios_from_sensitivity(scan, baseline_ap50: float, tolerance: float = 1.0) -> dict[str, float]:
@@ -62,13 +63,45 @@ def variant_row(name: str, sparsity_all: float, metrics: dict) -> dict:
     return {"variant": name, "sparsity_all": float(sparsity_all), **{k: metrics[k] for k in COCO_KEYS}}
 
 
+def reported_row(name: str, sparsity_all: float, comparison: dict) -> dict:
+    """One reported row of stage 02: name, sparsity of all prunable weights, and the variant
+    against the reference on the report split (:func:`wildlib.evaluate.against`: AP50 with its
+    interval, the paired delta with its interval, both verdicts)."""
+    return {"variant": name, "sparsity_all": float(sparsity_all), **comparison}
+
+
+def pick_name(pick: dict) -> str:
+    """The display name of a one-shot setting: ``"one-shot lamp all 50%"``."""
+    return f"one-shot {pick['ranking']} {pick['scope']} {pick['ratio']:.0%}"
+
+
+def from_pick(model, pick: dict):
+    """The one-shot model of a recorded setting (:func:`one_shot_pick`), re-made from ``model``."""
+    return pruned_copy(model, pick["scope"], pick["ratio"], pick.get("ranking", "l1"))
+
+
+def reported_rows(models: dict, cfg, datasets: dict, split: str, reference, detections_dir, scored=None) -> list[dict]:
+    """:func:`reported_row` of each of ``models`` (name -> model), scored on ``split`` (reusing
+    ``scored``: name -> :class:`wildlib.evaluate.Scored` already measured) and compared with the
+    ``reference``'s Scored; each model's detections are written to ``detections_dir``."""
+    from ..evaluate import against, scored as score_model
+    from ..io import slug
+
+    scored = dict(scored or {})
+    rows = []
+    for name, m in models.items():
+        s = scored.get(name) or score_model(m, cfg, datasets, split, detections_file=Path(detections_dir) / f"{slug(name)}.json")
+        rows.append(reported_row(name, sparsity(m), against(s, reference)))
+    return rows
+
+
 def sweep_rows(sweep, prefix: str) -> list[dict]:
     """:func:`variant_row` of each row of a one-shot sweep, named ``"<prefix> <scope> <ratio>"``."""
     return [variant_row(f"{prefix} {r['scope']} {r['ratio']:.0%}", r["sparsity_all"], r)
             for r in sweep.to_dict(orient="records")]
 
 
-def one_shot_pick(rows, reference_ap50: float, tolerance: float | None = None) -> dict:
+def one_shot_pick(rows, reference_ap50: float, tolerance: float | None = None) -> dict | None:
     """The one-shot setting (``scope``, ``ratio``, ``ranking``) with the most sparsity among the rows
     within ``tolerance`` AP50 of the reference, or the mildest if none is: what stage 02 records
     for stage 05 to re-make. Introduced in notebook 02, Summary."""
@@ -76,6 +109,8 @@ def one_shot_pick(rows, reference_ap50: float, tolerance: float | None = None) -
 
     tolerance = AP50_TOLERANCE if tolerance is None else tolerance
     rows = list(rows)
+    if not rows:  # the sweep was skipped (a sweep point): nothing to re-make
+        return None
     ok = [r for r in rows if r["AP50"] >= reference_ap50 - tolerance]
     best = max(ok, key=lambda r: r["sparsity_all"]) if ok else min(rows, key=lambda r: r["ratio"])
     return {"scope": best["scope"], "ratio": float(best["ratio"]), "ranking": best.get("ranking", "l1")}

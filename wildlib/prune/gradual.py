@@ -20,6 +20,17 @@ def cubic_schedule(step: int, start: int, end: int, final: float, initial: float
     return final + (initial - final) * (1 - frac) ** 3
 
 
+END_FRACTION = 0.5  # gradual pruning reaches its target after this fraction of the fine-tuning
+MASK_UPDATES = 25   # mask updates over the whole fine-tuning run, at most (every 20 iterations of 500)
+
+
+def schedule_of(iterations: int) -> tuple[int, int]:
+    """``(end, every)`` of a gradual pruning run over ``iterations``: the target is reached at
+    :data:`END_FRACTION` of the run, the masks move every ``iterations / MASK_UPDATES`` steps, and
+    the rest of the run recovers at the final sparsity.  Introduced in notebook 02, section 4."""
+    return max(1, int(iterations * END_FRACTION)), max(1, iterations // MASK_UPDATES)
+
+
 class GradualPruning(HookBase):
     """Raises the global sparsity of ``scopes`` on the cubic schedule while training goes on.
 
