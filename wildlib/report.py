@@ -112,12 +112,13 @@ def _baseline_lines(b: dict, bench=None, **_) -> list[str]:
     t = b["train"]
     curve = ", ".join(f"{p['iter']}: {p['AP50']:.1f}" for p in b.get("learning_curve", []))
     L = [f"* **Baseline** (`{b['config_name']}`, {t['iterations']} iterations at batch {t['ims_per_batch']}, "
-         f"LR steps at {t.get('lr_steps')} of the schedule): **AP50 {_f(b['bbox']['AP50'])}**, "
+         f"LR steps at {t.get('lr_steps')} of the schedule): **AP50 {_f(b['bbox']['AP50'])}** "
+         f"{interval(b.get('ap50_ci95'))} on `{b.get('evaluation_split', 'valid')}`, "
          f"AP {_f(b['bbox']['AP'])}, AP75 {_f(b['bbox']['AP75'])}; {t['seconds'] / 60:.1f} min of training "
          f"({t['s_per_iter']:.2f} s/iter with its periodic evaluations); "
          f"{1000 * b['inference']['median_s']:.0f} ms/image median at batch 1; "
          f"{b['size']['params']:,} parameters, {b['size']['weights_bytes']:,}-byte weights file.",
-         f"* Learning curve (iteration: AP50): {curve}. Gain over the last quarter of the schedule "
+         f"* Learning curve on `valid` (iteration: AP50): {curve}. Gain over the last quarter of the schedule "
          f"(`plateau_gain_ap50`): **{_f(b.get('plateau_gain_ap50'))}**.", ""]
     if b.get("profile"):
         L += _profile_lines(b["profile"])
