@@ -135,6 +135,12 @@ def test_03_weight_sharing(smoke_run):
     assert s["bit_exact"] is True
     assert m["reference_ap50"] == json.loads((run_dir / "02_prune" / "metrics.json").read_text())["reference_ap50"]
     assert s["extra_iterations_beyond_dense_control"] == 4
+    # the files' numbers are reported on test, paired with stage 02's reference
+    assert m["evaluation_split"] == "test"
+    for key in ("shared", "int8"):
+        r = m["reported"][key]
+        assert r["split"] == "test" and len(r["delta_ap50_ci95"]) == 2
+        assert r["delta_ap50"] == pytest.approx(r["AP50"] - m["reference_ap50"])
     # the model decoded from the file measures exactly like the one in memory
     assert s["from_file"]["AP50"] == s["after_finetune"]["AP50"]
     assert {r["init"] for r in m["inits"]} == {"linear", "density", "random"}

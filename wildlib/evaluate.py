@@ -104,6 +104,11 @@ def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: 
     return out, collector.detections
 
 
+def coco_max_dets(cfg) -> int:
+    """COCO's detections per image for comparing variants: the reference's (``cfg``), at least 100."""
+    return max(100, int(cfg.TEST.DETECTIONS_PER_IMAGE))
+
+
 def max_dets(cfg) -> int | None:
     """COCO evaluation's detections per image: its standard 100, or more when the model keeps
     more (``TEST.DETECTIONS_PER_IMAGE``, raised for crowded images)."""
@@ -325,31 +330,30 @@ def accuracy_and_speed(model, cfg, dataset: str, baseline, inputs: list[dict], v
                                                                 runs=runs, warmup=warmup)
 
 
-def variant_row(name: str, model, cfg, dataset: str, path, baseline, inputs: list[dict], *, twin=None,
-                variant_inputs: list[dict] | None = None, runs: int = 20, warmup: int = LATENCY_WARMUP,
-                dense_bytes=None) -> dict:
-    """One row of the evaluation table (notebook 05): COCO metrics, per-class AP, parameters
-    (nonzero too) of ``twin`` (default ``model``), bytes on disk of ``path`` (a file, or a
-    deployable folder) and the compression ratio against ``dense_bytes``' file, latency side by
-    side with ``baseline``."""
-    from pathlib import Path
-
+def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baseline, inputs: list[dict], reference: Scored,
+                *, twin=None, variant_inputs: list[dict] | None = None, runs: int = 20, warmup: int = LATENCY_WARMUP,
+                dense_bytes=None, file_bytes: int | None = None, max_dets_per_image: int | None = None,
+                detections_file=None) -> dict:
+    """One row of the evaluation table (notebook 05): COCO metrics on ``datasets[split]`` with AP50's
+    bootstrap interval and the paired delta to ``reference`` (:func:`against`; COCO's detections
+    per image are the reference's, ``max_dets_per_image``, for every variant), per-class AP,
+    parameters (nonzero too) of ``twin`` (default ``model``), bytes on disk of ``path`` (or
+    ``file_bytes``, for a deployable folder) and the compression ratio against ``dense_bytes``' file, latency
+    side by side with ``baseline`` (each row's own baseline median beside it)."""
     from .modeling import count_parameters
 
-    m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
+    s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, detections_file=detections_file)
+    t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
     counts = count_parameters(twin if twin is not None else model)
     path = Path(path)
-    if path.is_dir():
-        from .fast import deploy_bytes
-
-        size = deploy_bytes(path)
-    else:
-        size = file_size(path)
+    size = file_size(path) if file_bytes is None else int(file_bytes)
     dense = file_size(dense_bytes) if dense_bytes is not None else size
-    return {"variant": name, "AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "params": counts["params"],
+    m = s.metrics
+    return {"variant": name, **against(s, reference), "AP": m["AP"], "AP75": m["AP75"], "params": counts["params"],
             "nonzero": counts["nonzero"], "file": path.name, "file_bytes": size, "ratio": dense / size,
             "bits_per_weight": 8 * size / counts["params"], "latency_median_ms": t["variant_ms_median"],
-            "latency_p90_ms": t["variant_ms_p90"], "speedup": t["speedup"],
+            "latency_p90_ms": t["variant_ms_p90"], "baseline_ms_median": t["baseline_ms_median"],
+            "speedup": t["speedup"], "threads": t["threads"],
             "per_class": {k[3:]: v for k, v in m.items() if k.startswith("AP-")}}
 
 

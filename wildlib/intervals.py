@@ -147,6 +147,20 @@ def paired(variant: Matched, reference: Matched, samples: int = SAMPLES, seed: i
             "se": float(np.nanstd(boot, ddof=1))}
 
 
+def paired_mean(pairs: list[tuple[Matched, Matched]], samples: int = SAMPLES, seed: int = SEED,
+                level: float = LEVEL) -> dict:
+    """The mean over ``pairs`` (variant, reference) — one pair per training seed — of the paired
+    delta, with its bootstrap interval: every sample resamples the same images for every pair,
+    so the interval is of the seed-mean delta over images.  ``{"delta", "ci95", "se"}``."""
+    for v, r in pairs:
+        _check_same_images(v, r)
+        _check_same_images(v, pairs[0][0])
+    w = resamples(pairs[0][0].num_images, samples, seed)
+    boot = np.array([np.mean([ap50(v, wi) - ap50(r, wi) for v, r in pairs]) for wi in w])
+    return {"delta": float(np.mean([ap50(v) - ap50(r) for v, r in pairs])), "ci95": _interval(boot, level),
+            "se": float(np.nanstd(boot, ddof=1))}
+
+
 def verdicts(delta: dict, tolerance: float) -> dict:
     """Both verdicts on a paired difference: *within* (the drop's point estimate <= tolerance)
     and *non-inferior* (the drop's 95% upper end, i.e. the delta's lower end, <= tolerance: the

@@ -27,3 +27,18 @@ def table():
     df.index.name = "ratio"
     df.loc[0.0] = BASELINE_AP50
     return df.sort_index()
+
+
+def beside(one_shot, baseline_ap50: float, with_paper: bool = True):
+    """Our one-shot sweep (rows ``ratio``, ``scope``, ``AP50``) beside the paper's table, on the
+    ratios we ran (0%: the baseline itself, ours and theirs); the paper's columns only where it
+    has that ratio, never a row of ours that was not run."""
+    import pandas as pd
+
+    ours = one_shot.pivot(index="ratio", columns="scope", values="AP50") if len(one_shot) else pd.DataFrame()
+    ours.loc[0.0] = baseline_ap50
+    ours = ours.sort_index().add_prefix("ours: ")
+    if not with_paper:
+        return ours.round(2)
+    theirs = table().add_prefix("paper: ")
+    return ours.join(theirs, how="left").round(2)

@@ -335,3 +335,38 @@ def pareto(table, reference_ap50: float, tolerance: float = 1.0, threads: int = 
         ax.set_ylabel("AP50")
     fig.tight_layout()
     return fig
+
+
+def frontier(rows, summary, tolerance: float = 1.0):
+    """A sweep's frontier (``wildlib.sweep``): left, AP50 on the report split against sparsity —
+    each seed a point with its bootstrap interval, the seed mean of each setting a line with the
+    mean of its points' intervals as a band, the dense controls' band in grey; right, the
+    seed-mean paired delta to the reference with its 95% interval, and the -tolerance line."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    groups = list(dict.fromkeys(summary["group"]))
+    ctrl = rows["dense_control_AP50"]
+    ax.axhspan(ctrl.min(), ctrl.max(), color="0.85", label=f"dense controls ({ctrl.min():.1f}-{ctrl.max():.1f})")
+    for i, g in enumerate(groups):
+        col = f"C{i}"
+        pts, s = rows[rows["group"] == g], summary[summary["group"] == g].sort_values("sparsity")
+        ax.errorbar(pts["sparsity"], pts["AP50"], yerr=[pts["AP50"] - pts["AP50_lo"], pts["AP50_hi"] - pts["AP50"]],
+                    fmt="o", ms=3, color=col, alpha=0.45, lw=0.8)
+        band = pts.groupby("target")[["sparsity", "AP50", "AP50_lo", "AP50_hi"]].mean().sort_values("sparsity")
+        ax.plot(band["sparsity"], band["AP50"], "-", color=col, label=f"{g}: seed mean")
+        if len(band) > 1:
+            ax.fill_between(band["sparsity"], band["AP50_lo"], band["AP50_hi"], color=col, alpha=0.12)
+        off = (i - (len(groups) - 1) / 2) * 0.006  # settings of several groups at one sparsity side by side
+        bx.errorbar(s["sparsity"] + off, s["delta_mean"], yerr=[s["delta_mean"] - s["delta_lo"], s["delta_hi"] - s["delta_mean"]],
+                    fmt="o-", ms=4, color=col, capsize=3, label=g)
+    ax.set_xlabel("sparsity of all prunable weights")
+    ax.set_ylabel(f"AP50 on {rows['split'].iloc[0]} (%)")
+    ax.set_title("gradual pruning: each seed, and the seed mean")
+    ax.legend(fontsize=7)
+    bx.axhline(0, color="k", lw=0.8)
+    bx.axhline(-tolerance, color="k", ls=":", lw=1, label=f"-{tolerance:g} AP50")
+    bx.set_xlabel("sparsity of all prunable weights")
+    bx.set_ylabel("AP50 - reference (seed mean, paired 95%)")
+    bx.set_title("drop from the reference")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

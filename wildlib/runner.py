@@ -128,8 +128,9 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     return out_path
 
 
-def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 3600) -> dict:
-    """Run the notebooks in order.  ``overrides`` go to every notebook that declares them."""
+def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 3600, echo: bool = True) -> dict:
+    """Run the notebooks in order.  ``overrides`` go to every notebook that declares them;
+    ``echo``: stream the cells' output to this console too (always to each notebook's log)."""
     run_dir = resolve(run_dir)  # relative to the project root, as the notebooks resolve it
     overrides = dict(overrides or {})
     if not (math.isfinite(timeout) and 0 < timeout <= threading.TIMEOUT_MAX):
@@ -151,7 +152,7 @@ def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 
             params["RUN_DIR"] = str(run_dir)
         params = absolutize(params)
         t0 = time.perf_counter()
-        run_notebook(nb, params, run_dir / "notebooks" / nb.name, timeout=timeout)
+        run_notebook(nb, params, run_dir / "notebooks" / nb.name, timeout=timeout, echo=echo)
         times[nb.stem] = round(time.perf_counter() - t0, 1)
     record_run(run_dir, times, {**source_version(), "overrides": overrides,
                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})

@@ -257,6 +257,23 @@ def load_stage(stage_path, model_file: str | None = None) -> Record:
     return Record(stage_path, config_of(stage_path), read_json(metrics_file), cfg, model)
 
 
+DETECTIONS_DIR = "detections"  # a stage's reported models' detections on the report split (paired intervals)
+REFERENCE_DETECTIONS = {"baseline": "baseline.json", "dense control": "dense_control.json"}
+
+
+def reference_scored(prune_dir, datasets: dict):
+    """Stage 02's reference (the better of the baseline and the dense control on valid) on the
+    report split, rebuilt from the detections stage 02 wrote: later stages pair their variants
+    with it (:func:`wildlib.evaluate.against`) without evaluating it again."""
+    from .evaluate import scored_from_file
+
+    rec = load_stage(prune_dir)
+    m = rec.metrics
+    split = m.get("evaluation_split", "valid")
+    metrics = m["baseline"] if m["reference"] == "baseline" else m["dense_control"]["bbox"]
+    return scored_from_file(datasets, split, metrics, Path(prune_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS[m["reference"]])
+
+
 def finetune_schedule(baseline_dir, cfg, *, max_iter: int, ims_per_batch: int, lr: float, seed: int | None,
                       **_) -> dict:
     """What makes two dense controls the same model: iterations, LR, batch, seed, and the
