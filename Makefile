@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.wildlib-setup
 RUN    ?= default
 RUN_DIR ?= runs/$(RUN)
 
-.PHONY: setup run test test-unit lab data report bench clean
+.PHONY: setup run sweep test test-unit lab data report bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ data: setup
 
 run: setup
 	$(PY) -m wildlib.runner --run-dir $(RUN_DIR)
+
+# A grid of parameters x seeds, each point the real notebooks under papermill, on a Dask LocalCluster
+SPEC ?= sweeps/frontier.yaml
+BASE ?= $(RUN_DIR)
+sweep: setup
+	$(PY) -m wildlib.sweep $(SPEC) --base-run $(BASE)
 
 # The README's results section, rewritten from RUN_DIR's files (and the recipe benchmark, if run)
 report: setup

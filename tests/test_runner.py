@@ -77,3 +77,49 @@ def test_a_partial_rerun_keeps_the_other_stages_times_and_commits(tmp_path):
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["commit"] == "bbb" and info["notebooks"] == ["00_a", "01_b"]
     assert info["stages"]["00_a"]["commit"] == "aaa" and info["stages"]["01_b"]["commit"] == "bbb"
+
+
+@pytest.mark.notebooks
+def test_ctrl_c_stops_the_runner_papermill_and_the_kernel(tmp_path):
+    """Two SIGINTs to the runner's process group (a terminal's Ctrl-C) used to leave papermill
+    and the kernel (in a session of its own) running: now the runner stops the whole tree."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import nbformat
+    import psutil
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("SLEEP = 300")
+    params.metadata["tags"] = ["parameters"]
+    # a cell deaf to the kernel interrupt, like training inside native code and loader workers
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('KERNEL', os.getpid(), flush=True)\ntime.sleep(SLEEP)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "sleepy.ipynb"
+    nbformat.write(nb, path)
+    code = ("from wildlib import runner; import signal, sys\n"
+            "signal.signal(signal.SIGTERM, runner.as_interrupt)\n"
+            f"runner.run_notebook({str(path)!r}, {{}}, {str(tmp_path / 'out.ipynb')!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as a shell gives a foreground job
+    kernel = None
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if line.startswith("KERNEL"):
+            kernel = int(line.split()[1])
+            break
+        assert time.time() < deadline, "the kernel did not start"
+    assert kernel and psutil.pid_exists(kernel)
+    tree = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) != 0
+    time.sleep(1)
+    left = [p for p in tree + [kernel] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"still running after Ctrl-C: {left}"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from wildlib import sweep
-from conftest import SMOKE
+from .conftest import SMOKE
 
 
 def _spec(tmp_path, groups, **extra):

@@ -13,12 +13,14 @@ import ast
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import psutil  # installed with IPython and Dask: the kernel's process tree, to stop it on Ctrl-C
 import yaml
 
 from .io import project_root, resolve, write_text
@@ -93,6 +95,43 @@ def absolutize(params: dict, base: Path | None = None) -> dict:
     return out
 
 
+def stop_tree(pid: int, grace: float = 5.0) -> list[int]:
+    """Stop ``pid`` and every process it started — papermill and its kernel, which Jupyter starts in
+    a session of its own, so Ctrl-C in a terminal never reaches it: SIGTERM, then SIGKILL after
+    ``grace`` seconds.  Returns the pids that were running."""
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return [p.pid for p in procs]
+
+
+def stop_tree_uninterrupted(pid: int) -> None:
+    """:func:`stop_tree` with Ctrl-C held back meanwhile: a second Ctrl-C must not cut it short."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (a Dask worker's task): no SIGINT is delivered here
+        old = None
+    try:
+        stop_tree(pid)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
 def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=None, echo: bool = True) -> Path:
     """Execute one notebook in a fresh ``python3`` kernel; raise with the executed notebook's
     path if it fails or runs out of time."""
@@ -106,9 +145,11 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     t0 = time.perf_counter()
     log_path = out_path.with_suffix(".log")
     tail: list[str] = []
+    # papermill in a session of its own: a Ctrl-C reaches this process only, which then stops
+    # papermill and the kernel in order (stop_tree) instead of leaving the kernel running
     with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, bufsize=1) as proc:
-        watchdog = threading.Timer(timeout, proc.kill)
+                                                      text=True, bufsize=1, start_new_session=True) as proc:
+        watchdog = threading.Timer(timeout, stop_tree, args=(proc.pid,))
         watchdog.start()
         try:
             for line in proc.stdout:  # stream cell output to the console and to the log
@@ -117,6 +158,9 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
                     sys.stdout.write(line)
                 tail = (tail + [line.rstrip()])[-25:]
             proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt, see main): no kernel is left behind
+            stop_tree_uninterrupted(proc.pid)
+            raise
         finally:
             timed_out = not watchdog.is_alive() and proc.returncode != 0
             watchdog.cancel()
@@ -239,11 +283,29 @@ def main(argv=None):
         if k in params:
             ap.error(f"-p {k} given twice")
         params[k] = _value(v)
+    signal.signal(signal.SIGTERM, as_interrupt)  # a SIGTERM stops the kernel too, like Ctrl-C
     try:
         times = run_all(a.run_dir, a.only, params, a.timeout)
     except ParameterError as exc:
         ap.error(str(exc))
+    except KeyboardInterrupt:
+        print(f"[runner] interrupted: the running notebook and its kernel were stopped; {unfinished_note(a.run_dir)}",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
     print(json.dumps(times))
+
+
+def as_interrupt(signum, frame):
+    """A signal handler: SIGTERM stops a run the way Ctrl-C does (kernels included)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def unfinished_note(run_dir) -> str:
+    """Which stages of a run have no ``metrics.json`` (a stopped stage leaves none)."""
+    run = resolve(run_dir)
+    done = {d.name[:2] for d in run.glob("[0-9][0-9]_*") if (d / "metrics.json").exists()}
+    missing = [p.stem for p in list_notebooks() if p.name[:2] not in done]
+    return f"stages without results: {missing}" if missing else "every stage has its results"
 
 
 if __name__ == "__main__":

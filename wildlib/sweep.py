@@ -44,12 +44,14 @@ import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil  # installed with Dask: the points' processes, to stop them on Ctrl-C
 import yaml
 
 from . import runner
@@ -299,9 +301,14 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
             if rec["status"] != "ok":
                 print(f"[sweep] {rec['id']} failed: {rec['error']}", flush=True)
     except KeyboardInterrupt:
+        # the workers' papermill runs and kernels, while they are still this process's descendants
+        # (a kernel runs in a session of its own: a terminal's Ctrl-C never reaches it)
+        tree = psutil.Process().children(recursive=True)
         left = [pid for pid, f in futures.items() if not f.done()]
-        print(f"\n[sweep] interrupted: cancelling {len(left)} unfinished point(s): {left}", flush=True)
+        print(f"\n[sweep] interrupted: stopping {len(left)} unfinished point(s): {left}", flush=True)
         client.cancel(list(futures.values()), force=True)
+        for proc in tree:
+            runner.stop_tree(proc.pid, grace=3.0)
         raise
     finally:
         client.close()
@@ -486,6 +493,7 @@ def main(argv=None) -> int:
         ap.error(str(exc))
     t0 = time.time()
     records = None
+    signal.signal(signal.SIGTERM, runner.as_interrupt)  # a SIGTERM stops the points' kernels too
     if not a.collate_only:
         try:
             records = run_sweep(spec, a.workers, a.threads, a.scheduler, a.timeout)

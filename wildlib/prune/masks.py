@@ -96,6 +96,7 @@ def _global_unstructured(targets, amount: float, scores: dict | None = None):
     for m, n in targets:
         for t in (m._parameters.get(n), m._parameters.get(n + "_orig"), m._buffers.get(n + "_mask")):
             if t is not None and not t.is_contiguous():
+                m._wildlib_channels_last = True  # make_permanent gives the weight its layout back
                 t.data = t.data.contiguous()
     scores = scores or {(m, n): getattr(m, n).detach() for m, n in targets}
     torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=float(amount),
@@ -132,11 +133,15 @@ def layerwise_magnitude(model, ratios: dict[str, float], scopes="all"):
 
 
 def make_permanent(model):
-    """Fold every mask into its weight (``torch_prune.remove``): plain tensors with zeros remain."""
+    """Fold every mask into its weight (``torch_prune.remove``): plain tensors with zeros remain, in
+    the memory format they had before pruning (channels-last stays channels-last)."""
     for m in model.modules():
         for hook in list(m._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):
                 torch_prune.remove(m, hook._tensor_name)
+                if m.__dict__.pop("_wildlib_channels_last", False):  # a channels-last weight stays one:
+                    w = getattr(m, hook._tensor_name)  # else a pruned model is timed in another layout
+                    w.data = w.data.contiguous(memory_format=torch.channels_last)
     return model
 
 
