@@ -109,6 +109,14 @@ def coco_max_dets(cfg) -> int:
     return max(100, int(cfg.TEST.DETECTIONS_PER_IMAGE))
 
 
+def coco_with_interval(model, cfg, dataset_name: str, max_dets_per_image: int | None = None) -> dict:
+    """:func:`coco`'s metrics plus ``AP50_ci95``, AP50's image-level bootstrap 95% interval: what
+    a figure comparing variants draws (notebooks 02 and 04)."""
+    m, dets = score(model, cfg, dataset_name, quiet=True, max_dets_per_image=max_dets_per_image)
+    iv = intervals.interval(matched(dataset_name, dets, max_dets_per_image or max_dets(cfg)))
+    return {**m, "AP50_ci95": iv["ci95"]}
+
+
 def max_dets(cfg) -> int | None:
     """COCO evaluation's detections per image: its standard 100, or more when the model keeps
     more (``TEST.DETECTIONS_PER_IMAGE``, raised for crowded images)."""
@@ -326,8 +334,8 @@ def accuracy_and_speed(model, cfg, dataset: str, baseline, inputs: list[dict], v
                        runs: int = 30, warmup: int = LATENCY_WARMUP) -> tuple[dict, dict]:
     """(COCO metrics of ``model`` on ``dataset``, its latency side by side with ``baseline``): what
     every row of a speed or evaluation table measures (notebooks 04 and 05)."""
-    return coco(model, cfg, dataset, quiet=True), side_by_side(baseline, model, inputs, variant_inputs,
-                                                                runs=runs, warmup=warmup)
+    return coco_with_interval(model, cfg, dataset), side_by_side(baseline, model, inputs, variant_inputs,
+                                                                  runs=runs, warmup=warmup)
 
 
 def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baseline, inputs: list[dict], reference: Scored,

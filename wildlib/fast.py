@@ -661,7 +661,8 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings
     twin = model if twin is None else test_time(copy.deepcopy(twin), **test_time_of(model))
     x = (variant_inputs or inputs)[0]
-    return {"name": name, "AP50": m["AP50"], "AP": m["AP"], "latency_ms_median": t["variant_ms_median"],
+    return {"name": name, "AP50": m["AP50"], "AP50_ci95": m["AP50_ci95"], "AP": m["AP"],
+            "latency_ms_median": t["variant_ms_median"],
             "latency_ms_p90": t["variant_ms_p90"], "speedup": t["speedup"],
             "baseline_ms_median": t["baseline_ms_median"], "macs": macs(twin, x) if count_macs else None,
             "params": int(sum(p.numel() for p in twin.parameters())), "file_bytes": int(file_bytes),

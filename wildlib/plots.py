@@ -219,30 +219,37 @@ def channel_scan(scan, base_ap50: float, max_drop: float):
 
 def speed_vs_accuracy(rows, reference_ap50: float, tolerance: float = 1.0, x: str = "speedup",
                       xlabel: str = "speedup over the dense fp32 baseline (x, measured side by side)"):
-    """Each variant as a point: ``x`` against AP50 (rows: dicts or a DataFrame with ``name``/
-    ``variant``, ``x`` and ``AP50``). Introduced in notebook 04_prune_channels."""
+    """Each variant as a point: ``x`` against AP50, with its 95% interval where the rows have
+    ``AP50_ci95`` (rows: dicts or a DataFrame with ``name``/``variant``, ``x`` and ``AP50``).
+    Introduced in notebook 04_prune_channels."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
     label = "name" if "name" in df else "variant"
     fig, ax = plt.subplots(figsize=(7, 4))
-    for k, r in enumerate(df.itertuples()):
-        ax.scatter(getattr(r, x), r.AP50, s=40, color=f"C{k % 10}")
-        ax.annotate(getattr(r, label), (getattr(r, x), r.AP50), fontsize=7)
+    for k, r in enumerate(df.to_dict(orient="records")):
+        ci = r.get("AP50_ci95")
+        yerr = [[r["AP50"] - ci[0]], [ci[1] - r["AP50"]]] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+        ax.errorbar(r[x], r["AP50"], yerr=yerr, fmt="o", ms=5, capsize=3, color=f"C{k % 10}")
+        ax.annotate(r[label], (r[x], r["AP50"]), fontsize=7)
     _reference_line(ax, reference_ap50, tolerance)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("AP50")
+    ax.set_ylabel("AP50 (95% bootstrap interval)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def one_shot_sweep(ours, paper=None, title="one-shot global L1 pruning, no fine-tuning"):
-    """AP50 against the pruned fraction, one line per scope (``ours``: ratio x scope), the paper's
-    dashed beside them. Introduced in notebook 02, section 1."""
+def one_shot_sweep(ours, paper=None, title="one-shot global L1 pruning, no fine-tuning", bands=None):
+    """AP50 against the pruned fraction, one line per scope (``ours``: ratio x scope), with the 95%
+    interval of each point as a band (``bands``: the sweep's rows, ``AP50_lo``/``AP50_hi``), the
+    paper's dashed beside them. Introduced in notebook 02, section 1."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for scope in ours.columns:
-        ax.plot(ours.index * 100, ours[scope], marker="o", label=f"ours: {scope}")
+    for k, scope in enumerate(ours.columns):
+        ax.plot(ours.index * 100, ours[scope], marker="o", color=f"C{k}", label=f"ours: {scope}")
+        if bands is not None and "AP50_lo" in bands:
+            b = bands[bands["scope"] == scope].sort_values("ratio")
+            ax.fill_between(b["ratio"] * 100, b["AP50_lo"], b["AP50_hi"], color=f"C{k}", alpha=0.15)
     for scope, col in (paper.items() if paper is not None else []):
         ax.plot(col.index * 100, col.values, ls="--", marker="x", alpha=0.6, label=f"paper: {scope}")
     ax.set_xlabel("pruned weights in scope (%)")
@@ -260,7 +267,9 @@ def ranking_sweep(l1_all, lamp, reference_ap50: float, tolerance: float = 1.0):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if l1_all is not None:
         ax.plot(l1_all.index * 100, l1_all.values, marker="o", label="global L1, all scopes")
-    ax.plot(lamp["ratio"] * 100, lamp["AP50"], marker="s", label="LAMP, all scopes")
+    ax.plot(lamp["ratio"] * 100, lamp["AP50"], marker="s", color="C1", label="LAMP, all scopes (95% band)")
+    if "AP50_lo" in lamp:
+        ax.fill_between(lamp["ratio"] * 100, lamp["AP50_lo"], lamp["AP50_hi"], color="C1", alpha=0.15)
     _reference_line(ax, reference_ap50, tolerance)
     ax.set_xlabel("pruned weights (%)")
     ax.set_ylabel("AP50")
@@ -319,20 +328,23 @@ def bits_sweep(sweep, reference_ap50: float, tolerance: float = 1.0):
 
 
 def pareto(table, reference_ap50: float, tolerance: float = 1.0, threads: int = 2):
-    """Each variant (rows of a table indexed by name, with ``file_bytes``, ``latency_median_ms`` and
-    ``AP50``) as a point: file size against AP50, and latency against AP50. Introduced in notebook 05."""
+    """Each variant (rows of a table indexed by name, with ``file_bytes``, ``latency_median_ms``,
+    ``AP50`` and, when measured, ``AP50_ci95``) as a point with its 95% interval: file size against
+    AP50, and latency against AP50.  Points closer than their intervals are not told apart by the
+    data.  Introduced in notebook 05."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in table.iterrows():
-        axes[0].scatter(r.file_bytes / 1e6, r.AP50, s=40)
-        axes[0].annotate(name, (r.file_bytes / 1e6, r.AP50), fontsize=7)
-        axes[1].scatter(r.latency_median_ms, r.AP50, s=40)
-        axes[1].annotate(name, (r.latency_median_ms, r.AP50), fontsize=7)
+    for k, (name, r) in enumerate(table.iterrows()):
+        ci = r.get("AP50_ci95") if hasattr(r, "get") else None
+        yerr = [[r.AP50 - ci[0]], [ci[1] - r.AP50]] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+        for ax, x in ((axes[0], r.file_bytes / 1e6), (axes[1], r.latency_median_ms)):
+            ax.errorbar(x, r.AP50, yerr=yerr, fmt="o", ms=5, capsize=3, color=f"C{k % 10}")
+            ax.annotate(name, (x, r.AP50), fontsize=7)
     axes[0].set_xscale("log")
     axes[0].set_xlabel("file size on disk (MB, log)")
     axes[1].set_xlabel(f"CPU latency, batch 1, {threads} threads (ms, median, beside the baseline)")
     for ax in axes:
         _reference_line(ax, reference_ap50, tolerance)
-        ax.set_ylabel("AP50")
+        ax.set_ylabel("AP50 (95% bootstrap interval)")
     fig.tight_layout()
     return fig
 

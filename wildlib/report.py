@@ -237,8 +237,12 @@ def _platform(m) -> str:
     env = (m.get(stages.BASELINE) or {}).get("environment") or {}
     if not env:
         return ""
-    where = env.get("gpu") or f"{env.get('cpu_count')} CPU cores, {env.get('torch_threads')} torch threads"
-    return f"Machine: {where}; torch {env.get('torch')}, detectron2 {env.get('detectron2')}."
+    where = env.get("gpu") or (f"{env.get('cpu_model', 'CPU model not recorded')} "
+                               f"(PyTorch CPU capability {env.get('cpu_capability', 'n/a')}), "
+                               f"{env.get('cpu_count')} CPU cores, {env.get('torch_threads')} torch threads")
+    return (f"Machine: {where}; torch {env.get('torch')}, detectron2 {env.get('detectron2')}. Times and speedups are "
+            "of this CPU: the same code trains and infers at other speeds on other CPUs (other kernels too), so "
+            "compare times only within one run, and speedups as ratios measured side by side.")
 
 
 def _profile_lines(profile: dict) -> list[str]:

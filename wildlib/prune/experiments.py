@@ -16,16 +16,18 @@ def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..evaluate import COCO_KEYS, coco
+    from ..evaluate import COCO_KEYS, coco_with_interval
 
     rows = []
     grid = [(s, r) for s in scopes_list for r in ratios]
     for scopes, r in tqdm(grid, desc="one-shot sweep", disable=not progress):
         m = pruned_copy(model, scopes, r, ranking) if r > 0 else model
-        met = coco(m, cfg, dataset, quiet=True)
+        met = coco_with_interval(m, cfg, dataset)
         rows.append({"scope": scopes, "ranking": ranking, "ratio": r, "sparsity_scope": sparsity(m, scopes),
-                     "sparsity_all": sparsity(m), **{k: met[k] for k in COCO_KEYS}})
-    return pd.DataFrame(rows, columns=["scope", "ranking", "ratio", "sparsity_scope", "sparsity_all", *COCO_KEYS])
+                     "sparsity_all": sparsity(m), **{k: met[k] for k in COCO_KEYS},
+                     "AP50_lo": met["AP50_ci95"][0], "AP50_hi": met["AP50_ci95"][1]})
+    return pd.DataFrame(rows, columns=["scope", "ranking", "ratio", "sparsity_scope", "sparsity_all", *COCO_KEYS,
+                                       "AP50_lo", "AP50_hi"])
 
 
 def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bool = True):

@@ -1,0 +1,59 @@
+"""The "best within the tolerance" pickers, on tables with known answers (the smoke runs score
+AP50 near 0, where every picker passes everything)."""
+
+import pandas as pd
+import pytest
+
+from wildlib import channels, evaluate, fast, prune
+
+
+def test_one_shot_pick_takes_the_sparsest_within_and_the_mildest_otherwise():
+    rows = [{"scope": "all", "ratio": 0.3, "ranking": "l1", "sparsity_all": 0.3, "AP50": 90.0},
+            {"scope": "all", "ratio": 0.5, "ranking": "lamp", "sparsity_all": 0.5, "AP50": 89.2},
+            {"scope": "all", "ratio": 0.8, "ranking": "l1", "sparsity_all": 0.8, "AP50": 88.9},  # 1.1 below
+            {"scope": "backbone", "ratio": 0.9, "ranking": "l1", "sparsity_all": 0.4, "AP50": 20.0}]
+    assert prune.one_shot_pick(rows, 90.0) == {"scope": "all", "ratio": 0.5, "ranking": "lamp"}
+    assert prune.one_shot_pick(rows, 90.0, tolerance=1.2) == {"scope": "all", "ratio": 0.8, "ranking": "l1"}
+    assert prune.one_shot_pick(rows, 99.0) == {"scope": "all", "ratio": 0.3, "ranking": "l1"}  # none within
+    assert prune.one_shot_pick([], 90.0) is None  # the sweep was skipped
+
+
+def test_ratios_from_scan_takes_each_familys_largest_ratio_within():
+    scan = pd.DataFrame([{"family": "m2", "ratio": 0.25, "AP50": 89.5}, {"family": "m2", "ratio": 0.5, "AP50": 87.9},
+                         {"family": "fpn", "ratio": 0.25, "AP50": 86.0}, {"family": "fpn", "ratio": 0.5, "AP50": 85.0},
+                         {"family": "rpn", "ratio": 0.25, "AP50": 90.0}, {"family": "rpn", "ratio": 0.5, "AP50": 88.0}])
+    assert channels.ratios_from_scan(scan, 90.0, 2.0) == {"m2": 0.5, "fpn": 0.0, "rpn": 0.5}
+    assert channels.ratios_from_scan(scan, 90.0, 1.0) == {"m2": 0.25, "fpn": 0.0, "rpn": 0.25}
+
+
+def test_ratios_from_sensitivity_keeps_the_largest_ratio_within():
+    scan = pd.DataFrame([{"group": "fpn", "ratio": 0.5, "AP50": 89.5}, {"group": "fpn", "ratio": 0.9, "AP50": 80.0},
+                         {"group": "rpn", "ratio": 0.5, "AP50": 70.0}])
+    assert prune.ratios_from_sensitivity(scan, 90.0, tolerance=1.0) == {"fpn": 0.5, "rpn": 0.0}
+
+
+def test_fastest_within_takes_the_lowest_latency_that_keeps_ap50():
+    sweep = pd.DataFrame([
+        {"pre_nms": 500, "post_nms": 300, "detections": 100, "min_size": 240, "AP50": 90.0, "latency_ms_median": 30.0},
+        {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240, "AP50": 89.1, "latency_ms_median": 20.0},
+        {"pre_nms": 100, "post_nms": 50, "detections": 50, "min_size": 208, "AP50": 88.0, "latency_ms_median": 12.0}])
+    assert fast.fastest_within(sweep, 90.0, 1.0) == {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240}
+    assert fast.fastest_within(sweep, 90.0, 2.5)["min_size"] == 208
+    assert fast.fastest_within(sweep, 95.0, 1.0) is None
+
+
+def test_best_passing_uses_the_named_verdict():
+    rows = [{"variant": "a", "speedup": 3.0, "within_1ap50": True, "non_inferior": False},
+            {"variant": "b", "speedup": 2.0, "within_1ap50": True, "non_inferior": True},
+            {"variant": "c", "speedup": 5.0, "within_1ap50": False, "non_inferior": False}]
+    assert evaluate.best_passing(rows, "speedup")["variant"] == "a"
+    assert evaluate.best_passing(rows, "speedup", "non_inferior")["variant"] == "b"
+    assert evaluate.best_passing(rows[2:], "speedup") is None
+
+
+@pytest.mark.parametrize("ap50s, expected", [((95.0, 96.4), "dense control"), ((96.0, 95.5), "baseline")])
+def test_the_reference_is_chosen_on_valid(ap50s, expected):
+    # the test-split scores are the other way round: the choice must not look at them
+    cands = {"baseline": ({"AP50": ap50s[0]}, "base-on-test"), "dense control": ({"AP50": ap50s[1]}, "ctrl-on-test")}
+    name, scored = evaluate.pick_reference(cands)
+    assert name == expected and scored == cands[expected][1]
