@@ -19,7 +19,7 @@ def test_one_shot_pick_takes_the_sparsest_within_and_the_mildest_otherwise():
 
 
 def test_ratios_from_scan_takes_each_familys_largest_ratio_within():
-    scan = pd.DataFrame([{"family": "m2", "ratio": 0.25, "AP50": 89.5}, {"family": "m2", "ratio": 0.5, "AP50": 87.9},
+    scan = pd.DataFrame([{"family": "m2", "ratio": 0.25, "AP50": 89.5}, {"family": "m2", "ratio": 0.5, "AP50": 88.1},
                          {"family": "fpn", "ratio": 0.25, "AP50": 86.0}, {"family": "fpn", "ratio": 0.5, "AP50": 85.0},
                          {"family": "rpn", "ratio": 0.25, "AP50": 90.0}, {"family": "rpn", "ratio": 0.5, "AP50": 88.0}])
     assert channels.ratios_from_scan(scan, 90.0, 2.0) == {"m2": 0.5, "fpn": 0.0, "rpn": 0.5}
