@@ -22,7 +22,9 @@ def test_spec_expands_the_grid_and_shares_dense_controls(tmp_path):
                              "seeds": [0, 1], "follow_up": {"notebooks": ["03"], "seeds": [0]}}])
     spec = sweep.load_spec(path, tmp_path / "out", base_run=str(tmp_path / "base"))
     assert len(spec.points) == 8 and len({p.id for p in spec.points}) == 8
-    assert all(p.notebooks == (["02", "03"] if p.seed == 0 else ["02"]) for p in spec.points)
+    assert all(p.notebooks == ["02"] and p.follow_up == (["03"] if p.seed == 0 else []) for p in spec.points)
+    # the grid goes to the group's notebooks only: 03's own FT_LR is not the grid's
+    assert all(p.follow_params == {} and "FT_LR" in p.params for p in spec.points)
     owners = {p.id for p in spec.points if p.control_owner is None}
     assert len(owners) == 4  # one per (LR, seed): the targets share it
     for p in spec.points:

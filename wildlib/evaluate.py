@@ -372,5 +372,6 @@ def file_row(name: str, metrics: dict, path, dense_bytes: int, n_params: int, ro
 
     size = file_size(path)
     return {"variant": name, "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
-            "file": str(Path(path).resolve().relative_to(Path(root).resolve())), "dense_fp32_bytes": dense_bytes,
+            "file": os.path.relpath(Path(path).absolute(), Path(root).absolute()),  # links kept (a sweep point's)
+            "dense_fp32_bytes": dense_bytes,
             "file_bytes": size, "ratio": dense_bytes / size, "bits_per_weight": 8 * size / n_params}

@@ -120,16 +120,16 @@ def stop_tree(pid: int, grace: float = 5.0) -> list[int]:
 
 
 def stop_tree_uninterrupted(pid: int) -> None:
-    """:func:`stop_tree` with Ctrl-C held back meanwhile: a second Ctrl-C must not cut it short."""
+    """:func:`stop_tree` with Ctrl-C and SIGTERM held back meanwhile: a second one must not cut it short."""
     try:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread (a Dask worker's task): no SIGINT is delivered here
-        old = None
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (a Dask worker's task): no signal is delivered here
+        old = {}
     try:
         stop_tree(pid)
     finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=None, echo: bool = True) -> Path:
@@ -149,7 +149,13 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     # papermill and the kernel in order (stop_tree) instead of leaving the kernel running
     with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                       text=True, bufsize=1, start_new_session=True) as proc:
-        watchdog = threading.Timer(timeout, stop_tree, args=(proc.pid,))
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            stop_tree(proc.pid)
+
+        watchdog = threading.Timer(timeout, expire)
         watchdog.start()
         try:
             for line in proc.stdout:  # stream cell output to the console and to the log
@@ -162,8 +168,8 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
             stop_tree_uninterrupted(proc.pid)
             raise
         finally:
-            timed_out = not watchdog.is_alive() and proc.returncode != 0
             watchdog.cancel()
+    timed_out = expired.is_set()
     if timed_out:
         raise RuntimeError(f"{nb_path.name}: timed out after {timeout:.0f} s; partial output in {out_path}")
     if proc.returncode != 0:

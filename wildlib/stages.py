@@ -271,7 +271,15 @@ def reference_scored(prune_dir, datasets: dict):
     m = rec.metrics
     split = m.get("evaluation_split", "valid")
     metrics = m["baseline"] if m["reference"] == "baseline" else m["dense_control"]["bbox"]
-    return scored_from_file(datasets, split, metrics, Path(prune_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS[m["reference"]])
+    return scored_from_file(datasets, split, metrics, Path(prune_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS[m["reference"]],
+                            coco_max_dets_of(prune_dir))
+
+
+def coco_max_dets_of(stage_path) -> int:
+    """COCO's detections per image for the model of a stage (its ``detectron2.yaml``), at least
+    100: every variant compared with that stage's reference is matched with the same limit."""
+    d2 = yaml.safe_load((Path(stage_path) / D2_CONFIG_FILE).read_text()) or {}
+    return max(100, int((d2.get("TEST") or {}).get("DETECTIONS_PER_IMAGE", 100)))
 
 
 def finetune_schedule(baseline_dir, cfg, *, max_iter: int, ims_per_batch: int, lr: float, seed: int | None,

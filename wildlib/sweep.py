@@ -56,6 +56,7 @@ import yaml
 
 from . import runner
 from .io import read_json, resolve, slug, write_json, write_text
+from .modeling import sha256_file
 
 POINT_FILE = "point.json"
 SHARED_STAGES = ("00_explore", "01_baseline")
@@ -78,9 +79,13 @@ class Point:
     seed: int
     control_owner: str | None = None  # the point whose dense control this one reuses
     grid: dict = field(default_factory=dict)  # the grid's own keys (the axes), for the tables
+    follow_up: list = field(default_factory=list)  # notebooks run after, with their own parameters
+    follow_params: dict = field(default_factory=dict)
+    base: str = ""  # the base run's baseline weights (SHA-256): a retrained baseline re-runs every point
 
     def digest(self) -> str:
-        text = json.dumps({"notebooks": self.notebooks, "params": self.params}, sort_keys=True)
+        text = json.dumps({"notebooks": self.notebooks, "params": self.params, "follow_up": self.follow_up,
+                           "follow_params": self.follow_params, "base": self.base}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -129,36 +134,41 @@ def load_spec(path, out_root="runs/sweeps", base_run: str | None = None) -> Spec
         for combo in itertools.product(*grid.values()):
             axes = dict(zip(grid, combo))
             for seed in seeds:
-                extra = seed in follow_seeds
-                params = {**common, **(g.get("params") or {}), **(follow.get("params") or {} if extra else {}),
-                          **axes, seed_param: seed}
-                run_nbs = nbs + ([str(n) for n in follow.get("notebooks", [])] if extra else [])
+                extra = seed in follow_seeds  # the grid and seed go to the group's notebooks only
+                params = {**common, **(g.get("params") or {}), **axes, seed_param: seed}
                 pid = "-".join([gname] + [f"{slug(k)}{_fmt(v)}" for k, v in axes.items()] + [f"seed{seed}"])
-                points.append(Point(pid, gname, run_nbs, params, seed, grid=axes))
+                points.append(Point(pid, gname, nbs, params, seed, grid=axes,
+                                    follow_up=[str(n) for n in follow.get("notebooks", [])] if extra else [],
+                                    follow_params=dict(follow.get("params") or {}) if extra else {}))
     ids = [p.id for p in points]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise SpecError(f"{path}: points {dup} appear twice (two groups with one name and the same grid?)")
     for p in points:
-        wrong = [n for n in p.notebooks if n not in notebooks]
-        if wrong:
-            raise SpecError(f"{path}: point {p.id}: no notebook {wrong} (known: {sorted(notebooks)})")
-        declared = {}
-        for n in p.notebooks:
-            declared.update(runner.parameters_of(notebooks[n]))
-        stray = sorted(set(p.params) - set(declared))
-        if stray:
-            raise SpecError(f"{path}: point {p.id}: its notebooks {p.notebooks} take no parameter {stray}")
-        try:
-            for n in p.notebooks:
-                nb_params = runner.parameters_of(notebooks[n])
-                runner.check_parameters(notebooks[n], {k: v for k, v in p.params.items() if k in nb_params})
-        except runner.ParameterError as exc:
-            raise SpecError(f"{path}: point {p.id}: {exc}") from None
+        for nbs, params in ((p.notebooks, p.params), (p.follow_up, p.follow_params)):
+            _check_point(path, p.id, nbs, params, notebooks)
     assign_controls(points, runner.parameters_of(notebooks["02"]))
     base = resolve(base_run or raw.get("base_run") or f"{out_root}/{name}/base")
     return Spec(name, base, [str(n) for n in raw.get("base_notebooks", ["00", "01"])], dict(raw.get("base_params") or {}),
                 points, resolve(out_root) / name)
+
+
+def _check_point(path, pid: str, nbs: list, params: dict, notebooks: dict) -> None:
+    wrong = [n for n in nbs if n not in notebooks]
+    if wrong:
+        raise SpecError(f"{path}: point {pid}: no notebook {wrong} (known: {sorted(notebooks)})")
+    declared = {}
+    for n in nbs:
+        declared.update(runner.parameters_of(notebooks[n]))
+    stray = sorted(set(params) - set(declared))
+    if stray:
+        raise SpecError(f"{path}: point {pid}: its notebooks {nbs} take no parameter {stray}")
+    try:
+        for n in nbs:
+            nb_params = runner.parameters_of(notebooks[n])
+            runner.check_parameters(notebooks[n], {k: v for k, v in params.items() if k in nb_params})
+    except runner.ParameterError as exc:
+        raise SpecError(f"{path}: point {pid}: {exc}") from None
 
 
 def assign_controls(points: list[Point], defaults: dict) -> None:
@@ -205,21 +215,23 @@ def run_point(point: dict, base: str, out: str, threads: int, timeout: float, *d
     p = Point(**point)
     folder = Path(out) / p.id
     t0 = time.time()
-    record = {"id": p.id, "group": p.group, "notebooks": p.notebooks, "params": p.params, "seed": p.seed,
-              "grid": p.grid, "digest": p.digest(), "threads": threads, "host": os.uname().nodename}
+    record = {"id": p.id, "group": p.group, "notebooks": p.notebooks + p.follow_up, "params": p.params,
+              "follow_params": p.follow_params, "seed": p.seed, "grid": p.grid, "digest": p.digest(),
+              "threads": threads, "host": os.uname().nodename}
     try:
-        failed = [d["id"] for d in dependencies if d.get("status") != "ok"]
-        if failed:
-            raise RuntimeError(f"the point whose dense control this one reuses failed: {failed}")
+        control_dir = Path(out) / p.control_owner / "02_prune" if p.control_owner else None
+        if control_dir and not (control_dir / "metrics.json").exists():  # its 02 (and so its control) failed
+            raise RuntimeError(f"the dense control this point reuses was not made: {control_dir} has no results")
         prepare_point(folder, Path(base))
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(threads)  # the kernel inherits them: one task per worker process
         params = {**p.params, "NUM_THREADS": threads}
-        if p.control_owner:
-            params["DENSE_CONTROL_DIR"] = str(Path(out) / p.control_owner / "02_prune")
-        _stagger()
-        runner.run_all(folder, only=p.notebooks, overrides=_declared(params, p.notebooks), timeout=timeout,
-                       echo=False)
+        if control_dir:
+            params["DENSE_CONTROL_DIR"] = str(control_dir)
+        for nbs, prm in ((p.notebooks, params), (p.follow_up, {**p.follow_params, "NUM_THREADS": threads})):
+            if nbs:
+                _stagger()
+                runner.run_all(folder, only=nbs, overrides=_declared(prm, nbs), timeout=timeout, echo=False)
         record.update(status="ok")
     except BaseException as exc:  # a failed point is recorded; the sweep goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
@@ -274,6 +286,9 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
     from tqdm.auto import tqdm
 
     ensure_base(spec, timeout)
+    base_id = sha256_file(spec.base_run / "01_baseline" / "model_final.pth")[:16]
+    for p in spec.points:
+        p.base = base_id
     spec.out.mkdir(parents=True, exist_ok=True)
     default_w, default_t = default_layout()
     workers, threads = workers or default_w, threads or default_t
@@ -294,9 +309,15 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
             deps = [futures[p.control_owner]] if p.control_owner in futures else []
             futures[p.id] = client.submit(run_point, asdict(p), str(spec.base_run), str(spec.out), threads, timeout,
                                           *deps, key=f"point-{spec.name}-{p.id}-{p.digest()}", pure=False)
+        ids = {f.key: pid for pid, f in futures.items()}
         for fut in tqdm(as_completed(list(futures.values())), total=len(futures), desc=f"sweep {spec.name}",
                         disable=not progress):
-            rec = fut.result()
+            try:
+                rec = fut.result()
+            except Exception as exc:  # a lost worker, a cancelled task: that point fails, the rest go on
+                pt = next(q for q in todo if q.id == ids[fut.key])
+                rec = {"id": pt.id, "group": pt.group, "seed": pt.seed, "grid": pt.grid, "status": "failed",
+                       "error": f"{type(exc).__name__}: {exc}"}
             records[rec["id"]] = rec
             if rec["status"] != "ok":
                 print(f"[sweep] {rec['id']} failed: {rec['error']}", flush=True)
@@ -328,7 +349,7 @@ def point_row(folder: Path, rec: dict) -> dict:
     weight-shared ``.wlc`` where stage 03 ran)."""
     from . import evaluate, intervals, stages
 
-    row = {"point": rec["id"], "group": rec["group"], **rec.get("grid", {}), "seed": rec["seed"],
+    row = {"point": rec["id"], "group": rec.get("group"), **rec.get("grid", {}), "seed": rec.get("seed"),
            "status": rec["status"], "seconds": rec.get("seconds")}
     if rec["status"] != "ok":
         return {**row, "error": rec.get("error")}
@@ -337,8 +358,9 @@ def point_row(folder: Path, rec: dict) -> dict:
     split = p.get("evaluation_split", "valid")
     gt = evaluate.ground_truth(folder / stages.PRUNE / "coco" / f"{split}.json")
     det = folder / stages.PRUNE / "detections"
-    grad = intervals.match(gt, read_json(det / "gradual.json"))
-    ctrl = intervals.match(gt, read_json(det / "dense_control.json"))
+    limit = stages.coco_max_dets_of(folder / stages.PRUNE)
+    grad = intervals.match(gt, read_json(det / "gradual.json"), limit)
+    ctrl = intervals.match(gt, read_json(det / "dense_control.json"), limit)
     vs_control = intervals.paired(grad, ctrl)
     row.update({
         "split": split, "target": g["target"], "sparsity": g["sparsity"], "iterations": g["iterations"],
@@ -366,9 +388,9 @@ def seed_summary(folder: Path, rows, by: list[str], tolerance: float) -> list[di
     the paired bootstrap interval of the seed-mean delta against each seed's own reference (every
     bootstrap sample resamples the same images for all seeds and models).  Verdicts: *within*
     (seed-mean drop <= tolerance) and *non-inferior* (its 95% upper end <= tolerance)."""
-    from . import evaluate, intervals
-
     import pandas as pd
+
+    from . import evaluate, intervals, stages
 
     ok = rows[rows["status"] == "ok"]
     out = []
@@ -378,9 +400,10 @@ def seed_summary(folder: Path, rows, by: list[str], tolerance: float) -> list[di
             base = folder / pid / "02_prune"
             p = read_json(base / "metrics.json")
             gt = evaluate.ground_truth(base / "coco" / f"{p.get('evaluation_split', 'valid')}.json")
-            ref_file = "dense_control.json" if p["reference"] == "dense control" else "baseline.json"
-            pairs.append((intervals.match(gt, read_json(base / "detections" / "gradual.json")),
-                          intervals.match(gt, read_json(base / "detections" / ref_file))))
+            ref_file = stages.REFERENCE_DETECTIONS[p["reference"]]
+            limit = stages.coco_max_dets_of(base)
+            pairs.append((intervals.match(gt, read_json(base / "detections" / "gradual.json"), limit),
+                          intervals.match(gt, read_json(base / "detections" / ref_file), limit)))
         mean = intervals.paired_mean(pairs)
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         row.update({"seeds": len(df), "sparsity": df["sparsity"].mean(), "AP50_mean": df["AP50"].mean(),
