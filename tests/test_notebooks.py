@@ -22,7 +22,10 @@ def test_00_explore(smoke_run, smoke_data):
     assert m["instances_total"] == sum(synth.SynthConfig(scale=0.08).counts().values())
     assert m["split_overlap"] == 0 and m["classes_missing_in_valid"] == []
     assert m["classes"] == list(synth.CLASSES) and "paper" in m["per_class"]["zebra"]
-    assert not [w for w in m["warnings"] if w["check"] != "objects_below_smallest_anchor"]
+    # 8 held-out scenes cannot hold all 13 classes: the check says which AP cannot be measured there
+    expected = ("objects_below_smallest_anchor", "classes_missing_in_test")
+    assert not [w for w in m["warnings"] if w["check"] not in expected]
+    assert m["images"]["test"] == 8 and m["instances"]["test"] > 0
     assert m["images"]["train"] > m["images"]["valid"] > 0
     assert abs(sum(m["box_size_mix"].values()) - 1) < 1e-6
     for fig in ("class_counts.png", "box_statistics.png", "samples.png"):

@@ -57,14 +57,14 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     base = smoke_run("01")
     smoke02 = {**SMOKE["02"], "SWEEP_RATIOS": [], "SENS_RATIOS": []}
     groups = [{"name": "t", "grid": {"TARGET_SPARSITY": [0.3, 0.5]}, "seeds": [0]},
-              {"name": "bad", "grid": {"RANKING": ["no-such-ranking"]}, "seeds": [0]}]
+              {"name": "bad", "grid": {"AP50_FLOOR": [101.0]}, "seeds": [0]}]  # fails at its first check
     spec = sweep.load_spec(_spec(tmp_path, groups, params=smoke02), tmp_path / "out", base_run=str(base))
     records = sweep.run_sweep(spec, workers=1, threads=2, timeout=900, progress=False)
     status = {r["id"]: r["status"] for r in records}
     assert status == {"t-target_sparsity0.3-seed0": "ok", "t-target_sparsity0.5-seed0": "ok",
-                      "bad-rankingno-such-ranking-seed0": "failed"}
+                      "bad-ap50_floor101-seed0": "failed"}
     bad = next(r for r in records if r["status"] == "failed")
-    assert "no-such-ranking" in bad["error"]
+    assert "under the floor of 101" in bad["error"]
     out = spec.out
     # each point is an ordinary run folder; the second point reused the first one's dense control
     second = out / "t-target_sparsity0.5-seed0"
@@ -82,7 +82,7 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     for col in ("AP50", "AP50_lo", "AP50_hi", "delta_vs_control", "delta_vs_control_lo", "delta_vs_control_hi"):
         assert ok[col].notna().all(), col
     assert (ok["AP50_lo"] <= ok["AP50"]).all() and (ok["AP50"] <= ok["AP50_hi"]).all()
-    assert (out / "frontier.png").exists() and "bad-rankingno-such-ranking-seed0" in (out / "report.md").read_text()
+    assert (out / "frontier.png").exists() and "bad-ap50_floor101-seed0" in (out / "report.md").read_text()
     assert headline["points_ok"] == 2
 
     # resumed: the finished points are not run again, the failed one is
