@@ -20,8 +20,7 @@ sweeps and tables of notebook 02), ``gradual`` (the cubic schedule as a training
 """
 
 from .experiments import (one_shot_pick, one_shot_sweep, from_pick, pick_name, ratios_from_sensitivity, reported_row, reported_rows,
-                          sensitivity_scan,
-                          sweep_rows, variant_row)
+                          sensitivity_scan)
 from .gradual import END_FRACTION, GradualPruning, cubic_schedule, schedule_of
 from .masks import (DEFAULT_SCOPES, RANKINGS, SCOPES, global_magnitude, group_of, group_sparsity, lamp_scores,
                     layerwise_magnitude, make_permanent, parse_scopes, prunable, pruned_copy, scope_of, sparsity,
@@ -32,4 +31,4 @@ __all__ = ["DEFAULT_SCOPES", "END_FRACTION", "GradualPruning", "schedule_of", "R
            "group_sparsity", "lamp_scores", "layerwise_magnitude", "load_sparse", "make_permanent", "one_shot_pick",
            "one_shot_sweep", "parse_scopes", "prunable", "pruned_copy", "from_pick", "pick_name", "ratios_from_sensitivity", "reported_row", "reported_rows", "save_sparse",
            "SparseFileError",
-           "scope_of", "sensitivity_scan", "sparsity", "sparsity_table", "state_sparsity", "sweep_rows", "variant_row"]
+           "scope_of", "sensitivity_scan", "sparsity", "sparsity_table", "state_sparsity"]

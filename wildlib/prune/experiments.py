@@ -58,13 +58,6 @@ def ratios_from_sensitivity(scan, baseline_ap50: float, tolerance: float = 1.0) 
     return out
 
 
-def variant_row(name: str, sparsity_all: float, metrics: dict) -> dict:
-    """One row of stage 02's variants table: name, sparsity of all prunable weights, COCO metrics."""
-    from ..evaluate import COCO_KEYS
-
-    return {"variant": name, "sparsity_all": float(sparsity_all), **{k: metrics[k] for k in COCO_KEYS}}
-
-
 def reported_row(name: str, sparsity_all: float, comparison: dict) -> dict:
     """One reported row of stage 02: name, sparsity of all prunable weights, and the variant
     against the reference on the report split (:func:`wildlib.evaluate.against`: AP50 with its
@@ -95,12 +88,6 @@ def reported_rows(models: dict, cfg, datasets: dict, split: str, reference, dete
         s = scored.get(name) or score_model(m, cfg, datasets, split, detections_file=Path(detections_dir) / f"{slug(name)}.json")
         rows.append(reported_row(name, sparsity(m), against(s, reference)))
     return rows
-
-
-def sweep_rows(sweep, prefix: str) -> list[dict]:
-    """:func:`variant_row` of each row of a one-shot sweep, named ``"<prefix> <scope> <ratio>"``."""
-    return [variant_row(f"{prefix} {r['scope']} {r['ratio']:.0%}", r["sparsity_all"], r)
-            for r in sweep.to_dict(orient="records")]
 
 
 def one_shot_pick(rows, reference_ap50: float, tolerance: float | None = None) -> dict | None:
