@@ -17,7 +17,10 @@ from typing import NamedTuple
 
 import yaml
 
+from .evaluate import scored_from_file
 from .io import read_json, resolve, stage_dir, write_json, write_text
+from .modeling import save_weights, sha256_file
+from .train import train, unwrap
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
@@ -265,8 +268,6 @@ def reference_scored(prune_dir, datasets: dict):
     """Stage 02's reference (the better of the baseline and the dense control on valid) on the
     report split, rebuilt from the detections stage 02 wrote: later stages pair their variants
     with it (:func:`wildlib.evaluate.against`) without evaluating it again."""
-    from .evaluate import scored_from_file
-
     rec = load_stage(prune_dir)
     m = rec.metrics
     split = m.get("evaluation_split", "valid")
@@ -286,8 +287,6 @@ def finetune_schedule(baseline_dir, cfg, *, max_iter: int, ims_per_batch: int, l
                       **_) -> dict:
     """What makes two dense controls the same model: iterations, LR, batch, seed, and the
     baseline's weights (SHA-256).  Recorded as stage 02's ``finetune`` settings."""
-    from .modeling import sha256_file
-
     return {"iterations": int(max_iter), "lr": float(lr), "ims_per_batch": int(ims_per_batch),
             "seed": int(cfg.SEED if seed is None else seed),
             "baseline_sha256": sha256_file(Path(baseline_dir) / MODEL_FILE)}
@@ -298,9 +297,6 @@ def dense_control(baseline_dir, stage: Path, schedule: dict, ft_args: dict, num_
     pruning run's schedule, no pruning.  Trained here (and saved into ``stage``), or, with
     ``control_dir``, taken from the run that trained it with the same ``schedule``
     (:func:`reuse_dense_control`).  Introduced in notebook 02, "The baseline ... and the reference"."""
-    from .modeling import save_weights
-    from .train import train, unwrap
-
     if control_dir:
         record = reuse_dense_control(control_dir, stage, schedule)
         return load_trained(control_dir, DENSE_CONTROL_FILE)[1], record

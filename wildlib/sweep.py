@@ -54,9 +54,11 @@ from pathlib import Path
 import psutil  # installed with Dask: the points' processes, to stop them on Ctrl-C
 import yaml
 
-from . import runner
-from .io import read_json, resolve, slug, write_json, write_text
+from . import evaluate, intervals, runner, stages
+from .evaluate import AP50_TOLERANCE
+from .io import read_json, resolve, save_figure, slug, write_csv, write_json, write_text
 from .modeling import sha256_file
+from .plots import frontier
 
 POINT_FILE = "point.json"
 SHARED_STAGES = ("00_explore", "01_baseline")
@@ -347,8 +349,6 @@ def point_row(folder: Path, rec: dict) -> dict:
     pruned model's sparsity, AP50 on the report split with its interval, the paired difference to
     the reference and to its own dense control with intervals, file bytes (sparse, and the
     weight-shared ``.wlc`` where stage 03 ran)."""
-    from . import evaluate, intervals, stages
-
     row = {"point": rec["id"], "group": rec.get("group"), **rec.get("grid", {}), "seed": rec.get("seed"),
            "status": rec["status"], "seconds": rec.get("seconds")}
     if rec["status"] != "ok":
@@ -390,8 +390,6 @@ def seed_summary(folder: Path, rows, by: list[str], tolerance: float) -> list[di
     (seed-mean drop <= tolerance) and *non-inferior* (its 95% upper end <= tolerance)."""
     import pandas as pd
 
-    from . import evaluate, intervals, stages
-
     ok = rows[rows["status"] == "ok"]
     out = []
     for key, df in ok.groupby(by, dropna=False):
@@ -423,10 +421,6 @@ def collate(spec: Spec, records: list[dict] | None = None) -> dict:
     """``results.csv`` (a row per point), ``summary.csv`` (seed means per setting), ``frontier.png``
     and ``report.md`` in the sweep's folder, from the points' files.  Returns the headline numbers."""
     import pandas as pd
-
-    from .evaluate import AP50_TOLERANCE
-    from .io import save_figure, write_csv
-    from .plots import frontier
 
     if records is None:
         records = [read_json(spec.out / p.id / POINT_FILE) if (spec.out / p.id / POINT_FILE).exists()
