@@ -49,6 +49,8 @@ def _check_members(path) -> None:
         for info in zf.infolist():
             if info.compress_type != zipfile.ZIP_STORED:
                 raise SparseFileError(f"{path}: {info.filename} is compressed (save_sparse stores members as they are)")
+            if info.flag_bits & 0x21:  # bit 0 encrypted, bit 5 patched data: save_sparse writes neither
+                raise SparseFileError(f"{path}: {info.filename} is encrypted or patched (flag bits {info.flag_bits:#x})")
             with zf.open(info) as fh:
                 version = np.lib.format.read_magic(fh)
                 if version not in readers:
@@ -97,6 +99,7 @@ def load_sparse(path) -> dict[str, torch.Tensor]:
                     out[name] = torch.from_numpy(dense.reshape(shape))
     except SparseFileError:
         raise
-    except (ValueError, KeyError, OSError, EOFError, TypeError, zipfile.BadZipFile, zlib.error) as e:
+    except (ValueError, KeyError, OSError, EOFError, TypeError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as e:  # zipfile raises the last two for features it lacks
         raise SparseFileError(f"{path}: not a readable sparse weights file ({e})") from e
     return out
