@@ -102,7 +102,8 @@ def test_ctrl_c_stops_the_runner_papermill_and_the_kernel(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "sleepy.ipynb"
     nbformat.write(nb, path)
-    code = ("from wildlib import runner; import signal, sys\n"
+    code = ("from wildlib import runner; import signal, sys\n"  # as started from a terminal (not `cmd &`)
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "signal.signal(signal.SIGTERM, runner.as_interrupt)\n"
             f"runner.run_notebook({str(path)!r}, {{}}, {str(tmp_path / 'out.ipynb')!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

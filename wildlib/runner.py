@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import math
 import os
@@ -119,17 +120,38 @@ def stop_tree(pid: int, grace: float = 5.0) -> list[int]:
     return [p.pid for p in procs]
 
 
+def _first_signal_only(signum, frame):
+    """While a notebook runs: the first Ctrl-C or SIGTERM raises KeyboardInterrupt and every later
+    one is ignored until the notebook's processes are stopped (two Ctrl-Cs in quick succession on a
+    loaded machine could otherwise both land before the stopping starts, leaving the kernel)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _signals_to(handler):
+    """Ctrl-C and SIGTERM go to ``handler`` inside the block; the previous handlers come back after
+    it.  A signal this process was started ignoring (``nohup cmd &``) stays ignored.  Off the main
+    thread (a Dask worker's task) no signal is delivered: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, previous in old.items():
+        if previous is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
 def stop_tree_uninterrupted(pid: int) -> None:
     """:func:`stop_tree` with Ctrl-C and SIGTERM held back meanwhile: a second one must not cut it short."""
-    try:
-        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread (a Dask worker's task): no signal is delivered here
-        old = {}
-    try:
+    with _signals_to(signal.SIG_IGN):
         stop_tree(pid)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=None, echo: bool = True) -> Path:
@@ -147,8 +169,9 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     tail: list[str] = []
     # papermill in a session of its own: a Ctrl-C reaches this process only, which then stops
     # papermill and the kernel in order (stop_tree) instead of leaving the kernel running
-    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, bufsize=1, start_new_session=True) as proc:
+    with _signals_to(_first_signal_only), open(log_path, "w") as log, \
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                             start_new_session=True) as proc:
         expired = threading.Event()
 
         def expire():
@@ -156,6 +179,7 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
             stop_tree(proc.pid)
 
         watchdog = threading.Timer(timeout, expire)
+        watchdog.daemon = True  # never keeps an interrupted process alive
         watchdog.start()
         try:
             for line in proc.stdout:  # stream cell output to the console and to the log
