@@ -107,6 +107,12 @@ def test_02_prune(smoke_run):
     # chosen on valid, reported on test: the reference is the better model on valid, its AP50 the test one
     assert m["evaluation_split"] == "test"
     assert m["reference_ap50_valid"] == max(m["baseline_valid_AP50"], dc["valid_AP50"])
+    # the baseline was not evaluated again: 01's final evaluation on valid and its test detections
+    b = json.loads((run_dir / "01_baseline" / "metrics.json").read_text())
+    assert m["baseline_valid_AP50"] == b["evals"][-1]["AP50"] and m["baseline"]["AP50"] == b["bbox"]["AP50"]
+    assert (stage / "detections" / "baseline.json").read_bytes() == \
+        (run_dir / "01_baseline" / "detections" / "baseline.json").read_bytes()
+    assert dc["valid_AP50"] == dc["evals"][-1]["AP50"]  # the control's too: its last evaluation in training
     chosen = dc if m["reference"] == "dense control" else m["baseline"]
     assert m["reference_ap50"] == chosen["AP50"]
     lo, hi = m["reference_ap50_ci95"]

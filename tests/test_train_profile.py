@@ -129,3 +129,9 @@ def test_centroid_finetuning_repeats_whatever_the_global_rng(tiny):
     assert codebooks[0].keys() == codebooks[1].keys()
     assert all(np.array_equal(codebooks[0][n], codebooks[1][n]) for n in codebooks[0])  # bit for bit
     assert not torch.are_deterministic_algorithms_enabled()  # the process's setting is given back
+
+
+def test_final_eval_is_the_evaluation_after_the_last_iteration():
+    evals = [{"iter": 250, "AP50": 80.0}, {"iter": 500, "AP50": 90.0, "AP": 60.0}]
+    assert train.final_eval(evals, 500) == {"AP50": 90.0, "AP": 60.0}
+    assert train.final_eval(evals, 1000) is None and train.final_eval([], 500) is None

@@ -199,13 +199,15 @@ def scored_from_file(datasets: dict, split: str, metrics: dict, detections_file,
 
 
 def on_splits(model, cfg, datasets: dict, split: str, detections_file=None, max_dets_per_image: int | None = None,
-              output_dir=None) -> tuple[dict, Scored]:
+              output_dir=None, valid: dict | None = None) -> tuple[dict, Scored]:
     """(COCO metrics on ``valid``, to choose with; :class:`Scored` on ``split``, to report):
-    one evaluation when the two splits are one (own data without a test split)."""
+    one evaluation when the two splits are one (own data without a test split).  ``valid``: the
+    model's metrics on valid, already measured (the final evaluation of its training): taken."""
     s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, output_dir=output_dir,
                detections_file=detections_file)
-    return (s.metrics if split == "valid" else coco(model, cfg, datasets["valid"], quiet=True,
-                                                    max_dets_per_image=max_dets_per_image)), s
+    if split == "valid":
+        return s.metrics, s
+    return valid or coco(model, cfg, datasets["valid"], quiet=True, max_dets_per_image=max_dets_per_image), s
 
 
 def pick_reference(candidates: dict) -> tuple[str, Scored]:

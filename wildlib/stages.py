@@ -12,15 +12,16 @@ of its own run: the data is given to stage 00, the seed to stage 01.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import yaml
 
-from .evaluate import scored_from_file
-from .io import read_json, resolve, stage_dir, write_json, write_text
+from .evaluate import max_dets, on_splits, scored_from_file
+from .io import atomic_write, read_json, resolve, stage_dir, write_json, write_text
 from .modeling import save_weights, sha256_file
-from .train import train, unwrap
+from .train import final_eval, train, unwrap
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
@@ -276,6 +277,21 @@ def reference_scored(prune_dir, datasets: dict):
                             coco_max_dets_of(prune_dir))
 
 
+def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, detections_file):
+    """Stage 02's baseline: (COCO metrics on valid, :class:`~wildlib.evaluate.Scored` on the
+    report split), rebuilt from what stage 01 wrote (its final evaluation on valid, its detections
+    on the report split, copied to ``detections_file``) without evaluating the same model again;
+    evaluated where 01 did not write them (another split, a resumed or older run)."""
+    m = read_json(Path(baseline_dir) / METRICS_FILE)
+    det = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
+    valid = final_eval(m.get("evals") or [], int(cfg.SOLVER.MAX_ITER))
+    if m.get("evaluation_split") != split or not det.is_file() or valid is None:
+        return on_splits(model, cfg, datasets, split, detections_file)
+    atomic_write(detections_file, lambda tmp: shutil.copyfile(det, tmp))
+    return (m["bbox"] if split == "valid" else valid), scored_from_file(datasets, split, m["bbox"], detections_file,
+                                                                          max_dets(cfg))
+
+
 def coco_max_dets_of(stage_path) -> int:
     """COCO's detections per image for the model of a stage (its ``detectron2.yaml``), at least
     100: every variant compared with that stage's reference is matched with the same limit."""
@@ -313,8 +329,6 @@ def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> dict:
     schedule (``finetune`` in its ``config.yaml``: iterations, LR, batch, seed) and its baseline's
     weights (SHA-256) are this stage's: a sweep trains each control once.  The weights file is
     copied into ``stage``; returns that stage's ``dense_control`` record, with where it came from."""
-    import shutil
-
     other = load_stage(control_dir)
     theirs = other.config.get("finetune", {})
     wrong = {k: (theirs.get(k), v) for k, v in schedule.items() if theirs.get(k) != v}

@@ -211,6 +211,14 @@ def plateau_gain(evals: list[dict], at: float = 0.75, key: str = "AP50") -> floa
     return float(vals[-1] - np.interp(at * its[-1], its, vals))
 
 
+def final_eval(evals: list[dict], iterations: int) -> dict | None:
+    """The COCO metrics of the evaluation made after the last of ``iterations`` (the periodic
+    evaluation on ``valid`` at the end of training), or None where there was none: a later
+    stage takes it instead of evaluating the same model on the same images again."""
+    last = evals[-1] if evals else {}
+    return {k: v for k, v in last.items() if k != "iter"} if last.get("iter") == iterations and "AP50" in last else None
+
+
 def learning_curve(evals: list[dict], key: str = "AP50") -> list[dict]:
     """``[{iter, AP50}, ...]`` from the periodic evaluations."""
     return [{"iter": int(e["iter"]), key: float(e[key])} for e in evals if key in e]
