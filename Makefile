@@ -36,9 +36,11 @@ BASE ?= $(RUN_DIR)
 sweep: setup
 	$(PY) -m wildlib.sweep $(SPEC) --base-run $(BASE)
 
-# The README's results section, rewritten from RUN_DIR's files (and the recipe benchmark, if run)
+# The README's results section, rewritten from RUN_DIR's files (and the recipe benchmark and the
+# frontier sweep, where they were run)
+SWEEP_DIR ?= runs/sweeps/frontier
 report: setup
-	$(PY) -m wildlib.report --run-dir $(RUN_DIR) --readme README.md $(if $(wildcard runs/bench/recipes.json),--bench runs/bench/recipes.json)
+	$(PY) -m wildlib.report --run-dir $(RUN_DIR) --readme README.md $(if $(wildcard runs/bench/recipes.json),--bench runs/bench/recipes.json) $(if $(wildcard $(SWEEP_DIR)/headline.json),--sweep $(SWEEP_DIR))
 
 # Training-step and inference time of each recipe change, side by side (about 3 min on 2 cores)
 bench: setup

@@ -84,9 +84,13 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     assert (ok["AP50_lo"] <= ok["AP50"]).all() and (ok["AP50"] <= ok["AP50_hi"]).all()
     assert (out / "frontier.png").exists() and "bad-ap50_floor101-seed0" in (out / "report.md").read_text()
     assert headline["points_ok"] == 2
+    timing = json.loads((out / "timing.json").read_text())["runs"]
+    assert [(t["points_run"], t["points_failed"], t["layout"]) for t in timing] == [(2, 1, "1 worker(s) x 2 thread(s)")]
+    assert "## Wall time" in (out / "report.md").read_text()
 
     # resumed: the finished points are not run again, the failed one is
     before = {p: (out / p / "point.json").stat().st_mtime_ns for p in ok.index}
     again = sweep.run_sweep(spec, workers=1, threads=2, timeout=900, progress=False)
     assert {p: (out / p / "point.json").stat().st_mtime_ns for p in ok.index} == before
     assert [r["status"] for r in again] == ["ok", "ok", "failed"]
+    assert [t["points_run"] for t in json.loads((out / "timing.json").read_text())["runs"]] == [2, 0]

@@ -12,13 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
+
+import pandas as pd
 
 from . import stages
 from .evaluate import AP50_TOLERANCE
-from .io import resolve, write_text
+from .io import atomic_write, resolve, write_text
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+FIGURES = "docs/results"  # figures of the generated section, copied beside the README
 # What issues #9 and #11 ask of a run; the report says for each whether this run met it.
 GOALS = {
     "plateau_gain_ap50": ("<=", 0.5, "baseline converged: AP50 gain over the last quarter of its schedule"),
@@ -75,7 +79,50 @@ def _table(rows: list[dict], cols: list[tuple[str, str, int | None]]) -> list[st
     return out
 
 
-def results_markdown(run_dir, bench=None) -> str:
+def frontier_lines(summary: list[dict], headline: dict) -> list[str]:
+    """A sweep's seed means per setting as a table, then its headline with the rules named
+    (written by :func:`wildlib.sweep.collate`; read here from ``summary.csv`` and ``headline.json``)."""
+    def setting(r):
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                         if k.isupper() and v is not None and not (isinstance(v, float) and math.isnan(v)))
+
+    L = ["| group | setting | seeds | sparsity | AP50 (mean) | seed sd | reference | delta (mean) [95%] | "
+         "within 1 | non-inferior | sparse-file ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "no"}
+    for r in summary:
+        L.append(f"| {r['group']} | {setting(r)} | {r['seeds']} | {r['sparsity']:.3f} | {_f(r['AP50_mean'])} | "
+                 f"{_f(r['AP50_seed_sd'])} | {_f(r['reference_AP50_mean'])} | {r['delta_mean']:+.2f} "
+                 f"[{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}] | {yes[bool(r['within_1ap50'])]} | "
+                 f"{yes[bool(r['non_inferior'])]} | {r['compression_ratio']:.2f}x |")
+    return L + ["", f"* `max_sparsity_within_1ap50` = **{headline.get('max_sparsity_within_1ap50', 0):.3f}** "
+                f"({headline['rule_within']}).",
+                f"* Non-inferior: **{headline.get('max_sparsity_non_inferior', 0):.3f}** ({headline['rule_non_inferior']}).",
+                f"* `best_compression_ratio_within_1ap50` (sparse file) = "
+                f"**{headline.get('best_compression_ratio_within_1ap50', 0):.2f}x**.",
+                f"* CPU: {', '.join(headline.get('cpu_models') or ['n/a'])}.", ""]
+
+
+def _sweep_lines(sweep: Path, figure: str = "") -> tuple[list[str], dict]:
+    """The README's frontier section from a collated sweep folder, and the goals it decides."""
+    headline = _load(sweep / "headline.json")
+    summary_file = sweep / "summary.csv"
+    if not headline or not summary_file.exists() or not summary_file.stat().st_size:
+        return [f"Sweep `{sweep.name}`: not collated yet (`python -m wildlib.sweep SPEC --collate-only`).", ""], {}
+    summary = pd.read_csv(summary_file).to_dict(orient="records")
+    timing = _load(sweep / "timing.json") or {}
+    took = "; ".join(f"{t['points_run']} point(s) in {t['seconds'] / 60:.1f} min on {t['layout']} ({t['cpu_model']})"
+                     for t in timing.get("runs", []) if t.get("points_run"))
+    L = [f"**The frontier** (sweep `{sweep.name}`: {headline.get('points_ok', 0)} of {headline.get('points', 0)} "
+         f"points finished{'; ' + took if took else ''}). Every point is a full run of stage 02 at one target and "
+         f"fine-tuning seed; AP50 on the report split with paired bootstrap intervals; seed means per setting:", ""]
+    L += frontier_lines(summary, headline)
+    if figure:
+        L += [f"![AP50 against sparsity, seeds as points, seed means with their interval]({figure})", ""]
+    goals = {k: headline[k] for k in ("max_sparsity_within_1ap50", "best_compression_ratio_within_1ap50") if k in headline}
+    return L, goals
+
+
+def results_markdown(run_dir, bench=None, sweep=None, figure: str = "") -> str:
     run = resolve(run_dir)
     info = _load(run / "run_info.json") or {}
     times = _load(run / "run_times.json") or {}
@@ -97,7 +144,11 @@ def results_markdown(run_dir, bench=None) -> str:
         if m[name]:
             L += _STAGE_LINES[name](m[name], bench=bench)
     goals.update({k: (m[st] or {}).get(k) for k, st in GOAL_STAGES.items()})
-    L += ["Against the goals of issues #9 and #11:", ""]
+    if sweep is not None:
+        lines, from_sweep = _sweep_lines(resolve(sweep), figure)
+        L += lines
+        goals.update(from_sweep)  # the frontier's seed means decide these two, not one run's point
+    L += ["Against the goals" + (" (sparsity and compression: the frontier's seed means)" if sweep else "") + ":", ""]
     L += [f"* {GOALS[k][2]}: {_f(v, 3)} — {_met(k, v)}" for k, v in goals.items()]
     return "\n".join(L).rstrip() + "\n"
 
@@ -305,9 +356,16 @@ def main(argv=None):
     ap.add_argument("--run-dir", default="runs/default")
     ap.add_argument("--readme", default="", help="README to update (default: print the section)")
     ap.add_argument("--bench", default="", help="JSON written by `python -m wildlib.profile --out`")
+    ap.add_argument("--sweep", default="", help="a collated sweep folder, e.g. runs/sweeps/frontier")
     a = ap.parse_args(argv)
     bench = _load(Path(a.bench)) if a.bench else None
-    section = results_markdown(a.run_dir, bench)
+    figure = ""
+    if a.sweep and a.readme and (resolve(a.sweep) / "frontier.png").exists():  # a copy the README can show
+        dest = Path(a.readme).parent / FIGURES / "frontier.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest, lambda tmp: shutil.copyfile(resolve(a.sweep) / "frontier.png", tmp))
+        figure = f"{FIGURES}/frontier.png"
+    section = results_markdown(a.run_dir, bench, a.sweep or None, figure)
     if a.readme:
         print(f"results section of {update_readme(a.readme, section)} rewritten from {resolve(a.run_dir)}")
     else:

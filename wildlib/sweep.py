@@ -56,11 +56,13 @@ import yaml
 
 from . import evaluate, intervals, runner, stages
 from .evaluate import AP50_TOLERANCE
-from .io import read_json, resolve, save_figure, slug, write_csv, write_json, write_text
+from .io import cpu_model, read_json, resolve, save_figure, slug, write_csv, write_json, write_text
 from .modeling import sha256_file
 from .plots import frontier
+from .report import frontier_lines
 
 POINT_FILE = "point.json"
+TIMING_FILE = "timing.json"  # every invocation's wall time, layout and CPU: the scaling table
 SHARED_STAGES = ("00_explore", "01_baseline")
 CONTROL_KEYS = ("FT_ITER", "FT_LR", "IMS_PER_BATCH", "SEED")  # what makes two dense controls one
 STAGGER_S = 3.0  # seconds between two kernel starts
@@ -302,6 +304,7 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
     records = dict(done)
     if not todo:
         return [records[p.id] for p in spec.points]
+    t0, started, finished = time.time(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), []
     cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                   dashboard_address=None, silence_logs=40)
     client = Client(scheduler or cluster)
@@ -321,6 +324,7 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
                 rec = {"id": pt.id, "group": pt.group, "seed": pt.seed, "grid": pt.grid, "status": "failed",
                        "error": f"{type(exc).__name__}: {exc}"}
             records[rec["id"]] = rec
+            finished.append(rec["status"])
             if rec["status"] != "ok":
                 print(f"[sweep] {rec['id']} failed: {rec['error']}", flush=True)
     except KeyboardInterrupt:
@@ -337,7 +341,21 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
         client.close()
         if cluster is not None:
             cluster.close()
+        record_timing(spec.out, {
+            "started": started, "seconds": round(time.time() - t0, 1), "points_run": finished.count("ok"),
+            "points_failed": len(finished) - finished.count("ok"), "points_left": len(todo) - len(finished),
+            "layout": f"Dask {scheduler}" if scheduler else f"{workers} worker(s) x {threads} thread(s)",
+            "cpu_model": "the points' own (results.csv)" if scheduler else cpu_model(),
+            "cpu_count": None if scheduler else os.cpu_count()})
     return [records.get(p.id, {"id": p.id, "status": "not run"}) for p in spec.points]
+
+
+def record_timing(out: Path, entry: dict) -> None:
+    """Append one invocation's wall time to the sweep's ``timing.json`` (the scaling table: the
+    same spec with other layouts, side by side; a rerun that resumes adds its own row)."""
+    path = out / TIMING_FILE
+    runs = (read_json(path) if path.exists() else {}).get("runs", [])
+    write_json(path, {"runs": runs + [entry]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,24 +484,12 @@ def sweep_report(spec: Spec, rows, summary, headline: dict) -> str:
          f"shared). Every AP50 is on the report split (`test` for the embedded set: nothing is chosen on it), with an "
          f"image-level bootstrap 95% interval; every delta is paired (the same resampled images for both models).", ""]
     if len(summary):
-        L += ["## Seed means per setting", "",
-              "| group | setting | seeds | sparsity | AP50 (mean) | seed sd | reference | delta (mean) [95%] | "
-              "within 1 | non-inferior | sparse-file ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        axes = [c for c in summary.columns if c.isupper()]
-        for r in summary.to_dict(orient="records"):
-            setting = ", ".join(f"{k}={_fmt(r[k])}" for k in axes if isinstance(r.get(k), (int, float, str))
-                                and not (isinstance(r[k], float) and math.isnan(r[k])))
-            L.append(f"| {r['group']} | {setting} | {r['seeds']} | {r['sparsity']:.3f} | {r['AP50_mean']:.2f} | "
-                     f"{r['AP50_seed_sd']:.2f} | {r['reference_AP50_mean']:.2f} | {r['delta_mean']:+.2f} "
-                     f"[{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}] | {'yes' if r['within_1ap50'] else 'no'} | "
-                     f"{'yes' if r['non_inferior'] else 'no'} | {r['compression_ratio']:.2f}x |")
-        L += ["", f"* `max_sparsity_within_1ap50` = **{headline.get('max_sparsity_within_1ap50', 0):.3f}** "
-              f"({headline['rule_within']}).",
-              f"* Non-inferior (the standard test): **{headline.get('max_sparsity_non_inferior', 0):.3f}** "
-              f"({headline['rule_non_inferior']}).",
-              f"* `best_compression_ratio_within_1ap50` (sparse file) = "
-              f"**{headline.get('best_compression_ratio_within_1ap50', 0):.2f}x**.",
-              f"* CPU: {', '.join(headline.get('cpu_models') or ['n/a'])}.", ""]
+        L += ["## Seed means per setting", ""] + frontier_lines(summary.to_dict(orient="records"), headline)
+    runs = (read_json(spec.out / TIMING_FILE) if (spec.out / TIMING_FILE).exists() else {}).get("runs", [])
+    if runs:
+        L += ["## Wall time", "", "| started | layout | points run | minutes | CPU |", "|---|---|---|---|---|"]
+        L += [f"| {t['started']} | {t['layout']} | {t['points_run']} | {t['seconds'] / 60:.1f} | {t['cpu_model']} |"
+              for t in runs] + [""]
     failed = rows[rows["status"] != "ok"] if len(rows) else rows
     if len(failed):
         L += ["## Points not finished", ""] + [f"* `{r['point']}`: {r['status']}" + (f" ({r['error']})" if

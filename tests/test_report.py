@@ -1,0 +1,47 @@
+"""wildlib.report: the README's frontier section is read from a collated sweep's files, and the
+two compression goals then come from the frontier's seed means, not from one run."""
+
+import json
+
+import pandas as pd
+
+from wildlib import report
+
+
+def _sweep(folder, within_sparsity=0.7):
+    folder.mkdir(parents=True)
+    rows = [{"group": "target", "TARGET_SPARSITY": t, "FT_ITER": float("nan"), "seeds": 3, "sparsity": t,
+             "AP50_mean": 95.0 - 10 * (t - 0.5), "AP50_seed_sd": 0.4, "reference_AP50_mean": 95.5,
+             "delta_mean": -0.5 - 10 * (t - 0.5), "delta_lo": -1.5 - 10 * (t - 0.5), "delta_hi": 0.2 - 10 * (t - 0.5),
+             "within_1ap50": t <= within_sparsity, "non_inferior": False, "compression_ratio": 1 / (1 - t)}
+            for t in (0.5, 0.7, 0.9)]
+    pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False)
+    headline = {"rule_within": "seed-mean drop <= 1", "rule_non_inferior": "upper end <= 1", "points": 9,
+                "points_ok": 9, "max_sparsity_within_1ap50": within_sparsity, "max_sparsity_non_inferior": 0.0,
+                "best_compression_ratio_within_1ap50": 3.3, "cpu_models": ["Test CPU"]}
+    (folder / "headline.json").write_text(json.dumps(headline))
+    (folder / "timing.json").write_text(json.dumps({"runs": [
+        {"started": "2026-11-30 15:00 UTC", "seconds": 600.0, "points_run": 9, "points_failed": 0,
+         "layout": "1 worker(s) x 2 thread(s)", "cpu_model": "Test CPU"}]}))
+    return folder
+
+
+def test_frontier_section_and_goals_come_from_the_sweep(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    text = report.results_markdown(run, sweep=_sweep(tmp_path / "sweeps" / "frontier"), figure="docs/results/frontier.png")
+    assert "**The frontier** (sweep `frontier`: 9 of 9 points finished; 9 point(s) in 10.0 min" in text
+    assert "| target | TARGET_SPARSITY=0.7 | 3 | 0.700 |" in text  # the nan axis of another group is left out
+    assert "FT_ITER" not in text.split("**The frontier**")[1].split("![")[0]
+    assert "![AP50 against sparsity" in text
+    goals = text.split("Against the goals")[1]
+    assert "sparsity within 1 AP50 of the reference: 0.700 — **not met** (goal >= 0.9)" in goals
+    assert "compression within 1 AP50 of the reference: 3.300 — **not met**" in goals
+
+
+def test_a_sweep_not_yet_collated_is_said_so(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "sw").mkdir()
+    text = report.results_markdown(tmp_path / "run", sweep=tmp_path / "sw")
+    assert "not collated yet" in text
+
