@@ -154,8 +154,9 @@ def results_markdown(run_dir, bench=None, sweep=None, figure: str = "") -> str:
 
 
 def _explore_lines(e: dict, **_) -> list[str]:
-    return [f"* Data: {sum(e['images'].values())} images, {e['instances_total']} boxes "
-            f"({e['images']['train']} / {e['images']['valid']} images train / valid); "
+    splits = [s for s in ("train", "valid", "test") if s in e["images"]]
+    return [f"* Data: {' / '.join(str(e['images'][s]) for s in splits)} images ({' / '.join(splits)}), "
+            f"{' / '.join(str(e['instances'][s]) for s in splits)} boxes; "
             f"{100 * e['box_size_mix']['small']:.0f}% of boxes COCO-small.", ""]
 
 
