@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from wildlib import synth
+from .conftest import SMOKE
 
 pytestmark = pytest.mark.notebooks
 
@@ -109,6 +110,7 @@ def test_02_prune(smoke_run):
     assert m["reference_ap50_valid"] == max(m["baseline_valid_AP50"], dc["valid_AP50"])
     # the baseline was not evaluated again: 01's final evaluation on valid and its test detections
     b = json.loads((run_dir / "01_baseline" / "metrics.json").read_text())
+    assert b["evals"][-1]["iter"] == SMOKE["01"]["MAX_ITER"]  # the evaluation after the last iteration
     assert m["baseline_valid_AP50"] == b["evals"][-1]["AP50"] and m["baseline"]["AP50"] == b["bbox"]["AP50"]
     assert (stage / "detections" / "baseline.json").read_bytes() == \
         (run_dir / "01_baseline" / "detections" / "baseline.json").read_bytes()

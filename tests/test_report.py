@@ -30,7 +30,7 @@ def test_frontier_section_and_goals_come_from_the_sweep(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     text = report.results_markdown(run, sweep=_sweep(tmp_path / "sweeps" / "frontier"), figure="docs/results/frontier.png")
-    assert "**The frontier** (sweep `frontier`: 9 of 9 points finished; 9 point(s) in 10.0 min" in text
+    assert "**The frontier** (sweep `frontier`: 9 of 9 points finished; 9 point(s) finished (0 failed) in 10.0 min" in text
     assert "| target | TARGET_SPARSITY=0.7 | 3 | 0.700 |" in text  # the nan axis of another group is left out
     assert "FT_ITER" not in text.split("**The frontier**")[1].split("![")[0]
     assert "![AP50 against sparsity" in text
@@ -45,3 +45,14 @@ def test_a_sweep_not_yet_collated_is_said_so(tmp_path):
     text = report.results_markdown(tmp_path / "run", sweep=tmp_path / "sw")
     assert "not collated yet" in text
 
+
+
+def test_a_sweep_with_no_finished_point_leaves_the_goals_to_the_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    sw = tmp_path / "sw"
+    sw.mkdir()
+    pd.DataFrame().to_csv(sw / "summary.csv", index=False)  # what collate writes when every point failed
+    (sw / "headline.json").write_text(json.dumps({"points": 3, "points_ok": 0, "rule_within": "r", "rule_non_inferior": "r"}))
+    text = report.results_markdown(tmp_path / "run", sweep=sw)
+    assert "none of its 3 points has finished" in text
+    assert "the frontier's seed means" not in text

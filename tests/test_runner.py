@@ -124,3 +124,45 @@ def test_ctrl_c_stops_the_runner_papermill_and_the_kernel(tmp_path):
     time.sleep(1)
     left = [p for p in tree + [kernel] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, f"still running after Ctrl-C: {left}"
+
+
+def test_the_first_signal_raises_and_later_ones_wait_until_the_block_ends():
+    """What a notebook run installs: the first Ctrl-C raises, a second one (while the kernel is
+    being stopped) is ignored; the handlers come back after; a signal the process was started
+    ignoring stays ignored; off the main thread nothing changes."""
+    import os
+    import signal
+    import threading
+    import time
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    seen = []
+    with runner._signals_to(runner._first_signal_only):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+        except KeyboardInterrupt:
+            seen.append({s: signal.getsignal(s) for s in before})
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C: ignored
+            time.sleep(0.2)
+    assert seen == [{signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}]
+    assert {s: signal.getsignal(s) for s in before} == before
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under `nohup cmd &`
+    try:
+        with runner._signals_to(runner._first_signal_only):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is runner._first_signal_only
+    finally:
+        signal.signal(signal.SIGINT, before[signal.SIGINT])
+
+    inside = []
+
+    def off_main():
+        with runner._signals_to(runner._first_signal_only):
+            inside.append({s: signal.getsignal(s) for s in before})
+
+    t = threading.Thread(target=off_main)
+    t.start()
+    t.join()
+    assert inside == [before]

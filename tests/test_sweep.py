@@ -73,6 +73,8 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     assert m2["dense_control"]["trained_in"] == str(out / "t-target_sparsity0.3-seed0" / "02_prune")
     m1 = json.loads((out / "t-target_sparsity0.3-seed0" / "02_prune" / "metrics.json").read_text())
     assert m2["dense_control"]["AP50"] == m1["dense_control"]["AP50"]
+    # the kernel ran with the point's threads and without the memory trimming Dask gives its workers
+    assert m2["environment"]["env"] == {v: "2" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
     headline = sweep.collate(spec, records)
     rows = pd.read_csv(out / "results.csv")

@@ -135,3 +135,6 @@ def test_final_eval_is_the_evaluation_after_the_last_iteration():
     evals = [{"iter": 250, "AP50": 80.0}, {"iter": 500, "AP50": 90.0, "AP": 60.0}]
     assert train.final_eval(evals, 500) == {"AP50": 90.0, "AP": 60.0}
     assert train.final_eval(evals, 1000) is None and train.final_eval([], 500) is None
+    # nothing detected: Detectron2 gives NaN, metrics.json null: not a number to take
+    assert train.final_eval([{"iter": 500, "AP50": float("nan")}], 500) is None
+    assert train.final_eval([{"iter": 500, "AP50": None}], 500) is None

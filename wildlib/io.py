@@ -132,6 +132,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SPEED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
 def environment() -> dict:
     """What a reader needs to reproduce a number: versions, threads, device."""
     import torch
@@ -145,6 +148,8 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels PyTorch picked: AVX2, AVX512...
+        # the process settings that change speed: thread pools, and glibc's trimming (Dask sets it)
+        "env": {k: os.environ[k] for k in SPEED_ENV if k in os.environ},
     }
     try:
         import detectron2

@@ -105,13 +105,17 @@ def frontier_lines(summary: list[dict], headline: dict) -> list[str]:
 def _sweep_lines(sweep: Path, figure: str = "") -> tuple[list[str], dict]:
     """The README's frontier section from a collated sweep folder, and the goals it decides."""
     headline = _load(sweep / "headline.json")
-    summary_file = sweep / "summary.csv"
-    if not headline or not summary_file.exists() or not summary_file.stat().st_size:
+    if not headline or not (sweep / "summary.csv").exists():
         return [f"Sweep `{sweep.name}`: not collated yet (`python -m wildlib.sweep SPEC --collate-only`).", ""], {}
-    summary = pd.read_csv(summary_file).to_dict(orient="records")
+    try:
+        summary = pd.read_csv(sweep / "summary.csv").to_dict(orient="records")
+    except pd.errors.EmptyDataError:  # no point finished
+        summary = []
+    if not summary:
+        return [f"Sweep `{sweep.name}`: none of its {headline.get('points', 0)} points has finished.", ""], {}
     timing = _load(sweep / "timing.json") or {}
-    took = "; ".join(f"{t['points_run']} point(s) in {t['seconds'] / 60:.1f} min on {t['layout']} ({t['cpu_model']})"
-                     for t in timing.get("runs", []) if t.get("points_run"))
+    took = "; ".join(f"{t['points_run']} point(s) finished ({t.get('points_failed', 0)} failed) in "
+                     f"{t['seconds'] / 60:.1f} min on {t['layout']} ({t['cpu_model']})" for t in timing.get("runs", []))
     L = [f"**The frontier** (sweep `{sweep.name}`: {headline.get('points_ok', 0)} of {headline.get('points', 0)} "
          f"points finished{'; ' + took if took else ''}). Every point is a full run of stage 02 at one target and "
          f"fine-tuning seed; AP50 on the report split with paired bootstrap intervals; seed means per setting:", ""]
@@ -144,11 +148,12 @@ def results_markdown(run_dir, bench=None, sweep=None, figure: str = "") -> str:
         if m[name]:
             L += _STAGE_LINES[name](m[name], bench=bench)
     goals.update({k: (m[st] or {}).get(k) for k, st in GOAL_STAGES.items()})
+    from_sweep = {}
     if sweep is not None:
         lines, from_sweep = _sweep_lines(resolve(sweep), figure)
         L += lines
         goals.update(from_sweep)  # the frontier's seed means decide these two, not one run's point
-    L += ["Against the goals" + (" (sparsity and compression: the frontier's seed means)" if sweep else "") + ":", ""]
+    L += ["Against the goals" + (" (sparsity and compression: the frontier's seed means)" if from_sweep else "") + ":", ""]
     L += [f"* {GOALS[k][2]}: {_f(v, 3)} — {_met(k, v)}" for k, v in goals.items()]
     return "\n".join(L).rstrip() + "\n"
 

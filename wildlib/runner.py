@@ -137,11 +137,12 @@ def _signals_to(handler):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig, previous in old.items():
-        if previous is not signal.SIG_IGN:
-            signal.signal(sig, handler)
+    # None: a handler set outside Python, which cannot be put back from here: left alone
+    old = {sig: h for sig in (signal.SIGINT, signal.SIGTERM)
+           if (h := signal.getsignal(sig)) is not None and h is not signal.SIG_IGN}
     try:
+        for sig in old:
+            signal.signal(sig, handler)
         yield
     finally:
         for sig, previous in old.items():
@@ -169,19 +170,20 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     tail: list[str] = []
     # papermill in a session of its own: a Ctrl-C reaches this process only, which then stops
     # papermill and the kernel in order (stop_tree) instead of leaving the kernel running
-    with _signals_to(_first_signal_only), open(log_path, "w") as log, \
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                             start_new_session=True) as proc:
-        expired = threading.Event()
+    expired = threading.Event()
+    with _signals_to(_first_signal_only), open(log_path, "w") as log:
+        proc = watchdog = None
+        try:  # from the start: a Ctrl-C at any point after papermill exists stops it and its kernel
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                    start_new_session=True)
 
-        def expire():
-            expired.set()
-            stop_tree(proc.pid)
+            def expire():
+                expired.set()
+                stop_tree(proc.pid)
 
-        watchdog = threading.Timer(timeout, expire)
-        watchdog.daemon = True  # never keeps an interrupted process alive
-        watchdog.start()
-        try:
+            watchdog = threading.Timer(timeout, expire)
+            watchdog.daemon = True  # never keeps an interrupted process alive
+            watchdog.start()
             for line in proc.stdout:  # stream cell output to the console and to the log
                 log.write(line)
                 if echo:
@@ -189,10 +191,15 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
                 tail = (tail + [line.rstrip()])[-25:]
             proc.wait()
         except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt, see main): no kernel is left behind
-            stop_tree_uninterrupted(proc.pid)
+            if proc is not None:
+                stop_tree_uninterrupted(proc.pid)
             raise
         finally:
-            watchdog.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
+            if proc is not None:
+                proc.stdout.close()
+                proc.wait()
     timed_out = expired.is_set()
     if timed_out:
         raise RuntimeError(f"{nb_path.name}: timed out after {timeout:.0f} s; partial output in {out_path}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import yaml
+from detectron2.data import MetadataCatalog
 
 from .evaluate import max_dets, on_splits, scored_from_file
 from .io import atomic_write, read_json, resolve, stage_dir, write_json, write_text
@@ -285,11 +286,18 @@ def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, det
     m = read_json(Path(baseline_dir) / METRICS_FILE)
     det = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
     valid = final_eval(m.get("evals") or [], int(cfg.SOLVER.MAX_ITER))
-    if m.get("evaluation_split") != split or not det.is_file() or valid is None:
+    same_images = all(_same_file(Path(baseline_dir) / "coco" / f"{s}.json", MetadataCatalog.get(datasets[s]).json_file)
+                      for s in {"valid", split})  # the same ground truth: the data did not change since 01
+    if (m.get("evaluation_split") != split or not det.is_file() or valid is None or not same_images
+            or tuple(cfg.DATASETS.TEST) != (datasets["valid"],)):  # 01 evaluated valid in training
         return on_splits(model, cfg, datasets, split, detections_file)
     atomic_write(detections_file, lambda tmp: shutil.copyfile(det, tmp))
     return (m["bbox"] if split == "valid" else valid), scored_from_file(datasets, split, m["bbox"], detections_file,
                                                                           max_dets(cfg))
+
+
+def _same_file(a: Path, b) -> bool:
+    return a.is_file() and Path(b).is_file() and a.read_bytes() == Path(b).read_bytes()
 
 
 def coco_max_dets_of(stage_path) -> int:

@@ -216,7 +216,10 @@ def final_eval(evals: list[dict], iterations: int) -> dict | None:
     evaluation on ``valid`` at the end of training), or None where there was none: a later
     stage takes it instead of evaluating the same model on the same images again."""
     last = evals[-1] if evals else {}
-    return {k: v for k, v in last.items() if k != "iter"} if last.get("iter") == iterations and "AP50" in last else None
+    ap50 = last.get("AP50")  # NaN (or null, read back) where nothing was detected: evaluate again
+    if last.get("iter") != iterations or not isinstance(ap50, (int, float)) or not math.isfinite(ap50):
+        return None
+    return {k: v for k, v in last.items() if k != "iter"}
 
 
 def learning_curve(evals: list[dict], key: str = "AP50") -> list[dict]:
