@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -291,7 +290,7 @@ def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir,
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-    from .io import atomic_write
+    from .io import atomic_write, copy_file
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
@@ -310,7 +309,7 @@ def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir,
     paths = {}
     for name, src in fp32.items():
         if name not in graphs:
-            paths[name] = atomic_write(out_dir / f"{name}.onnx", lambda tmp, src=src: shutil.copyfile(src, tmp))
+            paths[name] = copy_file(src, out_dir / f"{name}.onnx")
             continue
         if not calibration.get(name):
             raise ValueError(f"no calibration data for {name}: run calibration_data on some images first")
@@ -527,14 +526,14 @@ def attach(model, graphs: dict, threads: int = 2):
 def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
     """A deployable folder: ``cfg`` (with the pruned widths and test-time settings), the ONNX files
     ``graphs``, the box predictor's weights of ``model`` and a manifest of them all."""
-    from .io import atomic_write, write_json, write_text
+    from .io import atomic_write, copy_file, write_json, write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, lean_config(cfg).dump())
     for name in GRAPHS:
         if Path(graphs[name]).resolve() != (out / f"{name}.onnx").resolve():
-            atomic_write(out / f"{name}.onnx", lambda tmp, src=graphs[name]: shutil.copyfile(src, tmp))
+            copy_file(graphs[name], out / f"{name}.onnx")
     state = {k: v.detach().cpu().contiguous() for k, v in model.roi_heads.box_predictor.state_dict().items()}
     atomic_write(out / PREDICTOR, lambda tmp: torch.save(state, tmp))
     files = [CONFIG, PREDICTOR] + [f"{g}.onnx" for g in GRAPHS]

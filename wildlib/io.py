@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +49,11 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def copy_file(src, dest) -> Path:
+    """Copy ``src`` to ``dest`` atomically (a reader never sees half a file)."""
+    return atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def write_csv(path, table, **kwargs) -> Path:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from . import stages
 from .evaluate import AP50_TOLERANCE
-from .io import atomic_write, resolve, write_text
+from .io import copy_file, resolve, write_text
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 FIGURES = "docs/results"  # figures of the generated section, copied beside the README
@@ -369,7 +368,7 @@ def main(argv=None):
     if a.sweep and a.readme and (resolve(a.sweep) / "frontier.png").exists():  # a copy the README can show
         dest = Path(a.readme).parent / FIGURES / "frontier.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(dest, lambda tmp: shutil.copyfile(resolve(a.sweep) / "frontier.png", tmp))
+        copy_file(resolve(a.sweep) / "frontier.png", dest)
         figure = f"{FIGURES}/frontier.png"
     section = results_markdown(a.run_dir, bench, a.sweep or None, figure)
     if a.readme:

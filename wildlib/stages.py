@@ -12,7 +12,6 @@ of its own run: the data is given to stage 00, the seed to stage 01.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +19,7 @@ import yaml
 from detectron2.data import MetadataCatalog
 
 from .evaluate import max_dets, on_splits, scored_from_file
-from .io import atomic_write, read_json, resolve, stage_dir, write_json, write_text
+from .io import copy_file, read_json, resolve, stage_dir, write_json, write_text
 from .modeling import save_weights, sha256_file
 from .train import final_eval, train, unwrap
 
@@ -291,7 +290,7 @@ def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, det
     if (m.get("evaluation_split") != split or not det.is_file() or valid is None or not same_images
             or tuple(cfg.DATASETS.TEST) != (datasets["valid"],)):  # 01 evaluated valid in training
         return on_splits(model, cfg, datasets, split, detections_file)
-    atomic_write(detections_file, lambda tmp: shutil.copyfile(det, tmp))
+    copy_file(det, detections_file)
     return (m["bbox"] if split == "valid" else valid), scored_from_file(datasets, split, m["bbox"], detections_file,
                                                                           max_dets(cfg))
 
@@ -346,7 +345,7 @@ def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> dict:
     src = Path(control_dir) / DENSE_CONTROL_FILE
     if not src.is_file():
         raise FileNotFoundError(f"{src}: not found (has that stage finished?)")
-    shutil.copyfile(src, Path(stage) / DENSE_CONTROL_FILE)
+    copy_file(src, Path(stage) / DENSE_CONTROL_FILE)
     return {**other.metrics["dense_control"], "trained_in": str(Path(control_dir))}
 
 
