@@ -216,6 +216,10 @@ def test_05_evaluate(smoke_run):
     assert len(rows) == 7 and {"baseline", "dense control", "int8", "channel-pruned + int8 + test-time (04)"} <= set(rows)
     prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
     assert m["reference_ap50"] == prune_metrics["reference_ap50"]
+    # the models 02-04 scored are taken from their detections once reloaded they reproduce them
+    assert {r["scored_from"] for r in rows.values()} <= {"stored, reload checked", "evaluated"}
+    assert rows["baseline"]["scored_from"] == "stored, reload checked"
+    assert rows["baseline"]["AP50"] == pytest.approx(prune_metrics["baseline"]["AP50"], abs=1e-9)
     within = [r["ratio"] for r in rows.values() if r["AP50"] >= m["reference_ap50"] - 1.0]
     assert m["best_compression_ratio_within_1ap50"] == pytest.approx(max(within) if within else 0.0)
     for r in rows.values():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import intervals
-from .io import read_json, write_json
+from .io import copy_file, read_json, write_json
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
@@ -74,7 +74,7 @@ def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: 
     (:mod:`wildlib.intervals`) is computed from.  ``max_dets_per_image``: COCO's detections per
     image, the reference's when variants are compared (default: ``cfg``'s, :func:`max_dets`)."""
     from detectron2.data import MetadataCatalog, build_detection_test_loader
-    from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, inference_on_dataset
+    from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
     from . import tiles
 
@@ -87,11 +87,7 @@ def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: 
     ])
     tile = tiles.tile_setting(cfg)
     loader = tiles.test_loader(cfg, dataset_name) if tile else build_detection_test_loader(cfg, dataset_name)
-    was_training = model.training
-    model.eval()
-    with quiet_logs(quiet):  # a tiled model is evaluated tile by tile, on the original images
-        results = inference_on_dataset(tiles.SlicedDetector(model, cfg, *tile) if tile else model, loader, evaluator)
-    model.train(was_training)
+    results = _infer(model, cfg, loader, evaluator, quiet)
     bbox = dict(results.get("bbox", {})) if results else {}
     classes = MetadataCatalog.get(dataset_name).thing_classes
     # No detection at all: Detectron2 reports nothing, but precision and recall are both zero,
@@ -102,6 +98,103 @@ def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: 
         out.update({k: 0.0 for k in out if k in ("AP", "AP50", "AP75") or k.startswith("AP-")})
     out["num_detections"] = len(collector.detections)
     return out, collector.detections
+
+
+def _infer(model, cfg, loader, evaluator, quiet: bool = True):
+    """Detectron2's ``inference_on_dataset``, tile by tile on the original images when the config
+    asks for tiles; the model's train/eval mode is restored."""
+    from detectron2.evaluation import inference_on_dataset
+
+    from . import tiles
+
+    tile = tiles.tile_setting(cfg)
+    was_training = model.training
+    model.eval()
+    with quiet_logs(quiet):
+        results = inference_on_dataset(tiles.SlicedDetector(model, cfg, *tile) if tile else model, loader, evaluator)
+    model.train(was_training)
+    return results
+
+
+def detections_on(model, cfg, dataset_name: str, first: int) -> list[dict]:
+    """The detections of ``model`` on the first ``first`` images of a registered dataset, collected
+    as :func:`score` collects them (the same mapper, tiling and COCO result dicts)."""
+    from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+
+    from . import tiles
+
+    mapper = DatasetMapper(cfg, is_train=False, augmentations=[]) if tiles.tile_setting(cfg) else DatasetMapper(cfg, False)
+    collector = DetectionCollector(dataset_name)
+    _infer(model, cfg, build_detection_test_loader(DatasetCatalog.get(dataset_name)[:first], mapper=mapper), collector)
+    return collector.detections
+
+
+def coco_metrics(dataset_name: str, detections: list[dict], max_dets_per_image: int = 100) -> dict:
+    """:func:`score`'s metrics (COCO's, Detectron2's names and rules) computed from COCO result
+    dicts alone, at ``max_dets_per_image``: detections a stage stored, scored without running the
+    model again.  pycocotools directly, as COCOEvaluator does it (its own code for this is private)."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
+
+    meta = MetadataCatalog.get(dataset_name)
+    out = {k: math.nan for k in COCO_KEYS} | {f"AP-{c}": math.nan for c in meta.thing_classes}
+    if not detections:  # as score(): no detection at all is zero AP wherever there is ground truth
+        return {k: (0.0 if k in ("AP", "AP50", "AP75") or k.startswith("AP-") else v) for k, v in out.items()} | {
+            "num_detections": 0}
+    gt = ground_truth(meta.json_file)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOevalMaxDets(gt, gt.loadRes(detections), "bbox")
+        ev.params.maxDets = [1, 10, int(max_dets_per_image)]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    out.update({k: float(ev.stats[i] * 100) if ev.stats[i] >= 0 else math.nan for i, k in enumerate(COCO_KEYS)})
+    precision = ev.eval["precision"]  # (IoU, recall, class, area range, max dets)
+    for i, c in enumerate(meta.thing_classes):
+        p = precision[:, :, i, 0, -1]
+        out[f"AP-{c}"] = float(np.mean(p[p > -1]) * 100) if (p > -1).any() else math.nan
+    out["num_detections"] = len(detections)
+    return out
+
+
+def same_detections(a: list[dict], b: list[dict], box_atol: float = 0.5, score_atol: float = 1e-3) -> bool:
+    """Whether two lists of COCO result dicts hold the same detections: per image and class, as
+    many boxes, in score order, each score within ``score_atol`` and each box within ``box_atol``
+    pixels (a reloaded model against what was stored of it; a near tie that swaps order fails)."""
+    def grouped(dets):
+        g = {}
+        for d in dets:
+            g.setdefault((d["image_id"], d["category_id"]), []).append((d["score"], *d["bbox"]))
+        return {k: np.array(sorted(v, reverse=True)) for k, v in g.items()}
+
+    ga, gb = grouped(a), grouped(b)
+    return ga.keys() == gb.keys() and all(
+        ga[k].shape == gb[k].shape and np.allclose(ga[k][:, 0], gb[k][:, 0], rtol=0, atol=score_atol)
+        and np.allclose(ga[k][:, 1:], gb[k][:, 1:], rtol=0, atol=box_atol) for k in ga)
+
+
+RELOAD_CHECK_IMAGES = 8  # images on which a reloaded model must reproduce its stored detections
+
+
+def scored_stored(model, cfg, datasets: dict, split: str, stored_file, *, max_dets_per_image: int | None = None,
+                  check_images: int = RELOAD_CHECK_IMAGES) -> Scored | None:
+    """``stored_file``'s detections (an earlier stage evaluated this model on ``split`` and wrote
+    them) as a :class:`Scored`, when ``model`` (reloaded from its file) reproduces them on the first
+    ``check_images`` images; None when there is no such file or the check fails (then evaluate)."""
+    from detectron2.data import DatasetCatalog
+
+    name = datasets[split]
+    if not stored_file or not Path(stored_file).is_file():
+        return None
+    stored = read_json(stored_file)
+    ids = [r["image_id"] for r in DatasetCatalog.get(name)]
+    if not {d.get("image_id") for d in stored} <= set(ids):
+        return None  # another dataset's detections
+    first = set(ids[:check_images])
+    if not same_detections(detections_on(model, cfg, name, check_images), [d for d in stored if d["image_id"] in first]):
+        return None
+    limit = max_dets_per_image or max_dets(cfg) or 100
+    return Scored(split, coco_metrics(name, stored, limit), matched(name, stored, limit))
 
 
 def coco_max_dets(cfg) -> int:
@@ -343,16 +436,23 @@ def accuracy_and_speed(model, cfg, dataset: str, baseline, inputs: list[dict], v
 def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baseline, inputs: list[dict], reference: Scored,
                 *, twin=None, variant_inputs: list[dict] | None = None, runs: int = 20, warmup: int = LATENCY_WARMUP,
                 dense_bytes=None, file_bytes: int | None = None, max_dets_per_image: int | None = None,
-                detections_file=None) -> dict:
+                detections_file=None, stored_detections=None) -> dict:
     """One row of the evaluation table (notebook 05): COCO metrics on ``datasets[split]`` with AP50's
     bootstrap interval and the paired delta to ``reference`` (:func:`against`; COCO's detections
     per image are the reference's, ``max_dets_per_image``, for every variant), per-class AP,
     parameters (nonzero too) of ``twin`` (default ``model``), bytes on disk of ``path`` (or
     ``file_bytes``, for a deployable folder) and the compression ratio against ``dense_bytes``' file, latency
-    side by side with ``baseline`` (each row's own baseline median beside it)."""
+    side by side with ``baseline`` (each row's own baseline median beside it).  ``stored_detections``:
+    what the stage that made the model wrote of it on ``split``, taken when the reloaded model
+    reproduces it (:func:`scored_stored`; ``scored_from`` says which)."""
     from .modeling import count_parameters
 
-    s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, detections_file=detections_file)
+    s = scored_stored(model, cfg, datasets, split, stored_detections, max_dets_per_image=max_dets_per_image)
+    source = "stored, reload checked" if s is not None else "evaluated"
+    if s is None:
+        s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, detections_file=detections_file)
+    elif detections_file:
+        copy_file(stored_detections, detections_file)
     t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
     counts = count_parameters(twin if twin is not None else model)
     path = Path(path)
@@ -363,7 +463,7 @@ def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baselin
             "nonzero": counts["nonzero"], "file": path.name, "file_bytes": size, "ratio": dense / size,
             "bits_per_weight": 8 * size / counts["params"], "latency_median_ms": t["variant_ms_median"],
             "latency_p90_ms": t["variant_ms_p90"], "baseline_ms_median": t["baseline_ms_median"],
-            "speedup": t["speedup"], "threads": t["threads"],
+            "speedup": t["speedup"], "threads": t["threads"], "scored_from": source,
             "per_class": {k[3:]: v for k, v in m.items() if k.startswith("AP-")}}
 
 

@@ -19,7 +19,7 @@ import yaml
 from detectron2.data import MetadataCatalog
 
 from .evaluate import max_dets, on_splits, scored_from_file
-from .io import copy_file, read_json, resolve, stage_dir, write_json, write_text
+from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
 from .modeling import save_weights, sha256_file
 from .train import final_eval, train, unwrap
 
@@ -263,6 +263,21 @@ def load_stage(stage_path, model_file: str | None = None) -> Record:
 
 DETECTIONS_DIR = "detections"  # a stage's reported models' detections on the report split (paired intervals)
 REFERENCE_DETECTIONS = {"baseline": "baseline.json", "dense control": "dense_control.json"}
+
+
+def stored_detections(run, oneshot_name: str | None = None) -> dict[str, Path]:
+    """Where stages 02-04 wrote each reported model's detections on the report split, by the
+    name stage 05 gives the model: 05 takes them where the reloaded model reproduces them
+    (:func:`wildlib.evaluate.scored_stored`) instead of evaluating it again."""
+    def at(stage: str, name: str) -> Path:
+        return Path(run) / stage / DETECTIONS_DIR / f"{name}.json"
+
+    out = {"baseline": at(PRUNE, "baseline"), "dense control": at(PRUNE, "dense_control"),
+           "gradual pruning + FT": at(PRUNE, "gradual"), "pruned + shared + FT": at(SHARE, "shared"),
+           "int8": at(SHARE, "int8"), "channel-pruned + int8 + test-time (04)": at(CHANNELS, "combined")}
+    if oneshot_name:
+        out[oneshot_name] = at(PRUNE, slug(oneshot_name))
+    return out
 
 
 def reference_scored(prune_dir, datasets: dict):
