@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from wildlib import channels, config, modeling, stages
+from wildlib import channels, config, modeling, widths
 from wildlib.modeling import WeightsError
 
 
@@ -95,7 +95,7 @@ def test_pruned_model_rebuilds_from_config_and_weights(model_and_cfg, image, tmp
     small_cfg = channels.config_for(cfg, small)
     (tmp_path / "detectron2.yaml").write_text(small_cfg.dump())
     modeling.save_weights(small, tmp_path / "model_final.pth")
-    _, rebuilt = stages.load_trained(tmp_path)
+    _, rebuilt = modeling.load_trained(tmp_path)
     with torch.no_grad():
         a, b = small([image])[0]["instances"], rebuilt([image])[0]["instances"]
     assert len(a) == len(b) and torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
@@ -107,7 +107,7 @@ def test_weights_of_another_shape_are_refused_naming_the_file(model_and_cfg, tmp
     (tmp_path / "detectron2.yaml").write_text(channels.config_for(cfg, small).dump())
     modeling.save_weights(model, tmp_path / "model_final.pth")  # the unpruned weights
     with pytest.raises(WeightsError, match=r"model_final\.pth: .*fc1\.weight has shape \[512, 3136\]"):
-        stages.load_trained(tmp_path)
+        modeling.load_trained(tmp_path)
 
 
 def test_the_most_important_channels_are_kept(model_and_cfg):
@@ -129,10 +129,10 @@ def test_kept_width_rounds_to_simd_multiples():
 def test_hidden_widths_are_checked():
     with pytest.raises(config.ConfigError, match="17 widths"):
         modeling.build_model(config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.HIDDEN_CHANNELS": [8, 8]}))
-    widths = channels.default_hidden_widths()
-    widths[0] = 16  # block 1 has no expansion layer
+    hidden = widths.default_hidden_widths()
+    hidden[0] = 16  # block 1 has no expansion layer
     with pytest.raises(config.ConfigError, match=r"HIDDEN_CHANNELS\[0\]"):
-        modeling.build_model(config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.HIDDEN_CHANNELS": widths}))
+        modeling.build_model(config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.HIDDEN_CHANNELS": hidden}))
 
 
 def test_unknown_family_is_an_error(model_and_cfg):

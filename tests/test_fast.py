@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from wildlib import channels, config, evaluate, fast, modeling
+from wildlib import channels, config, evaluate, fast, modeling, speed
 from wildlib.modeling import WeightsError
 
 from .test_channels import _randomised
@@ -197,15 +197,15 @@ def test_side_by_side_alternates_and_divides_medians():
 
 def test_pick_test_time_takes_the_cheapest_setting_within_the_drop():
     cfg = config.get_config("mobilenet_fpn_cpu")
-    settings = fast.knob_settings(cfg, [[500, 300], [200, 100], [100, 50]], [100, 20], [240, 208])
+    settings = speed.knob_settings(cfg, [[500, 300], [200, 100], [100, 50]], [100, 20], [240, 208])
     ap = {(500, 300): 95.0, (200, 100): 94.6, (100, 50): 94.0}
     rows = [{**s, "AP50": ap.get((s["pre_nms"], s["post_nms"]), 95.0) if s["knob"] == "proposals"
              else (94.9 if s["knob"] == "detections" else (95.0 if s["min_size"] == 240 else 90.0))} for s in settings]
     # a knob may cost 0.5 AP50 against the config's own setting (95.0), wherever the reference is
-    picked = fast.pick_test_time(pd.DataFrame(rows), cfg, 0.5)
+    picked = speed.pick_test_time(pd.DataFrame(rows), cfg, 0.5)
     assert picked == {"pre_nms": 200, "post_nms": 100, "detections": 20, "min_size": 240}
     with pytest.raises(ValueError, match="first row"):
-        fast.pick_test_time(pd.DataFrame(rows[1:]), cfg, 0.5)
+        speed.pick_test_time(pd.DataFrame(rows[1:]), cfg, 0.5)
 
 
 def test_lean_rpn_and_cached_anchors_give_detectron2s_proposals(setup):

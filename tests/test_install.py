@@ -1,7 +1,5 @@
 """The patched Detectron2 that tools/install_detectron2.py builds."""
 import importlib.util
-import re
-import sys
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from wildlib import synth
+from wildlib import modeling, synth
 from .conftest import SMOKE
 
 pytestmark = pytest.mark.notebooks
@@ -63,9 +63,9 @@ def test_01_baseline(smoke_run, smoke_data):
 
     # weights only, and reloading the file in this process reproduces the saved predictions
     assert set(torch.load(stage / "model_final.pth", weights_only=True)) == {"model"}
-    from wildlib import data, evaluate, stages
+    from wildlib import data, evaluate
 
-    cfg, model = stages.load_trained(stage)
+    cfg, model = modeling.load_trained(stage)
     saved = json.loads((stage / "predictions_sample.json").read_text())["predictions"]
     records = data.load_split(smoke_data, "valid")[: len(saved)]
     preds = evaluate.predict(model, evaluate.load_inputs(cfg, records))
@@ -89,9 +89,9 @@ def test_02_prune(smoke_run):
     assert {r["group"] for r in m["sensitivity"]} >= {"fpn", "rpn", "roi_head", "backbone.m5"}
 
     # the sparsity the notebook reports is the fraction of zeros actually in the saved weights
-    from wildlib import prune, stages
+    from wildlib import prune
 
-    _, model = stages.load_trained(run_dir / "01_baseline")
+    _, model = modeling.load_trained(run_dir / "01_baseline")
     saved = torch.load(stage / "model_pruned.pth", weights_only=True)["model"]
     assert prune.state_sparsity(saved, model) == pytest.approx(m["gradual"]["sparsity"], abs=1e-9)
     assert m["gradual"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -190,9 +190,9 @@ def test_04_prune_channels(smoke_run):
     assert pruned["params"] < rows["baseline (fp32, PyTorch)"]["params"] and pruned["macs"] < rows["baseline (fp32, PyTorch)"]["macs"]
     assert pruned["file_bytes"] == (stage / "model_final.pth").stat().st_size
     # the pruned model rebuilds from its own config + weights; the deployable reloads in a fresh process
-    from wildlib import fast, stages
+    from wildlib import fast
 
-    _, model = stages.load_trained(stage)
+    _, model = modeling.load_trained(stage)
     assert sum(p.numel() for p in model.parameters()) == pruned["params"]
     combined = rows["combined: channel-pruned + int8 + test-time"]
     reloaded = m["reloaded"]

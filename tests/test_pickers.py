@@ -4,7 +4,7 @@ AP50 near 0, where every picker passes everything)."""
 import pandas as pd
 import pytest
 
-from wildlib import channels, evaluate, fast, prune
+from wildlib import channels, evaluate, prune, speed
 
 
 def test_one_shot_pick_takes_the_sparsest_within_and_the_mildest_otherwise():
@@ -37,9 +37,9 @@ def test_fastest_within_takes_the_lowest_latency_that_keeps_ap50():
         {"pre_nms": 500, "post_nms": 300, "detections": 100, "min_size": 240, "AP50": 90.0, "latency_ms_median": 30.0},
         {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240, "AP50": 89.1, "latency_ms_median": 20.0},
         {"pre_nms": 100, "post_nms": 50, "detections": 50, "min_size": 208, "AP50": 88.0, "latency_ms_median": 12.0}])
-    assert fast.fastest_within(sweep, 90.0, 1.0) == {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240}
-    assert fast.fastest_within(sweep, 90.0, 2.5)["min_size"] == 208
-    assert fast.fastest_within(sweep, 95.0, 1.0) is None
+    assert speed.fastest_within(sweep, 90.0, 1.0) == {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240}
+    assert speed.fastest_within(sweep, 90.0, 2.5)["min_size"] == 208
+    assert speed.fastest_within(sweep, 95.0, 1.0) is None
 
 
 def test_best_passing_uses_the_named_verdict():

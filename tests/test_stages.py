@@ -2,7 +2,7 @@
 takes from earlier stages instead of parameters (the data, the seed, the fine-tuning batch)."""
 import pytest
 
-from wildlib import fast, modeling, stages
+from wildlib import modeling, speed, stages
 
 
 @pytest.fixture
@@ -62,10 +62,10 @@ def test_baseline_config_user_keys_win_and_weights_resolve(baseline_stage, tmp_p
 
 
 def test_reload_spec_takes_the_data_stage_00_recorded(baseline_stage, tmp_path):
-    spec = fast.reload_spec(tmp_path / "deploy", baseline_stage, threads=2, runs=7)
+    spec = stages.reload_spec(tmp_path / "deploy", baseline_stage, threads=2, runs=7)
     assert spec["data_dir"] == str(tmp_path / "voc") and spec["classes"] == ["Tree", "Rock"]
     assert spec["aliases"] == {"conifer": "Tree"} and spec["baseline_dir"] == str(baseline_stage / stages.BASELINE)
-    assert (spec["runs"], spec["threads"], spec["images"]) == (7, 2, fast.LATENCY_IMAGES)
+    assert (spec["runs"], spec["threads"], spec["images"]) == (7, 2, speed.LATENCY_IMAGES)
 
 
 def test_a_local_weights_path_is_not_replaced_by_the_offline_coco_file(tmp_path, monkeypatch):

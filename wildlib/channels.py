@@ -38,10 +38,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .evaluate import coco
+from .modeling import STAGES
+from .profile import macs
+from .widths import NUM_BLOCKS, block_parts, default_hidden_widths, hidden_width, narrow_block_, narrow_conv_, narrow_linear_
 
 FAMILIES = ("m2", "m3", "m4", "m5", "fpn", "rpn", "box_head")
-NUM_BLOCKS = 17  # inverted-residual blocks of MobileNetV2: features[1] .. features[17]
 ROUND_TO = 8  # kept widths are multiples of 8: what SIMD kernels like
 
 
@@ -52,109 +54,10 @@ class Group:
     width: int
 
 
-# ---------------------------------------------------------------------------------------- surgery
-
-
-def _slice_param(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
-    t = getattr(module, name, None)
-    if t is None:
-        return
-    new = t.data.index_select(dim, index).clone()
-    if isinstance(t, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
-    else:
-        setattr(module, name, new)  # a buffer (FrozenBatchNorm2d keeps its affine terms as buffers)
-
-
-def narrow_conv_(conv: nn.Conv2d, out: torch.Tensor | None = None, inp: torch.Tensor | None = None) -> None:
-    """Keep output channels ``out`` and input channels ``inp`` of ``conv``, in place (a depthwise
-    conv is narrowed through ``out`` alone: its groups follow)."""
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-    if conv.groups > 1 and not depthwise:
-        raise NotImplementedError("grouped (not depthwise) convolutions are not channel-pruned")
-    if out is not None:
-        _slice_param(conv, "weight", out, 0)
-        _slice_param(conv, "bias", out, 0)
-        conv.out_channels = len(out)
-        if depthwise:
-            conv.in_channels = conv.groups = len(out)
-        norm = getattr(conv, "norm", None)  # detectron2's Conv2d may carry its norm
-        if norm is not None:
-            narrow_norm_(norm, out)
-    if inp is not None and not depthwise:
-        _slice_param(conv, "weight", inp, 1)
-        conv.in_channels = len(inp)
-
-
-def narrow_norm_(norm: nn.Module, keep: torch.Tensor) -> None:
-    if isinstance(norm, nn.GroupNorm):
-        raise NotImplementedError("GroupNorm layers are not channel-pruned")
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        _slice_param(norm, name, keep, 0)
-    norm.num_features = len(keep)
-
-
-def narrow_linear_(fc: nn.Linear, out: torch.Tensor | None = None, inp: torch.Tensor | None = None) -> None:
-    if out is not None:
-        _slice_param(fc, "weight", out, 0)
-        _slice_param(fc, "bias", out, 0)
-        fc.out_features = len(out)
-    if inp is not None:
-        _slice_param(fc, "weight", inp, 1)
-        fc.in_features = len(inp)
-
-
-def _block_parts(block):
-    """(expand conv, expand norm, depthwise conv, depthwise norm, depthwise stage, project conv) of
-    an inverted-residual block with an expansion layer."""
-    layers = block.conv
-    if len(layers) != 4:
-        raise ValueError("this block has no expansion layer: its hidden channels are its input's")
-    expand, dw, proj = layers[0], layers[1], layers[2]
-    return expand[0], expand[1], dw[0], dw[1], dw, proj
-
-
-def narrow_block_(block, keep: torch.Tensor) -> None:
-    e_conv, e_norm, d_conv, d_norm, _, proj = _block_parts(block)
-    narrow_conv_(e_conv, out=keep)
-    narrow_norm_(e_norm, keep)
-    narrow_conv_(d_conv, out=keep)
-    narrow_norm_(d_norm, keep)
-    narrow_conv_(proj, inp=keep)
-
-
-def default_hidden_widths() -> list[int]:
-    import torchvision
-
-    return [_hidden_width(b) for b in torchvision.models.mobilenet_v2().features[1:1 + NUM_BLOCKS]]
-
-
-def _hidden_width(block) -> int:
-    return block.conv[-3][0].out_channels
-
-
-def set_hidden_widths(features, widths) -> None:
-    """Narrow torchvision MobileNetV2 ``features`` (fresh, untrained) to ``widths``: one expansion
-    width per block, features[1]..features[17] (what ``MODEL.MOBILENET.HIDDEN_CHANNELS`` holds)."""
-    widths = [int(w) for w in widths]
-    if len(widths) != NUM_BLOCKS:
-        raise ConfigError(f"MODEL.MOBILENET.HIDDEN_CHANNELS needs {NUM_BLOCKS} widths (features[1]..[17]), "
-                          f"got {len(widths)}")
-    for i, w in enumerate(widths, start=1):
-        full = _hidden_width(features[i])
-        if not 1 <= w <= full or (len(features[i].conv) != 4 and w != full):
-            raise ConfigError(f"MODEL.MOBILENET.HIDDEN_CHANNELS[{i - 1}] = {w}: block {i} takes 1..{full}"
-                              + ("" if len(features[i].conv) == 4 else f" (exactly {full}: no expansion layer)"))
-        if w < full:
-            narrow_block_(features[i], torch.arange(w))
-
-
 # ------------------------------------------------------------------------------- the model's groups
 
 
 def _blocks(model) -> dict[int, nn.Module]:
-    from .modeling import STAGES
-
     bottom_up = model.backbone.bottom_up
     out = {}
     for stage in bottom_up.stage_names:
@@ -166,8 +69,6 @@ def _blocks(model) -> dict[int, nn.Module]:
 
 
 def _stage_of(index: int) -> str:
-    from .modeling import STAGES
-
     for name, (a, b, _, _) in STAGES.items():
         if a <= index < b:
             return "m2" if name == "stem" else name  # the stem's one expanding block counts with m2
@@ -183,7 +84,7 @@ def _fcs(model) -> list[nn.Linear]:
 
 def groups(model) -> list[Group]:
     """Every prunable channel group of a MobileNetV2-FPN Faster R-CNN, with its current width."""
-    out = [Group(f"block{i}", _stage_of(i), _hidden_width(b)) for i, b in _blocks(model).items()]
+    out = [Group(f"block{i}", _stage_of(i), hidden_width(b)) for i, b in _blocks(model).items()]
     fpn = model.backbone
     out += [Group("fpn_inner", "fpn", fpn.lateral_convs[0].out_channels),
             Group("fpn_out", "fpn", fpn.output_convs[0].out_channels),
@@ -213,7 +114,7 @@ def importance(model, group: Group) -> torch.Tensor:
     """Per channel of ``group``: (normalised L1 of what writes it) x (normalised L1 of what reads it)."""
     name = group.name
     if name.startswith("block"):
-        _, _, _, d_norm, _, proj = _block_parts(_blocks(model)[int(name[5:])])
+        _, _, _, d_norm, _, proj = block_parts(_blocks(model)[int(name[5:])])
         scale = d_norm.weight.detach().abs() / torch.sqrt(d_norm.running_var + d_norm.eps)
         return _normed(scale) * _normed(_cols(proj.weight))
     fpn, rpn_head = model.backbone, model.proposal_generator.rpn_head
@@ -285,7 +186,7 @@ def _zero_points(model, group: Group) -> list[nn.Module]:
     the channels does."""
     name = group.name
     if name.startswith("block"):
-        return [_block_parts(_blocks(model)[int(name[5:])])[4]]
+        return [block_parts(_blocks(model)[int(name[5:])])[4]]
     if name == "fpn_inner":
         return list(model.backbone.lateral_convs)
     if name == "fpn_out":
@@ -363,7 +264,7 @@ def widths(model) -> dict:
     """The config keys that rebuild ``model``'s shapes."""
     blocks = _blocks(model)
     defaults = default_hidden_widths()
-    hidden = [_hidden_width(blocks[i]) if i in blocks else defaults[i - 1] for i in range(1, NUM_BLOCKS + 1)]
+    hidden = [hidden_width(blocks[i]) if i in blocks else defaults[i - 1] for i in range(1, NUM_BLOCKS + 1)]
     fpn = model.backbone
     inner, out = fpn.lateral_convs[0].out_channels, fpn.output_convs[0].out_channels
     if inner != out:
@@ -413,9 +314,6 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAM
     ratios are skipped once one falls below ``reference_ap50 - max_drop`` (they would only fall
     further).  Latency is measured on the final model, side by side, not here."""
     import pandas as pd
-
-    from .evaluate import coco
-    from .fast import macs
 
     rows = []
     for fam in families:

@@ -24,8 +24,9 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import parse as parse_xml  # no entity expansion, no external entities
 from PIL import Image
 
-from .classes import ALIASES, CLASSES
-from .io import write_json
+from .classes import ALIASES, CLASSES, PAPER_COUNTS
+from .io import project_root, resolve, write_json
+from . import synth
 
 SPLITS = ("train", "valid")  # every dataset has these
 TEST = "test"                # optional: choices are made on valid, results reported on test
@@ -49,7 +50,6 @@ class DatasetError(ValueError):
 @dataclass
 class Problems:
     """Collects problems under ``on_error='warn'``; raises at once under ``'raise'``."""
-
     on_error: str = "raise"
     items: list[dict] = field(default_factory=list)
 
@@ -374,7 +374,6 @@ def class_counts(records_by_split: dict[str, list[dict]], classes: Sequence[str]
     (the paper's table), a ``test`` column stands beside it."""
     import pandas as pd
 
-    from .classes import PAPER_COUNTS
 
     table = pd.DataFrame(0, index=list(classes), columns=list(records_by_split), dtype=int)
     for split, recs in records_by_split.items():
@@ -409,9 +408,6 @@ def resolve_data_dir(data_dir: str = "", synth_seed: int = 0, synth_scale: float
     """``data_dir`` if given (a user's VOC folder); else the embedded savanna set, rendered into
     ``<project>/data/savanna`` (or ``.../savanna_s<seed>_x<scale>_d<difficulty>`` for other knobs)
     the first time it is needed."""
-    from . import synth
-    from .io import project_root, resolve
-
     if data_dir:
         p = resolve(data_dir)
         if not p.is_dir():

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import intervals
+from . import intervals, tiles
 from .io import copy_file, read_json, write_json
+from .modeling import count_parameters
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
@@ -76,7 +77,6 @@ def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: 
     from detectron2.data import MetadataCatalog, build_detection_test_loader
     from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
-    from . import tiles
 
     collector = DetectionCollector(dataset_name)
     limit = max_dets(cfg) if max_dets_per_image is None else max_dets_per_image
@@ -105,7 +105,6 @@ def _infer(model, cfg, loader, evaluator, quiet: bool = True):
     asks for tiles; the model's train/eval mode is restored."""
     from detectron2.evaluation import inference_on_dataset
 
-    from . import tiles
 
     tile = tiles.tile_setting(cfg)
     was_training = model.training
@@ -121,7 +120,6 @@ def detections_on(model, cfg, dataset_name: str, first: int) -> list[dict]:
     as :func:`score` collects them (the same mapper, tiling and COCO result dicts)."""
     from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
 
-    from . import tiles
 
     mapper = DatasetMapper(cfg, is_train=False, augmentations=[]) if tiles.tile_setting(cfg) else DatasetMapper(cfg, False)
     collector = DetectionCollector(dataset_name)
@@ -220,7 +218,6 @@ def max_dets(cfg) -> int | None:
 class DetectionCollector:
     """A DatasetEvaluator that keeps every predicted box as a COCO result dict (category ids
     mapped as COCOEvaluator maps them)."""
-
     def __init__(self, dataset_name: str):
         from detectron2.data import MetadataCatalog
 
@@ -249,7 +246,6 @@ class DetectionCollector:
 @dataclass
 class Scored:
     """A model's COCO metrics on one split, with its detections matched once for intervals."""
-
     split: str
     metrics: dict
     matched: intervals.Matched
@@ -445,8 +441,6 @@ def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baselin
     side by side with ``baseline`` (each row's own baseline median beside it).  ``stored_detections``:
     what the stage that made the model wrote of it on ``split``, taken when the reloaded model
     reproduces it (:func:`scored_stored`; ``scored_from`` says which)."""
-    from .modeling import count_parameters
-
     s = scored_stored(model, cfg, datasets, split, stored_detections, max_dets_per_image=max_dets_per_image)
     source = "stored, reload checked" if s is not None else "evaluated"
     if s is None:

@@ -22,6 +22,14 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
+from .codec import load as load_wlc
+from .config import get_config
+from .widths import set_hidden_widths
+from .io import atomic_write
+
+D2_CONFIG_FILE = "detectron2.yaml"  # a model folder: its Detectron2 config ...
+MODEL_FILE = "model_final.pth"      # ... and its weights (a stage may keep several weights files beside)
+
 # torchvision's ImageNet MobileNetV2 (IMAGENET1K_V1).  torchvision names its weight files after
 # the first 8 hex digits of their SHA-256; this is the full digest of that file.
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
@@ -92,7 +100,6 @@ def load_mobilenet_state(path=None, expected_sha256: str | None = MOBILENET_V2_S
 
 class MobileNetV2Features(Backbone):
     """torchvision's MobileNetV2 feature blocks, cut into stride-2^k stages m2..m5."""
-
     def __init__(self, out_features=("m2", "m3", "m4", "m5"), freeze_at: int = 2, norm: str = "FrozenBN",
                  state_dict: dict | None = None, hidden_channels=()):
         super().__init__()
@@ -102,8 +109,6 @@ class MobileNetV2Features(Backbone):
         if state_dict is not None:
             net.load_state_dict(state_dict)  # strict: every key must match
         if hidden_channels:  # a channel-pruned network (wildlib.channels): narrower blocks
-            from .channels import set_hidden_widths
-
             set_hidden_widths(net.features, hidden_channels)
         if not out_features or not set(out_features) <= set(STAGES) - {"stem"}:
             raise ValueError(f"MOBILENET.OUT_FEATURES must be among m2..m5, got {list(out_features)}")
@@ -191,7 +196,6 @@ _PICKLE_ALLOWED = {
 class _ArraysOnly(pickle.Unpickler):
     """An unpickler that builds numpy arrays, dicts, lists, numbers and strings, and nothing
     else: a crafted file cannot make it call anything."""
-
     def find_class(self, module, name):
         if (module, name) in _PICKLE_ALLOWED:
             return super().find_class(module, name)
@@ -226,7 +230,6 @@ def _check_weights(model, filename) -> dict:
 class SafeCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer, loading without running code from the file: ``.pkl`` through
     :func:`read_pickled_weights`, everything else through ``torch.load(weights_only=True)``."""
-
     def _load_file(self, filename):
         if filename.endswith(".pkl"):
             data = read_pickled_weights(filename)
@@ -299,8 +302,33 @@ def count_parameters(model) -> dict:
 def save_weights(model, path, extra: dict | None = None) -> Path:
     """Weights only (no optimizer, no scheduler): what the model costs on disk.  Loadable by
     ``DetectionCheckpointer`` (the state dict sits under the key ``model``)."""
-    from .io import atomic_write
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"model": state, **(extra or {})}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def no_imagenet_init(cfg):
+    """A trained checkpoint overwrites the ImageNet initialisation anyway: skip loading it."""
+    if "MOBILENET" in cfg.MODEL:
+        cfg.MODEL.MOBILENET.PRETRAINED = "none"
+    return cfg
+
+
+def load_trained(folder, weights_name: str = MODEL_FILE):
+    """(cfg, model) of a model folder (a finished stage's), rebuilt from its ``detectron2.yaml``
+    and a weights file in it: a ``.pth`` that must fit the config exactly, or a ``.wlc`` (the
+    compressed format of notebook 03).  Introduced in notebook 01, section "Does the saved file give back the same model?"."""
+    folder = Path(folder)
+    d2 = folder / D2_CONFIG_FILE
+    for f in (d2, folder / weights_name):
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: not found (has that stage run?)")
+    cfg = no_imagenet_init(get_config(str(d2), {"MODEL.WEIGHTS": ""}, freeze=False))
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    model = build_model(cfg, weights="")
+    if weights_name.endswith(".wlc"):
+        model.load_state_dict(load_wlc(folder / weights_name))
+        return cfg, model
+    return cfg, load_exact(model, folder / weights_name).eval()

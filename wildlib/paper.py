@@ -5,6 +5,8 @@ ROI box head together (Muhawenayo & Gkioxari, 2021, table and figure).  Their co
 bottleneck convolutions of res2-res5; their memory column is parameter-count arithmetic.
 """
 
+from .classes import CLASSES
+
 BASELINE_AP50 = 87.92
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8, 0.9)
 ONE_SHOT_AP50 = {
@@ -15,8 +17,6 @@ ONE_SHOT_AP50 = {
 
 def applies(classes) -> bool:
     """The paper's numbers are a reference only for its own 13 classes."""
-    from .classes import CLASSES
-
     return tuple(classes) == CLASSES
 
 

@@ -180,7 +180,7 @@ def _reference_line(ax, reference_ap50: float, tolerance: float = 1.0):
 
 def knob_sweep(sweep, reference_ap50: float, tolerance: float = 1.0):
     """Test-time knobs: AP50 against measured latency, one panel per knob (rows of
-    ``wildlib.fast.sweep_test_time``). Introduced in notebook 04_prune_channels."""
+    ``wildlib.speed.sweep_test_time``). Introduced in notebook 04_prune_channels."""
     knobs = list(dict.fromkeys(sweep["knob"]))
     fig, axes = plt.subplots(1, len(knobs), figsize=(4.2 * len(knobs), 3.4), squeeze=False, sharey=True)
     labels = {"proposals": lambda r: f"{r.pre_nms}/{r.post_nms}", "detections": lambda r: f"{r.detections}",

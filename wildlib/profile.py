@@ -27,6 +27,11 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from .evaluate import load_inputs, quiet_logs
+from .config import get_config
+from .modeling import build_model
+from .data import register, resolve_data_dir
+from .io import environment, write_json
 
 # (module name in a GeneralizedRCNN, part name); a part's time excludes the parts inside it
 GROUPS = (
@@ -211,7 +216,6 @@ def _training_runs(model, loader_iter, optimizer, warmup, runs, results, data_ms
 
 class _AsTensors(nn.Module):
     """What fvcore can trace: image tensor(s) in, tensors out."""
-
     def __init__(self, model, batch: list[dict]):
         super().__init__()
         self.model, self.batch = model, batch
@@ -230,7 +234,6 @@ def flops(model, batch: list[dict], training: bool = False) -> dict[str, float]:
     forward's FLOPs and is not counted)."""
     from fvcore.nn import FlopCountAnalysis
 
-    from .evaluate import quiet_logs
 
     was = model.training
     model.train(training)
@@ -249,6 +252,12 @@ def flops(model, batch: list[dict], training: bool = False) -> dict[str, float]:
         own = by_module[n] - sum(by_module[c] for c in names if c.startswith(n + ".") and c.count(".") == n.count(".") + 1)
         out[part_of(n[len("model."):] if n != "model" else "")] += own
     return out
+
+
+def macs(model, image: dict) -> float:
+    """Multiply-accumulates of one forward pass on ``image`` (fvcore: one fused multiply-add = one),
+    of a PyTorch model (for an ONNX Runtime model, count its PyTorch twin)."""
+    return float(sum(flops(model, [image]).values()))
 
 
 def cost_table(model, cfg, inputs: list[dict], train_iter=None, runs: int = 10, train_runs: int = 5):
@@ -309,9 +318,6 @@ def compare_recipes(recipes: dict[str, dict] | None = None, config_name: str = "
     from detectron2.data import DatasetCatalog
     from detectron2.utils.events import EventStorage
 
-    from .config import get_config
-    from .evaluate import load_inputs
-    from .modeling import build_model
 
     recipes = recipes or RECIPE_STEPS
     base = get_config(config_name, {"DATASETS.TRAIN": [dataset], "DATALOADER.NUM_WORKERS": 0})
@@ -367,8 +373,6 @@ def main(argv=None):
     """``python -m wildlib.profile --out FILE.json``: the recipe comparison on the embedded set."""
     import argparse
 
-    from .data import register, resolve_data_dir
-    from .io import environment, write_json
 
     ap = argparse.ArgumentParser(description=compare_recipes.__doc__.split(".")[0])
     ap.add_argument("--data-dir", default="")

@@ -19,6 +19,7 @@ import pandas as pd
 from . import stages
 from .evaluate import AP50_TOLERANCE
 from .io import copy_file, resolve, write_text
+from .paper import ONE_SHOT_AP50
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 FIGURES = "docs/results"  # figures of the generated section, copied beside the README
@@ -324,7 +325,6 @@ def _bench_lines(bench: dict) -> list[str]:
 
 
 def _one_shot_lines(p: dict) -> list[str]:
-    from .paper import ONE_SHOT_AP50
 
     by = {}
     for r in p.get("one_shot", []):

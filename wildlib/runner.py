@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil  # installed with IPython and Dask: the kernel's process tree, to stop it on Ctrl-C
 import yaml
 
-from .io import project_root, resolve, write_text
+from .io import project_root, read_json, resolve, write_json, write_text
 
 PATH_PARAMS_SUFFIX = "_DIR"  # parameters whose name ends so are paths, made absolute
 
@@ -244,8 +244,6 @@ def record_run(run_dir, times: dict, info: dict) -> None:
     """``run_times.json`` and ``run_info.json`` of a run folder, merged with what earlier runs of
     other notebooks recorded there: a re-run of 04 and 05 keeps 00-03's times, and each stage's
     commit is kept beside it (``stages``), so a report can say which code produced which stage."""
-    from .io import read_json, write_json
-
     run_dir = Path(run_dir)
     old_times = read_json(run_dir / "run_times.json") if (run_dir / "run_times.json").exists() else {}
     old_info = read_json(run_dir / "run_info.json") if (run_dir / "run_info.json").exists() else {}

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .prune import SCOPES, prunable
+from .train import LossRecorder, ProgressBar
 
 INITS = ("linear", "density", "random")
 
@@ -126,7 +127,6 @@ class CentroidWeight:
     ``weight = cat([centroids, 0])[index]`` with ``index`` pointing zeros at the appended 0, so
     autograd sums each cluster's weight gradients into its centroid, and zeros stay zeros.
     """
-
     def __init__(self, module, layer: SharedLayer):
         del module._parameters["weight"]
         module.centroids = nn.Parameter(torch.from_numpy(layer.codebook.copy()))
@@ -185,7 +185,6 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
 
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
 
-    from .train import LossRecorder, ProgressBar
 
     for p in model.parameters():
         p.requires_grad_(False)

@@ -18,16 +18,21 @@ from typing import NamedTuple
 import yaml
 from detectron2.data import MetadataCatalog
 
-from .evaluate import max_dets, on_splits, scored_from_file
+from .evaluate import LATENCY_WARMUP, max_dets, on_splits, scored_from_file
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
-from .modeling import save_weights, sha256_file
+from .speed import LATENCY_IMAGES
+from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
 from .train import final_eval, train, unwrap
+from .data import alias_map, class_list, register, resolve_data_dir
+from .config import get_config
+from .tiles import ensure_registered
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
 
-CONFIG_FILE, METRICS_FILE, D2_CONFIG_FILE = "config.yaml", "metrics.json", "detectron2.yaml"
-MODEL_FILE = "model_final.pth"                 # 01 and 04: the stage's trained (dense) model
+CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.json"
+# D2_CONFIG_FILE (each stage's model config) and MODEL_FILE (01 and 04: the stage's trained dense
+# model) are a model folder's files: wildlib.modeling names them
 DENSE_CONTROL_FILE = "model_dense_control.pth"  # 02: the baseline fine-tuned like the pruned model
 PRUNED_FILE = "model_pruned.pth"                # 02: the gradually pruned model, dense tensors
 PRUNED_SPARSE_FILE = "model_pruned.sparse.npz"  # 02: the same, stored sparsely
@@ -50,8 +55,6 @@ def open_stage(run_dir, name: str, data_dir: str = "", classes=(), aliases=None,
     """Create ``RUN_DIR/<name>/``, register the data stage 00 explored (or ``data_dir``, ``classes``,
     ``aliases`` if given) with Detectron2, and set PyTorch's thread count.  The stage's previous
     ``metrics.json`` is removed: a re-run that stops half-way leaves no stale record for later stages."""
-    from .data import register
-
     if threads:
         import torch
 
@@ -78,8 +81,6 @@ def explore_record(run_dir) -> dict:
 def data_dir_for(run_dir, data_dir: str = "") -> Path:
     """The dataset a stage should use: ``data_dir`` if given, else the one stage 00 explored
     (recorded in ``RUN_DIR/00_explore/config.yaml``), else the embedded default set."""
-    from .data import resolve_data_dir
-
     if data_dir:
         return resolve_data_dir(data_dir)
     saved = explore_record(run_dir)
@@ -91,8 +92,6 @@ def data_dir_for(run_dir, data_dir: str = "") -> Path:
 def classes_for(run_dir, classes=(), aliases=None) -> tuple[tuple[str, ...], dict]:
     """The class list and label aliases a stage should use: as given, else what stage 00
     recorded in ``RUN_DIR/00_explore/config.yaml``, else the paper's 13 classes."""
-    from .data import alias_map, class_list
-
     saved = explore_record(run_dir)
     names = class_list(classes or saved.get("classes") or ())
     aliases = aliases or saved.get("aliases") or {}
@@ -155,8 +154,6 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
     """Notebook parameters -> Detectron2 config keys.  The LR drops 10x at each fraction of the
     schedule in ``lr_steps``; warm-up is the first 100 iterations (or a fifth of a short run).
     ``seed=None`` keeps the config's own ``SEED`` (a fine-tuning run keeps the baseline's)."""
-    from .modeling import resolve_weights
-
     out = {
         "OUTPUT_DIR": str(stage / "train"),
         "MODEL.DEVICE": device,
@@ -186,9 +183,6 @@ def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes,
     schedule of :func:`baseline_overrides`, stage 00's suggested settings, then the user's own
     keys ``user`` (they win; a ``MODEL.WEIGHTS`` there is a model-zoo URL or a local checkpoint).
     Introduced in notebook 01 (its set-up cell)."""
-    from .config import get_config
-    from .modeling import resolve_weights
-
     keys = {**baseline_overrides(stage, num_classes=len(classes), **schedule), **data_settings(run_dir, user)}
     cfg = get_config(config_name, keys, freeze=False)
     if cfg.MODEL.WEIGHTS:  # the config's own model-zoo URL too: $WILDLIB_COCO_WEIGHTS stands in for it
@@ -196,40 +190,6 @@ def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes,
     cfg.freeze()
     check_num_classes(cfg, classes)
     return cfg
-
-
-def _no_imagenet_init(cfg):
-    """A trained checkpoint overwrites the ImageNet initialisation anyway: skip loading it."""
-    if "MOBILENET" in cfg.MODEL:
-        cfg.MODEL.MOBILENET.PRETRAINED = "none"
-    return cfg
-
-
-def load_trained(stage_dir, weights_name: str = MODEL_FILE):
-    """(cfg, model) of a finished stage, rebuilt from its ``config.yaml`` and weights file."""
-    from .config import get_config
-    from .modeling import build_model
-
-    import torch
-
-    stage_dir = Path(stage_dir)
-    d2 = stage_dir / D2_CONFIG_FILE
-    for f in (d2, stage_dir / weights_name):
-        if not f.exists():
-            raise FileNotFoundError(f"{f}: not found (has that stage run?)")
-    cfg = _no_imagenet_init(get_config(str(d2), {"MODEL.WEIGHTS": ""}, freeze=False))
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    if weights_name.endswith(".wlc"):  # the compressed format of stage 03
-        from .codec import load
-
-        model = build_model(cfg, weights="")
-        model.load_state_dict(load(stage_dir / weights_name))
-        return cfg, model
-    from .modeling import load_exact  # a stage's weights must fit its config exactly
-
-    return cfg, load_exact(build_model(cfg, weights=""), stage_dir / weights_name).eval()
 
 
 def metrics_of(run_dir, stage: str) -> dict:
@@ -372,17 +332,26 @@ def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_pe
     recover from its pruning.  ``None`` keeps the baseline's setting.  ``config_file`` and
     ``weights`` start from another model of the baseline's data (a channel-pruned one, say).
     ``seed=None`` (default) keeps the baseline's seed: one seed per run, set in stage 01."""
-    from .config import get_config
-
     baseline_dir = Path(baseline_dir)
     over = baseline_overrides(Path(out_dir), device=device, max_iter=max_iter, ims_per_batch=ims_per_batch,
                               lr=lr, eval_period=eval_period, seed=seed,
                               weights=str(weights or baseline_dir / MODEL_FILE))
     if freeze_at is not None:
         over["MODEL.BACKBONE.FREEZE_AT"] = int(freeze_at)
-    cfg = _no_imagenet_init(get_config(str(config_file or baseline_dir / D2_CONFIG_FILE), over, freeze=False))
+    cfg = no_imagenet_init(get_config(str(config_file or baseline_dir / D2_CONFIG_FILE), over, freeze=False))
     cfg.freeze()
-    from .tiles import ensure_registered
 
     ensure_registered(cfg, baseline_dir / "tiles")
     return cfg
+
+
+def reload_spec(deploy, run_dir, *, threads: int, runs: int, warmup: int = LATENCY_WARMUP,
+                images: int = LATENCY_IMAGES) -> dict:
+    """What :func:`wildlib.speed.in_fresh_process` needs to reload ``deploy`` and measure it beside the run's
+    baseline on the run's data (as stage 00 recorded it), ``runs`` timed passes at ``threads``.
+    Introduced in notebook 04, section 5."""
+    run = Path(run_dir)
+    classes, aliases = classes_for(run)
+    return {"deploy": str(deploy), "baseline_dir": str(run / BASELINE), "data_dir": str(data_dir_for(run)),
+            "classes": list(classes), "aliases": aliases, "threads": int(threads), "runs": int(runs),
+            "warmup": int(warmup), "images": int(images)}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from .io import atomic_write
 
 
 def tile_grid(height: int, width: int, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -49,7 +50,6 @@ def write_tiles(records: list[dict], folder, size: int, overlap: int, min_visibl
     that hold at least one box."""
     from PIL import Image
 
-    from .io import atomic_write
 
     import hashlib
 
@@ -77,7 +77,6 @@ def write_tiles(records: list[dict], folder, size: int, overlap: int, min_visibl
 class SlicedDetector(nn.Module):
     """Detection on tiles of full-resolution images: ``forward`` takes Detectron2 inputs whose
     ``image`` is the original image (not resized) and returns instances in its coordinates."""
-
     def __init__(self, model, cfg, size: int, overlap: int):
         super().__init__()
         from detectron2.data import transforms as T

@@ -14,12 +14,14 @@ from detectron2.engine import DefaultTrainer, HookBase, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import JSONWriter
 
-from . import modeling  # noqa: F401  (registers the MobileNetV2-FPN backbone)
+from . import tiles
+from .io import read_json, write_json
+from .modeling import SafeCheckpointer, build_model, save_weights, with_memory_format
+from .evaluate import max_dets
 
 
 class ProgressBar(HookBase):
     """A tqdm bar over iterations, showing the smoothed total loss."""
-
     def before_train(self):
         from tqdm.auto import tqdm
 
@@ -40,7 +42,6 @@ class ProgressBar(HookBase):
 
 class LossRecorder(HookBase):
     """Keeps every iteration's losses and every evaluation, for metrics.json and the plots."""
-
     def __init__(self):
         self.rows: list[dict] = []
         self.evals: list[dict] = []
@@ -69,11 +70,9 @@ class LossRecorder(HookBase):
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the evaluator and writers that suit this project (no TensorBoard),
     loading ``MODEL.WEIGHTS`` and resumed checkpoints without running code from them."""
-
     def __init__(self, cfg):
         import weakref
 
-        from .modeling import SafeCheckpointer
 
         super().__init__(cfg)
         self.checkpointer = SafeCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
@@ -83,13 +82,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        from .modeling import with_memory_format
 
         return with_memory_format(super().build_model(cfg), cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from .evaluate import max_dets
 
         return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, max_dets_per_image=max_dets(cfg),
                              output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "eval"),
@@ -97,13 +94,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        from . import tiles
 
         return tiles.test_loader(cfg, dataset_name) if tiles.tile_setting(cfg) else super().build_test_loader(cfg, dataset_name)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        from . import tiles
 
         tile = tiles.tile_setting(cfg)
         return super().test(cfg, tiles.SlicedDetector(model, cfg, *tile) if tile else model, evaluators)
@@ -130,8 +125,6 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
-    from .io import write_json
-    from .modeling import save_weights
 
     setup_logger(output=os.path.join(cfg.OUTPUT_DIR, "log.txt"), distributed_rank=comm.get_rank(), name="detectron2")
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
@@ -189,9 +182,6 @@ def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=()) -> dict:
 
 def load_result(cfg) -> dict:
     """The history and trained model that a finished run left in ``cfg.OUTPUT_DIR``."""
-    from .io import read_json
-    from .modeling import build_model
-
     out = Path(cfg.OUTPUT_DIR)
     history = read_json(out / HISTORY_FILE)
     model = build_model(cfg, weights=str(out / TRAINED_FILE), eval_mode=False)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 from .masks import group_of, prunable, layerwise_magnitude, make_permanent, pruned_copy, group_sparsity, sparsity
+from ..evaluate import AP50_TOLERANCE, COCO_KEYS, against, coco, coco_with_interval, scored as score_model
+from ..io import slug
 
 
 def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool = True, ranking: str = "l1"):
@@ -16,7 +18,6 @@ def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..evaluate import COCO_KEYS, coco_with_interval
 
     rows = []
     grid = [(s, r) for s in scopes_list for r in ratios]
@@ -36,7 +37,6 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bo
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..evaluate import coco
 
     groups = groups or sorted({group_of(n) for n, _ in prunable(model, "all")})
     sizes = group_sparsity(model)["weights"]
@@ -79,9 +79,6 @@ def reported_rows(models: dict, cfg, datasets: dict, split: str, reference, dete
     """:func:`reported_row` of each of ``models`` (name -> model), scored on ``split`` (reusing
     ``scored``: name -> :class:`wildlib.evaluate.Scored` already measured) and compared with the
     ``reference``'s Scored; each model's detections are written to ``detections_dir``."""
-    from ..evaluate import against, scored as score_model
-    from ..io import slug
-
     scored = dict(scored or {})
     rows = []
     for name, m in models.items():
@@ -94,8 +91,6 @@ def one_shot_pick(rows, reference_ap50: float, tolerance: float | None = None) -
     """The one-shot setting (``scope``, ``ratio``, ``ranking``) with the most sparsity among the rows
     within ``tolerance`` AP50 of the reference, or the mildest if none is: what stage 02 records
     for stage 05 to re-make. Introduced in notebook 02, Summary."""
-    from ..evaluate import AP50_TOLERANCE
-
     tolerance = AP50_TOLERANCE if tolerance is None else tolerance
     rows = list(rows)
     if not rows:  # the sweep was skipped (a sweep point): nothing to re-make

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..io import atomic_write
 
 
 def save_sparse(model, path) -> Path:
     """Write the weights with every mostly-zero tensor stored as a bitmask + its nonzero
     values (fp32), everything else dense; a plain ``.npz`` (no pickle).  Returns the path."""
-    from ..io import atomic_write
-
     arrays = {}
     for k, v in model.state_dict().items():
         a = v.detach().cpu().numpy()
