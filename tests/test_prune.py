@@ -87,6 +87,29 @@ def test_lamp_keeps_every_layer_alive_where_global_l1_empties_some(model):
         wp.global_magnitude(copy.deepcopy(model), "all", 0.5, ranking="l2")
 
 
+def test_a_new_ranking_is_one_function_and_one_registration(model, monkeypatch):
+    """The slot for a pruning criterion: register a function weights -> scores, and one-shot,
+    layer-wise and gradual pruning take it by name (here a deliberately bad one, for a known answer)."""
+    import copy
+
+    monkeypatch.setattr(wp.masks, "RANKINGS", dict(wp.RANKINGS))  # registrations are global: undone afterwards
+
+    @wp.register_ranking("largest_first")
+    def largest_first(weight):
+        return 1.0 / (weight.detach().abs() + 1e-12)
+
+    for prune in (lambda m: wp.global_magnitude(m, "roi_head", 0.5, ranking="largest_first"),
+                  lambda m: wp.layerwise_magnitude(m, {"roi_head": 0.5}, "roi_head", ranking="largest_first")):
+        m = prune(copy.deepcopy(model))
+        before = torch.cat([mod.weight.flatten().abs() for _, mod in wp.prunable(model, "roi_head")])
+        after = torch.cat([mod.weight.flatten() for _, mod in wp.prunable(m, "roi_head")])
+        assert (after == 0).float().mean().item() == pytest.approx(0.5, abs=1e-4)
+        assert before[after == 0].min() >= before[after != 0].max() - 1e-12  # the largest went first
+    assert wp.GradualPruning("all", 0.5, ranking="largest_first").ranking == "largest_first"
+    with pytest.raises(ValueError, match="registered already"):
+        wp.register_ranking("lamp")(largest_first)
+
+
 def test_cubic_schedule():
     s = [wp.cubic_schedule(t, 10, 110, 0.8) for t in range(0, 130, 5)]
     assert s[0] == 0 and s[-1] == 0.8 and all(b >= a for a, b in zip(s, s[1:]))
@@ -94,7 +117,7 @@ def test_cubic_schedule():
     assert wp.cubic_schedule(60, 10, 110, 0.8) == pytest.approx(0.8 * (1 - 0.5**3))
 
 
-@pytest.mark.parametrize("ranking", wp.RANKINGS)
+@pytest.mark.parametrize("ranking", list(wp.RANKINGS))
 def test_gradual_hook_reaches_target_and_keeps_masks(model, ranking):
     import copy
 

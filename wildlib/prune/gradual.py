@@ -3,11 +3,10 @@ Introduced in notebook 02, section 4."""
 
 from __future__ import annotations
 
-
 from detectron2.engine import HookBase
 
 from ..train import unwrap
-from .masks import _targets, _check_ranking, _global_unstructured, _prune_global, make_permanent, sparsity
+from .masks import check_ranking, global_magnitude, make_permanent, sparsity
 
 
 def cubic_schedule(step: int, start: int, end: int, final: float, initial: float = 0.0) -> float:
@@ -42,15 +41,14 @@ class GradualPruning(HookBase):
     def __init__(self, scopes="all", final: float = 0.8, start: int = 0, end: int = 1000, every: int = 20,
                  ranking: str = "l1"):
         self.scopes, self.final, self.start, self.end, self.every = scopes, final, start, end, max(1, every)
-        self.ranking = _check_ranking(ranking)
+        self.ranking = check_ranking(ranking)
         self.history: list[tuple[int, float]] = []
 
     def _model(self):
         return unwrap(self.trainer.model)
 
     def before_train(self):
-        targets = _targets(self._model(), self.scopes)
-        _global_unstructured(targets, 0.0)  # masks of ones, on contiguous tensors
+        global_magnitude(self._model(), self.scopes, 0.0, self.ranking)  # masks of ones, on contiguous tensors
         self._apply(self.trainer.start_iter)
 
     def _apply(self, step: int):
@@ -59,7 +57,7 @@ class GradualPruning(HookBase):
         current = sparsity(model, self.scopes)
         if target > current + 1e-6:
             amount = (target - current) / (1 - current)  # a fraction of the surviving weights
-            _prune_global(_targets(model, self.scopes), amount, self.ranking)
+            global_magnitude(model, self.scopes, amount, self.ranking)
         self.history.append((step, sparsity(model, self.scopes)))
         self.trainer.storage.put_scalar("sparsity", self.history[-1][1], smoothing_hint=False)
 

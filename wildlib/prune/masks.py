@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Callable
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -69,15 +70,38 @@ def _targets(model, scopes):
     return [(m, "weight") for _, m in mods]
 
 
-RANKINGS = ("l1", "lamp")
+# ------------------------------------------------------------------------- rankings (a slot)
+# A ranking (a pruning criterion) is one function: a layer's weight tensor (with the entries
+# already pruned at zero) -> a non-negative score per entry, the same shape.  The lowest scores
+# are pruned first, across all the layers of the scopes together.  Register one with @register_ranking("name")
+# and one-shot (global_magnitude), layer-wise and gradual (GradualPruning) pruning all take
+# ranking="name"; the notebooks and the report list RANKINGS.
+RANKINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
 
-def _check_ranking(ranking: str) -> str:
+def register_ranking(name: str):
+    """Decorator: register a ranking function (weights -> scores) under ``name``."""
+    def register(fn):
+        if name in RANKINGS:
+            raise ValueError(f"a ranking named {name!r} is registered already")
+        RANKINGS[name] = fn
+        return fn
+    return register
+
+
+def check_ranking(ranking: str) -> str:
     if ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {ranking!r}; known: {', '.join(RANKINGS)}")
     return ranking
 
 
+@register_ranking("l1")
+def l1_scores(weight: torch.Tensor) -> torch.Tensor:
+    """The magnitude of every entry: global L1, the paper's ranking."""
+    return weight.detach().abs()
+
+
+@register_ranking("lamp")
 def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     """LAMP score of every entry: its squared magnitude over the sum of the squared magnitudes
     of all entries of the layer at least as large.  The largest weight of a layer scores 1."""
@@ -89,25 +113,20 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     return scores.view_as(weight).float()
 
 
-def _global_unstructured(targets, amount: float, scores: dict | None = None):
-    """``torch.nn.utils.prune.global_unstructured`` (L1 on ``scores``, default: the weights) over
+def _prune_by_scores(targets, amount: float, ranking: str):
+    """``torch.nn.utils.prune.global_unstructured`` of ``amount`` of ``targets``' entries, lowest
+    ``ranking`` score first (scored on the live, masked weights: pruned entries score 0), over
     contiguous tensors: it flattens weights, masks and scores with ``view(-1)``, which the
     channels-last weights of ``MODEL.CHANNELS_LAST`` refuse.  The values do not change."""
+    score = RANKINGS[check_ranking(ranking)]
     for m, n in targets:
         for t in (m._parameters.get(n), m._parameters.get(n + "_orig"), m._buffers.get(n + "_mask")):
             if t is not None and not t.is_contiguous():
                 m._wildlib_channels_last = True  # make_permanent gives the weight its layout back
                 t.data = t.data.contiguous()
-    scores = scores or {(m, n): getattr(m, n).detach() for m, n in targets}
+    scores = {(m, n): score(getattr(m, n)).contiguous() for m, n in targets}
     torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=float(amount),
-                              importance_scores={k: v.contiguous() for k, v in scores.items()})
-
-
-def _prune_global(targets, amount: float, ranking: str = "l1"):
-    scores = None
-    if _check_ranking(ranking) == "lamp":  # computed on the live (masked) weights: pruned entries score 0
-        scores = {(m, n): lamp_scores(getattr(m, n)) for m, n in targets}
-    _global_unstructured(targets, amount, scores)
+                                    importance_scores=scores)
 
 
 def global_magnitude(model, scopes="all", amount: float = 0.5, ranking: str = "l1"):
@@ -116,19 +135,19 @@ def global_magnitude(model, scopes="all", amount: float = 0.5, ranking: str = "l
     the raw magnitude, as in the paper; "lamp": the layer-normalised LAMP score)."""
     if not 0 <= amount < 1:
         raise ValueError(f"amount must be in [0, 1), got {amount}")
-    _prune_global(_targets(model, scopes), amount, ranking)
+    _prune_by_scores(_targets(model, scopes), amount, ranking)
     return model
 
 
-def layerwise_magnitude(model, ratios: dict[str, float], scopes="all"):
-    """L1 pruning with a ratio per group (see :func:`group_of`), ranked within each group."""
+def layerwise_magnitude(model, ratios: dict[str, float], scopes="all", ranking: str = "l1"):
+    """Pruning with a ratio per group (see :func:`group_of`), ranked (``ranking``) within each group."""
     by_group: dict[str, list] = {}
     for name, m in prunable(model, scopes):
         by_group.setdefault(group_of(name), []).append((m, "weight"))
     for g, params in by_group.items():
         r = float(ratios.get(g, 0.0))
         if r > 0:
-            _global_unstructured(params, r)
+            _prune_by_scores(params, r, ranking)
     return model
 
 
