@@ -36,7 +36,7 @@ BASE ?= $(RUN_DIR)
 sweep: setup
 	$(PY) -m wildlib.sweep $(SPEC) --base-run $(BASE)
 
-# The README's results section, rewritten from RUN_DIR's files (and the recipe benchmark and the
+# The generated results (docs/results.md and the README's headline), rewritten from RUN_DIR's files (and the recipe benchmark and the
 # frontier sweep, where they were run)
 SWEEP_DIR ?= runs/sweeps/frontier
 report: setup

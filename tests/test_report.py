@@ -56,3 +56,23 @@ def test_a_sweep_with_no_finished_point_leaves_the_goals_to_the_run(tmp_path):
     text = report.results_markdown(tmp_path / "run", sweep=sw)
     assert "none of its 3 points has finished" in text
     assert "the frontier's seed means" not in text
+
+
+def test_make_report_writes_the_results_file_and_the_readme_headline(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    sweep = _sweep(tmp_path / "sweeps" / "frontier")
+    (sweep / "frontier.png").write_bytes(b"\x89PNG fake")
+    readme = tmp_path / "repo" / "README.md"
+    readme.parent.mkdir()
+    readme.write_text(f"intro\n{report.BEGIN}\nOLD\n{report.END}\nrest\n")
+    report.main(["--run-dir", str(run), "--readme", str(readme), "--sweep", str(sweep)])
+    results = (readme.parent / report.RESULTS_FILE).read_text()
+    assert results.startswith("# Results") and "**The frontier**" in results
+    assert "![AP50 against sparsity, seeds as points, seed means with their interval](results/frontier.png)" in results
+    assert (readme.parent / report.FIGURES / "frontier.png").read_bytes() == b"\x89PNG fake"
+    text = readme.read_text()
+    head = text.split(report.BEGIN)[1].split(report.END)[0]
+    assert text.startswith("intro\n") and text.endswith(f"{report.END}\nrest\n") and "OLD" not in text
+    assert "sparsity within 1 AP50 of the reference: 0.700" in head and "**The frontier**" not in head
+    assert "[docs/results.md](docs/results.md)" in head

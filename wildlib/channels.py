@@ -4,7 +4,7 @@ a genuinely smaller *dense* network that runs faster on the same kernels.  Intro
 
 Why not Torch-Pruning: its dependency graph (DepGraph) is the field's tool for this, but it traces
 the model with an example input, and a Detectron2 ``GeneralizedRCNN`` takes a list of dicts and
-returns ``Instances``: tracing stops in the proposal generator (see the README).  This detector's
+returns ``Instances``: tracing stops in the proposal generator (docs/speed.md).  This detector's
 coupled channels are few and fixed, so they are written out here as *groups*; each group is a set of
 channels that must be removed together:
 
