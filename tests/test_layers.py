@@ -38,3 +38,24 @@ def test_no_function_imports_a_module_of_wildlib():
                           if (isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("wildlib")))
                           or (isinstance(n, ast.Import) and any(a.name.startswith("wildlib") for a in n.names))]
     assert not found, f"imports of wildlib's own modules inside functions (put them at module level): {found}"
+
+
+def test_every_helper_the_notebooks_call_names_the_notebook_that_introduces_it():
+    """As d2l's helpers do: a reader of the library finds where each function is taught."""
+    import importlib
+    import inspect
+    import json
+    import re
+
+    called = set()
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                called |= set(re.findall(r"\bwl\.([a-z_]+)\.([A-Za-z_]\w*)", "".join(cell["source"])))
+    silent = []
+    for mod, name in sorted(called):
+        obj = getattr(importlib.import_module(f"wildlib.{mod}"), name)
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and not re.search(r"[Nn]otebooks?\s+\d\d",
+                                                                                inspect.getdoc(obj) or ""):
+            silent.append(f"wildlib.{mod}.{name}")
+    assert len(called) > 100 and not silent, f"docstrings that do not name their notebook: {silent}"

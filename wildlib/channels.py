@@ -248,7 +248,8 @@ def plan(model, ratios: dict[str, float]) -> dict[str, torch.Tensor]:
 def prune(model, ratios: dict[str, float], inplace: bool = False):
     """The model with each family's ``ratio`` of channels removed (least important first): a
     smaller dense network.  Families sharing a config width (fpn: inner and out; box_head: every FC)
-    keep equal counts, so the widths fit the config keys."""
+    keep equal counts, so the widths fit the config keys.
+    Introduced in notebook 04_prune_channels, section "3 · Channel pruning: a smaller dense network"."""
     model = model if inplace else copy.deepcopy(model)
     w = model.backbone.output_convs[0].weight  # keep the memory format the weights had
     channels_last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
@@ -261,7 +262,9 @@ def prune(model, ratios: dict[str, float], inplace: bool = False):
 
 
 def widths(model) -> dict:
-    """The config keys that rebuild ``model``'s shapes."""
+    """The config keys that rebuild ``model``'s shapes.
+
+    Introduced in notebook 04_prune_channels, section "Summary"."""
     blocks = _blocks(model)
     defaults = default_hidden_widths()
     hidden = [hidden_width(blocks[i]) if i in blocks else defaults[i - 1] for i in range(1, NUM_BLOCKS + 1)]
@@ -280,7 +283,8 @@ def widths(model) -> dict:
 
 def config_for(cfg, model):
     """``cfg`` with ``model``'s widths, and no ImageNet initialisation (a pruned model always loads
-    its own weights)."""
+    its own weights).
+    Introduced in notebook 04_prune_channels, section "3 · Channel pruning: a smaller dense network"."""
     cfg = cfg.clone()
     cfg.defrost()
     for key, value in widths(model).items():
@@ -295,7 +299,9 @@ def config_for(cfg, model):
 
 
 def width_table(before, after):
-    """Per group: channels before and after, and the fraction removed."""
+    """Per group: channels before and after, and the fraction removed.
+
+    Introduced in notebook 04_prune_channels, section "3 · Channel pruning: a smaller dense network"."""
     import pandas as pd
 
     b = {g.name: g for g in groups(before)}
@@ -312,7 +318,8 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAM
     """One family pruned at a time (no fine-tuning): AP50, parameters and MACs (on ``image``).
     Ratios run from small to large; with ``max_drop`` and ``reference_ap50``, a family's larger
     ratios are skipped once one falls below ``reference_ap50 - max_drop`` (they would only fall
-    further).  Latency is measured on the final model, side by side, not here."""
+    further).  Latency is measured on the final model, side by side, not here.
+    Introduced in notebook 04_prune_channels, section "3 · Channel pruning: a smaller dense network"."""
     import pandas as pd
 
     rows = []

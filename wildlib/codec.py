@@ -355,12 +355,18 @@ def decode(blob: bytes, source: str = "<bytes>") -> dict[str, torch.Tensor]:
 
 
 def save(path, state, shared=None, int8=None) -> Path:
+    """Write ``state`` (a state dict) as a ``.wlc`` file at ``path``, atomically: ``shared`` layers
+    (name -> ``share.SharedLayer``) as sparse positions, codebooks and codes, ``int8`` ones as int8
+    values and scales, the rest dense (docs/wlc-format.md).  Introduced in notebook 03_weight_sharing,
+    section "The chosen variant, with centroid fine-tuning, written to disk"."""
     blob = encode(state, shared, int8)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
 
 
 def load(path, max_bytes: int = 1 << 31) -> dict[str, torch.Tensor]:
-    """Read and decode a ``.wlc`` file (at most ``max_bytes`` of it)."""
+    """Read and decode a ``.wlc`` file (at most ``max_bytes`` of it).
+
+    Introduced in notebook 03_weight_sharing, section "The chosen variant, with centroid fine-tuning, written to disk"."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -373,12 +379,15 @@ def load(path, max_bytes: int = 1 << 31) -> dict[str, torch.Tensor]:
 
 
 def param_key(layer_name: str) -> str:
+    """The state-dict key of a layer's weight.  Introduced in notebook 03_weight_sharing, section
+    "The chosen variant, with centroid fine-tuning, written to disk"."""
     return f"{layer_name}.weight"
 
 
 def stream_report(path) -> list[dict]:
     """Per stream: bytes stored, bytes once decoded, the coder that won, and how many tensors
-    use it; read from the file's header."""
+    use it; read from the file's header.
+    Introduced in notebook 03_weight_sharing, section "int8: the paper's "8 bits", done plainly"."""
     header, _ = read_header(Path(path).read_bytes(), str(path))
     users: dict[str, int] = {}
     for t in header["tensors"]:

@@ -61,7 +61,9 @@ def input_geometry(cfg) -> dict:
 
 
 def get_config(name_or_path: str = "mobilenet_fpn_cpu", overrides=None, freeze: bool = True):
-    """``get_cfg()`` + our keys + a named config (or a YAML path) + ``overrides``, frozen."""
+    """``get_cfg()`` + our keys + a named config (or a YAML path) + ``overrides``, frozen.
+
+    Introduced in notebook 00_explore_data, section "Checks: what would fail quietly later"."""
     from detectron2.config import get_cfg
 
     path = Path(name_or_path)

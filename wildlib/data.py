@@ -33,13 +33,16 @@ TEST = "test"                # optional: choices are made on valid, results repo
 
 
 def splits_in(root) -> tuple[str, ...]:
-    """The splits a dataset folder holds: train and valid, and test when ``test.txt`` exists."""
+    """The splits a dataset folder holds: train and valid, and test when ``test.txt`` exists.
+
+    Introduced in notebook 00_explore_data, section "Loading and validating"."""
     return SPLITS + ((TEST,) if (Path(root) / f"{TEST}.txt").is_file() else ())
 
 
 def report_split(datasets: dict) -> str:
     """The split every reported number is measured on: ``test`` when the data has one, else
-    ``valid`` (then results are chosen and reported on one split, and the notebooks say so)."""
+    ``valid`` (then results are chosen and reported on one split, and the notebooks say so).
+    Introduced in notebook 01_train_baseline, section "COCO evaluation on the held-out split"."""
     return TEST if TEST in datasets else "valid"
 
 
@@ -65,7 +68,8 @@ class Problems:
 
 def class_list(classes: Sequence[str] | None = None) -> tuple[str, ...]:
     """The class list a run uses: ``classes`` as given (names kept as written), or the paper's
-    13 wildlife classes when empty.  Names must be non-empty and distinct ignoring case."""
+    13 wildlife classes when empty.  Names must be non-empty and distinct ignoring case.
+    Introduced in notebook 00_explore_data."""
     if not classes:
         return CLASSES
     if isinstance(classes, str) or not all(isinstance(c, str) and c.strip() for c in classes):
@@ -213,7 +217,9 @@ def read_split(root, split: str, max_bytes: int = 64 << 20) -> list[str]:
 
 def load_split(root, split: str, classes: Sequence[str] = CLASSES, on_error: str = "raise",
                report_path=None, check_images: bool = True, aliases: dict | None = None) -> list[dict]:
-    """Load one split as Detectron2 dataset dicts (``bbox_mode`` XYXY_ABS)."""
+    """Load one split as Detectron2 dataset dicts (``bbox_mode`` XYXY_ABS).
+
+    Introduced in notebook 00_explore_data, section "Loading and validating"."""
     from detectron2.structures import BoxMode
 
     root = Path(root)
@@ -353,7 +359,9 @@ def to_coco(records: list[dict], classes: Sequence[str] = CLASSES) -> dict:
 
 
 def box_table(records: list[dict], classes: Sequence[str] = CLASSES, split: str | None = None):
-    """One row per box: class, width, height, area, aspect ratio, relative size."""
+    """One row per box: class, width, height, area, aspect ratio, relative size.
+
+    Introduced in notebook 00_explore_data, section "Boxes: how big, what shape, how many per image"."""
     import pandas as pd
 
     rows = []
@@ -371,7 +379,8 @@ def box_table(records: list[dict], classes: Sequence[str] = CLASSES, split: str 
 
 def class_counts(records_by_split: dict[str, list[dict]], classes: Sequence[str] = CLASSES):
     """Instances per class and split, next to the paper's table; ``total`` counts train + valid
-    (the paper's table), a ``test`` column stands beside it."""
+    (the paper's table), a ``test`` column stands beside it.
+    Introduced in notebook 00_explore_data, section "Class counts (against the paper's, for the paper's classes)"."""
     import pandas as pd
 
 
@@ -391,7 +400,9 @@ def _image_key(record: dict) -> str:
 
 
 def split_overlap(records_by_split: dict[str, list[dict]]) -> set[str]:
-    """Image ids that appear in more than one split (should be empty)."""
+    """Image ids that appear in more than one split (should be empty).
+
+    Introduced in notebook 00_explore_data, section "The split"."""
     seen: dict[str, str] = {}
     dup = set()
     for split, recs in records_by_split.items():
@@ -407,7 +418,8 @@ def resolve_data_dir(data_dir: str = "", synth_seed: int = 0, synth_scale: float
                      difficulty: float | None = None):
     """``data_dir`` if given (a user's VOC folder); else the embedded savanna set, rendered into
     ``<project>/data/savanna`` (or ``.../savanna_s<seed>_x<scale>_d<difficulty>`` for other knobs)
-    the first time it is needed."""
+    the first time it is needed.
+    Introduced in notebook 00_explore_data."""
     if data_dir:
         p = resolve(data_dir)
         if not p.is_dir():

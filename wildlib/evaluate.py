@@ -34,14 +34,16 @@ def reference_ap50(baseline_ap50: float, dense_control_ap50: float | None = None
 
 def best_within(rows, reference: float, key: str, tolerance: float = AP50_TOLERANCE, ap_key: str = "AP50"):
     """The row (a dict) with the largest ``key`` among those whose AP50 is at least
-    ``reference - tolerance``; None if no row is."""
+    ``reference - tolerance``; None if no row is.
+    Introduced in notebook 04_prune_channels, section "Summary"."""
     ok = [r for r in rows if r[ap_key] >= reference - tolerance]
     return max(ok, key=lambda r: r[key]) if ok else None
 
 
 def best_passing(rows, key: str, verdict: str = "within_1ap50"):
     """The row with the largest ``key`` among those that pass ``verdict`` (``within_1ap50``: the
-    drop's point estimate within the tolerance; ``non_inferior``: its 95% upper end); None if none."""
+    drop's point estimate within the tolerance; ``non_inferior``: its 95% upper end); None if none.
+    Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     ok = [r for r in rows if r.get(verdict)]
     return max(ok, key=lambda r: r[key]) if ok else None
 
@@ -65,7 +67,8 @@ def coco(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: b
          max_dets_per_image: int | None = None) -> dict:
     """COCO box metrics of ``model`` on a registered dataset, as a plain dict with Detectron2's
     names (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AP-<class>``), in percent.
-    Metrics that cannot be computed (no predictions, no boxes of that size) are NaN."""
+    Metrics that cannot be computed (no predictions, no boxes of that size) are NaN.
+    Introduced in notebook 03_weight_sharing, section "The starting point and the reference"."""
     return score(model, cfg, dataset_name, output_dir, quiet, max_dets_per_image)[0]
 
 
@@ -196,7 +199,9 @@ def scored_stored(model, cfg, datasets: dict, split: str, stored_file, *, max_de
 
 
 def coco_max_dets(cfg) -> int:
-    """COCO's detections per image for comparing variants: the reference's (``cfg``), at least 100."""
+    """COCO's detections per image for comparing variants: the reference's (``cfg``), at least 100.
+
+    Introduced in notebook 04_prune_channels, section "5 · Combined, saved, reloaded in a fresh process"."""
     return max(100, int(cfg.TEST.DETECTIONS_PER_IMAGE))
 
 
@@ -274,7 +279,8 @@ def matched(dataset_name: str, detections: list[dict], max_dets_per_image: int |
 def scored(model, cfg, datasets: dict, split: str, *, max_dets_per_image: int | None = None, output_dir=None,
            detections_file=None, quiet: bool = True) -> Scored:
     """Evaluate ``model`` on ``datasets[split]`` and keep what intervals need; ``detections_file``:
-    also write the detections there (a later stage or a sweep pairs other models with them)."""
+    also write the detections there (a later stage or a sweep pairs other models with them).
+    Introduced in notebook 01_train_baseline, section "COCO evaluation on the held-out split"."""
     metrics, dets = score(model, cfg, datasets[split], output_dir, quiet, max_dets_per_image)
     if detections_file:
         write_json(detections_file, dets)
@@ -291,7 +297,8 @@ def on_splits(model, cfg, datasets: dict, split: str, detections_file=None, max_
               output_dir=None, valid: dict | None = None) -> tuple[dict, Scored]:
     """(COCO metrics on ``valid``, to choose with; :class:`Scored` on ``split``, to report):
     one evaluation when the two splits are one (own data without a test split).  ``valid``: the
-    model's metrics on valid, already measured (the final evaluation of its training): taken."""
+    model's metrics on valid, already measured (the final evaluation of its training): taken.
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, output_dir=output_dir,
                detections_file=detections_file)
     if split == "valid":
@@ -301,13 +308,16 @@ def on_splits(model, cfg, datasets: dict, split: str, detections_file=None, max_
 
 def pick_reference(candidates: dict) -> tuple[str, Scored]:
     """``{name: (metrics on valid, Scored on the report split)}`` -> (name, Scored) of the one
-    with the best AP50 on ``valid``: the reference is chosen on valid, reported on its split."""
+    with the best AP50 on ``valid``: the reference is chosen on valid, reported on its split.
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     name = max(candidates, key=lambda k: candidates[k][0]["AP50"])
     return name, candidates[name][1]
 
 
 def with_interval(s: Scored) -> dict:
-    """``{"split", "AP50", "AP50_ci95", "AP50_se"}``: AP50 with its image-level bootstrap interval."""
+    """``{"split", "AP50", "AP50_ci95", "AP50_se"}``: AP50 with its image-level bootstrap interval.
+
+    Introduced in notebook 01_train_baseline, section "COCO evaluation on the held-out split"."""
     iv = intervals.interval(s.matched)
     return {"split": s.split, "AP50": s.ap50, "AP50_ci95": iv["ci95"], "AP50_se": iv["se"]}
 
@@ -315,7 +325,8 @@ def with_interval(s: Scored) -> dict:
 def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANCE) -> dict:
     """A variant against the reference on the same split: its AP50 with interval, the paired
     ``delta_ap50`` (variant - reference) with interval, and both verdicts (``within_1ap50``:
-    point estimate of the drop <= tolerance; ``non_inferior``: the drop's 95% upper end <= it)."""
+    point estimate of the drop <= tolerance; ``non_inferior``: the drop's 95% upper end <= it).
+    Introduced in notebook 02_prune_magnitude, section "4 · Gradual pruning while fine-tuning"."""
     if variant.split != reference.split:
         raise ValueError(f"a variant on {variant.split} cannot be compared with a reference on {reference.split}")
     d = intervals.paired(variant.matched, reference.matched)
@@ -326,7 +337,9 @@ def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANC
 
 
 def per_class(metrics: dict):
-    """The ``AP-<class>`` entries as a sorted table."""
+    """The ``AP-<class>`` entries as a sorted table.
+
+    Introduced in notebook 01_train_baseline, section "COCO evaluation on the held-out split"."""
     import pandas as pd
 
     rows = [(k[3:], v) for k, v in metrics.items() if k.startswith("AP-")]
@@ -334,12 +347,14 @@ def per_class(metrics: dict):
 
 
 def file_size(path) -> int:
+    """Bytes on disk of ``path``.  Introduced in notebook 01_train_baseline, section "Size and speed"."""
     return os.path.getsize(path)
 
 
 @torch.no_grad()
 def latency(model, images: list[dict], warmup: int = 3, runs: int = 20, threads: int | None = None) -> dict:
-    """Batch-1 wall time per image: ``warmup`` untimed passes, then ``runs`` timed ones."""
+    """Batch-1 wall time per image: ``warmup`` untimed passes, then ``runs`` timed ones.  Introduced
+    in notebook 01_train_baseline, section "Size and speed"."""
     if threads:
         torch.set_num_threads(threads)
     model.eval()
@@ -386,7 +401,9 @@ def side_by_side(baseline, variant, inputs: list[dict], variant_inputs: list[dic
 
 
 def load_inputs(cfg, records: list[dict]) -> list[dict]:
-    """Model inputs for dataset records, preprocessed as at test time (resize, channel order)."""
+    """Model inputs for dataset records, preprocessed as at test time (resize, channel order).
+
+    Introduced in notebook 01_train_baseline, section "Size and speed"."""
     from detectron2.data import detection_utils as utils
     from detectron2.data import transforms as T
 
@@ -404,7 +421,8 @@ def load_inputs(cfg, records: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def predict(model, inputs: list[dict], score_thresh: float = 0.0) -> list[dict]:
-    """Boxes, scores and classes per input image as numpy arrays."""
+    """Boxes, scores and classes per input image as numpy arrays.  Introduced in notebook
+    01_train_baseline, section "Does the saved file give back the same model?"."""
     model.eval()
     out = []
     for x in inputs:
@@ -416,6 +434,8 @@ def predict(model, inputs: list[dict], score_thresh: float = 0.0) -> list[dict]:
 
 
 def predictions_to_json(preds: list[dict], inputs: list[dict]) -> list[dict]:
+    """:func:`predict`'s output as JSON-ready rows (file name, boxes, scores, classes), rounded.
+    Introduced in notebook 01_train_baseline, section "Does the saved file give back the same model?"."""
     return [{"file_name": Path(x["file_name"]).name, "boxes": p["boxes"].round(4).tolist(),
              "scores": p["scores"].round(6).tolist(), "classes": p["classes"].tolist()}
             for p, x in zip(preds, inputs)]

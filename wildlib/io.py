@@ -57,11 +57,14 @@ def copy_file(src, dest) -> Path:
 
 
 def write_csv(path, table, **kwargs) -> Path:
-    """A pandas table as CSV, written atomically."""
+    """A pandas table as CSV, written atomically.
+
+    Introduced in notebook 01_train_baseline, section "Where the time goes"."""
     return atomic_write(path, lambda tmp: table.to_csv(tmp, **kwargs))
 
 
 def write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically.  Introduced in notebook 01_train_baseline."""
     def _w(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -84,6 +87,8 @@ def _jsonable(obj: Any):
 
 
 def write_json(path, data: dict) -> Path:
+    """Write ``data`` as indented JSON atomically (numpy numbers and NaN made JSON-safe).
+    Introduced in notebook 01_train_baseline, section "Does the saved file give back the same model?"."""
     return write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
@@ -98,11 +103,15 @@ def read_json(path) -> dict:
 
 
 def save_figure(fig, path) -> Path:
+    """Save a matplotlib figure atomically, in the format of ``path``'s suffix.  Introduced in
+    notebook 00_explore_data, section "Class counts (against the paper's, for the paper's classes)"."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix[1:]))
 
 
 def slug(name: str) -> str:
-    """A file-name-safe form of a display name: letters, digits, '-' and '_' only."""
+    """A file-name-safe form of a display name: letters, digits, '-' and '_' only.
+
+    Introduced in notebook 05_evaluate, section "The variants and their files"."""
     out = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.lower())
     return "-".join(p for p in out.split("-") if p) or "unnamed"
 
@@ -121,6 +130,7 @@ def resolve(path) -> Path:
 
 
 def stage_dir(run_dir, name: str) -> Path:
+    """``RUN_DIR/<name>/``, made if missing.  Introduced in notebook 00_explore_data."""
     d = resolve(run_dir) / name
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -142,7 +152,9 @@ SPEED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALL
 
 
 def environment() -> dict:
-    """What a reader needs to reproduce a number: versions, threads, device."""
+    """What a reader needs to reproduce a number: versions, threads, device.
+
+    Introduced in notebook 01_train_baseline."""
     import torch
 
     info = {

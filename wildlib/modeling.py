@@ -294,6 +294,8 @@ def with_memory_format(model, cfg):
 
 
 def count_parameters(model) -> dict:
+    """``{"params", "nonzero"}``: all parameters of ``model``, and those not zero.  Introduced in
+    notebook 01_train_baseline, section "Size and speed"."""
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return {"params": total, "nonzero": nonzero}
@@ -301,7 +303,8 @@ def count_parameters(model) -> dict:
 
 def save_weights(model, path, extra: dict | None = None) -> Path:
     """Weights only (no optimizer, no scheduler): what the model costs on disk.  Loadable by
-    ``DetectionCheckpointer`` (the state dict sits under the key ``model``)."""
+    ``DetectionCheckpointer`` (the state dict sits under the key ``model``).
+    Introduced in notebook 01_train_baseline, section "Size and speed"."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"model": state, **(extra or {})}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -16,11 +16,15 @@ ONE_SHOT_AP50 = {
 
 
 def applies(classes) -> bool:
-    """The paper's numbers are a reference only for its own 13 classes."""
+    """The paper's numbers are a reference only for its own 13 classes.
+
+    Introduced in notebook 00_explore_data."""
     return tuple(classes) == CLASSES
 
 
 def table():
+    """The paper's one-shot AP50 by pruning ratio (rows) and scope (columns), 0% being its baseline.
+    Introduced in notebook 02_prune_magnitude, section "1 · One-shot global L1 pruning (the paper's experiment)"."""
     import pandas as pd
 
     df = pd.DataFrame(ONE_SHOT_AP50)
@@ -32,7 +36,8 @@ def table():
 def beside(one_shot, baseline_ap50: float, with_paper: bool = True):
     """Our one-shot sweep (rows ``ratio``, ``scope``, ``AP50``) beside the paper's table, on the
     ratios we ran (0%: the baseline itself, ours and theirs); the paper's columns only where it
-    has that ratio, never a row of ours that was not run."""
+    has that ratio, never a row of ours that was not run.
+    Introduced in notebook 05_evaluate, section "The paper's one-shot table beside ours"."""
     import pandas as pd
 
     ours = one_shot.pivot(index="ratio", columns="scope", values="AP50") if len(one_shot) else pd.DataFrame()

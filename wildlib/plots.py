@@ -40,6 +40,8 @@ def _grid(n, cols, size=3.2):
 
 
 def sample_grid(records, names=CLASSES, n=8, cols=4, seed=0):
+    """``n`` random images of ``records`` with their boxes and class names.  Introduced in notebook
+    00_explore_data, section "A look at the images"."""
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(records), size=min(n, len(records)), replace=False)
     fig, axes = _grid(len(pick), cols)
@@ -53,7 +55,9 @@ def sample_grid(records, names=CLASSES, n=8, cols=4, seed=0):
 
 
 def counts_vs_paper(table):
-    """Instances per class; beside the paper's table when ``table`` has its column."""
+    """Instances per class; beside the paper's table when ``table`` has its column.
+
+    Introduced in notebook 00_explore_data, section "Class counts (against the paper's, for the paper's classes)"."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(table)), 3.5))
     x = np.arange(len(table))
     paper = "paper" in table
@@ -69,6 +73,8 @@ def counts_vs_paper(table):
 
 
 def box_statistics(boxes, boxes_per_image):
+    """Box sizes (with COCO's small/medium limits), aspect ratios and boxes per image.  Introduced
+    in notebook 00_explore_data, section "Boxes: how big, what shape, how many per image"."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].hist(np.sqrt(boxes["area"]), bins=40, color="C0")
     axes[0].set_xlabel("box size sqrt(w*h) [px]")
@@ -87,6 +93,8 @@ def box_statistics(boxes, boxes_per_image):
 
 
 def loss_curves(rows, keys=("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"), smooth=20):
+    """Training losses against iteration, each smoothed over ``smooth`` iterations.  Introduced in
+    notebook 01_train_baseline, section "Training"."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for k in keys:
         pts = [(r["iter"], r[k]) for r in rows if k in r]

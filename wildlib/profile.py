@@ -161,7 +161,8 @@ def _median_table(runs: list[dict], extra: dict[str, list[float]] | None = None)
 
 @torch.no_grad()
 def inference_time(model, inputs: list[dict], warmup: int = 2, runs: int = 10):
-    """Median per-part wall time (ms) of batch-1 inference over ``runs`` profiled calls."""
+    """Median per-part wall time (ms) of batch-1 inference over ``runs`` profiled calls.  Introduced
+    in notebook 04_prune_channels, section "5 · Combined, saved, reloaded in a fresh process"."""
     model.eval()
     for i in range(warmup):
         model([inputs[i % len(inputs)]])
@@ -262,7 +263,8 @@ def macs(model, image: dict) -> float:
 
 def cost_table(model, cfg, inputs: list[dict], train_iter=None, runs: int = 10, train_runs: int = 5):
     """On the CPU (the profile records CPU activity only; a CUDA model is refused).  One table: per part, inference and (if ``train_iter`` is given) training-step wall time
-    and forward FLOPs. ``model`` is left in eval mode; a training-step run works on a copy."""
+    and forward FLOPs. ``model`` is left in eval mode; a training-step run works on a copy.
+    Introduced in notebook 01_train_baseline, section "Where the time goes"."""
     import copy
 
     import pandas as pd
@@ -285,7 +287,9 @@ def cost_table(model, cfg, inputs: list[dict], train_iter=None, runs: int = 10, 
 
 
 def train_batches(cfg):
-    """An iterator over training batches exactly as the trainer gets them."""
+    """An iterator over training batches exactly as the trainer gets them.
+
+    Introduced in notebook 01_train_baseline, section "Where the time goes"."""
     from detectron2.data import build_detection_train_loader
 
     return iter(build_detection_train_loader(cfg))

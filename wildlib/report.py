@@ -53,7 +53,9 @@ def _met(name: str, value) -> str:
 
 
 def interval(ci) -> str:
-    """A 95% interval as ``[lo, hi]``."""
+    """A 95% interval as ``[lo, hi]``.
+
+    Introduced in notebook 01_train_baseline, section "COCO evaluation on the held-out split"."""
     return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "[n/a]"
 
 
@@ -67,7 +69,9 @@ def verdict_line(name: str, row: dict) -> str:
 
 
 def variants_on_split(rows: list[dict], split: str, ref_name: str, reference: dict) -> str:
-    """The reported variants of a stage as lines: the reference, then each variant's verdicts."""
+    """The reported variants of a stage as lines: the reference, then each variant's verdicts.
+
+    Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     head = (f"reported on {split}" + ("" if split == "test" else " (no test split: chosen and reported on one split)")
             + f"; reference = the {ref_name}, AP50 {_f(reference['AP50'])} {interval(reference['AP50_ci95'])}")
     return "\n".join([head] + [verdict_line(r["variant"], r) + f"; sparsity {r.get('sparsity_all', math.nan):.3f}"
@@ -279,8 +283,8 @@ def _evaluate_lines(ev: dict, **_) -> list[str]:
 
 
 def stage_summary(run_dir, stage: str) -> str:
-    """What a stage measured, in the words of the README's results section, read from its
-    ``metrics.json``: how each notebook ends ("What we saw")."""
+    """What a stage measured, in the words of ``docs/results.md``, read from its ``metrics.json``:
+    how each notebook ends.  Introduced in notebook 00_explore_data, section "What we saw"."""
     m = _load(resolve(run_dir) / stage / "metrics.json")
     if m is None:
         raise FileNotFoundError(f"{resolve(run_dir) / stage / 'metrics.json'}: not found (has the stage run?)")

@@ -100,7 +100,7 @@ def share_weights(model, bits=5, scopes=SCOPES,
 
     ``bits`` is an int, or a dict by layer kind (``{"conv": 5, "fc": 4}``).  Returns the
     codebooks and codes per layer (what the compressed file stores).
-    """
+    Introduced in notebook 03_weight_sharing, section "Centroid initialisation"."""
     shared = {}
     for name, m in shareable(model, scopes):
         b = bits[layer_kind(m)] if isinstance(bits, dict) else int(bits)
@@ -115,6 +115,8 @@ def share_weights(model, bits=5, scopes=SCOPES,
 
 
 def timed_share(model, **kw):
+    """(:func:`share_weights`' result, its wall time in seconds).  Introduced in notebook
+    03_weight_sharing, section "How fast is 1-D k-means?"."""
     t = time.perf_counter()
     shared = share_weights(model, **kw)
     return shared, time.perf_counter() - t
@@ -178,7 +180,8 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     gradient is a scatter-add (``table[index]``'s backward) whose threaded float sums otherwise
     differ run to run, enough to move AP50 after 100 iterations by tenths.  Bit-for-bit on CPU (on
     CUDA some kernels have no deterministic version: PyTorch warns).  Like ``train``, it leaves the
-    process's global RNGs seeded."""
+    process's global RNGs seeded.
+    Introduced in notebook 03_weight_sharing, section "The chosen variant, with centroid fine-tuning, written to disk"."""
     from detectron2.data import build_detection_train_loader
     from detectron2.engine import SimpleTrainer, hooks
     from detectron2.utils.env import seed_all_rng
@@ -234,12 +237,15 @@ def _quantize(model, layers, per_channel: bool) -> dict:
 def quantize_int8(model, scopes=SCOPES, per_channel: bool = True) -> dict:
     """Symmetric int8 of every conv and linear weight of ``scopes``, in place (the weights become
     the dequantized values); one scale per output channel, or per tensor.  Returns
-    {layer: (int8 array, scale or scales)}: what the compressed file stores."""
+    {layer: (int8 array, scale or scales)}: what the compressed file stores.
+    Introduced in notebook 03_weight_sharing, section "int8: the paper's "8 bits", done plainly"."""
     return _quantize(model, prunable(model, scopes), per_channel)
 
 
 def quantize_depthwise(model, scopes=SCOPES) -> dict:
-    """Per-channel int8 of the depthwise convolutions only (the layers weight sharing skips)."""
+    """Per-channel int8 of the depthwise convolutions only (the layers weight sharing skips).
+
+    Introduced in notebook 03_weight_sharing, section "The chosen variant, with centroid fine-tuning, written to disk"."""
     return _quantize(model, [(n, m) for n, m in prunable(model, scopes) if is_depthwise(m)], True)
 
 
@@ -247,7 +253,8 @@ def fold_frozen_bn(model) -> int:
     """Rewrite every ``FrozenBatchNorm2d`` as a pure scale and shift, in place: ``weight`` <- the
     per-channel scale, ``bias`` <- the shift, ``running_mean`` <- 0, ``running_var`` <- 1 - eps.
     The layer computes the same function (to float rounding) and its statistics become constants
-    that cost nothing to store.  Returns how many layers were folded."""
+    that cost nothing to store.  Returns how many layers were folded.
+    Introduced in notebook 03_weight_sharing, section "The chosen variant, with centroid fine-tuning, written to disk"."""
     from detectron2.layers import FrozenBatchNorm2d
 
     n = 0

@@ -33,7 +33,8 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     PyTorch and ONNX Runtime at the same thread count), MACs and parameters (of ``twin``, the
     PyTorch model an ONNX Runtime one was exported from; MACs depend on the proposals its weights
     keep, so ``count_macs=False`` where the twin has no trained weights) and the bytes of the
-    file(s) it is stored in."""
+    file(s) it is stored in.
+    Introduced in notebook 04_prune_channels."""
     m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
     # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings
     twin = model if twin is None else test_time(copy.deepcopy(twin), **test_time_of(model))
@@ -48,7 +49,8 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
 
 def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
     """One knob at a time, the others at ``cfg``'s values: the settings a test-time sweep measures
-    (``cfg``'s own setting once, first)."""
+    (``cfg``'s own setting once, first).
+    Introduced in notebook 04_prune_channels, section "2 · Test-time knobs before surgery"."""
     base = {"pre_nms": int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST), "post_nms": int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
             "detections": int(cfg.TEST.DETECTIONS_PER_IMAGE), "min_size": int(cfg.INPUT.MIN_SIZE_TEST)}
     out = [{"knob": "proposals", **base, "pre_nms": int(a), "post_nms": int(b)} for a, b in proposals]
@@ -66,7 +68,8 @@ def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
 def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inputs: list[dict], settings,
                     runs: int = 30, warmup: int = LATENCY_WARMUP, twin=None):
     """AP50 and side-by-side latency of ``model`` at each test-time setting (see :func:`knob_settings`);
-    ``twin``: the PyTorch model whose MACs an ONNX Runtime ``model`` has."""
+    ``twin``: the PyTorch model whose MACs an ONNX Runtime ``model`` has.
+    Introduced in notebook 04_prune_channels, section "2 · Test-time knobs before surgery"."""
 
     rows = []
     for s in settings:
@@ -82,7 +85,8 @@ def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inp
 
 def fastest_within(sweep, reference_ap50: float, tolerance: float) -> dict | None:
     """The setting (row of :func:`sweep_test_time`) with the lowest measured latency among those
-    whose AP50 is within ``tolerance`` of ``reference_ap50``; None if none is."""
+    whose AP50 is within ``tolerance`` of ``reference_ap50``; None if none is.
+    Introduced in notebook 04_prune_channels, section "5 · Combined, saved, reloaded in a fresh process"."""
     ok = sweep[sweep["AP50"] >= reference_ap50 - tolerance]
     if not len(ok):
         return None
@@ -93,7 +97,8 @@ def fastest_within(sweep, reference_ap50: float, tolerance: float) -> dict | Non
 def pick_test_time(sweep, cfg, max_drop: float) -> dict:
     """Per knob, the cheapest setting swept whose AP50 is at most ``max_drop`` below the AP50 of
     ``cfg``'s own setting (the sweep's first row): what each knob costs, not where the model
-    stands; ``cfg``'s own value if none is cheaper.  One combined test-time setting."""
+    stands; ``cfg``'s own value if none is cheaper.  One combined test-time setting.
+    Introduced in notebook 04_prune_channels, section "2 · Test-time knobs before surgery"."""
     defaults = {"pre_nms": int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST), "post_nms": int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
                 "detections": int(cfg.TEST.DETECTIONS_PER_IMAGE), "min_size": int(cfg.INPUT.MIN_SIZE_TEST)}
     own = sweep.iloc[0]
@@ -137,7 +142,9 @@ def twin_of(cfg):
 
 
 def in_fresh_process(spec: dict, work_dir, timeout: float = 900) -> dict:
-    """Run :func:`remeasure` in a new Python process (nothing shared with this one but files)."""
+    """Run :func:`remeasure` in a new Python process (nothing shared with this one but files).
+
+    Introduced in notebook 04_prune_channels, section "5 · Combined, saved, reloaded in a fresh process"."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     spec = {**spec, "work_dir": str(work_dir)}

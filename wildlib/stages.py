@@ -54,7 +54,8 @@ class Stage(NamedTuple):
 def open_stage(run_dir, name: str, data_dir: str = "", classes=(), aliases=None, threads: int | None = None) -> Stage:
     """Create ``RUN_DIR/<name>/``, register the data stage 00 explored (or ``data_dir``, ``classes``,
     ``aliases`` if given) with Detectron2, and set PyTorch's thread count.  The stage's previous
-    ``metrics.json`` is removed: a re-run that stops half-way leaves no stale record for later stages."""
+    ``metrics.json`` is removed: a re-run that stops half-way leaves no stale record for later stages.
+    Introduced in notebook 01_train_baseline."""
     if threads:
         import torch
 
@@ -118,7 +119,8 @@ def data_settings(run_dir, user: dict | None = None) -> dict:
 
 def check_num_classes(cfg, classes) -> None:
     """The model's class outputs must match the class list (else training and evaluation run
-    silently with the wrong number of outputs)."""
+    silently with the wrong number of outputs).
+    Introduced in notebook 02_prune_magnitude."""
     n = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if n != len(classes):
         raise ValueError(f"the model has {n} class outputs (MODEL.ROI_HEADS.NUM_CLASSES) but the class list has "
@@ -130,7 +132,8 @@ AP50_FLOOR = 5.0  # below it a baseline has learned next to nothing: no compress
 
 def require_baseline(ap50: float, floor: float = AP50_FLOOR, where: str = "the baseline") -> None:
     """Stop a later stage on a failed baseline rather than report compression 'within 1 AP50'
-    of nothing."""
+    of nothing.
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     if not ap50 >= floor:
         raise RuntimeError(f"{where} reached AP50 {ap50:.2f}, under the floor of {floor:g}: it has not learned to "
                            "detect, so compressing it says nothing. Fix the baseline first (stage 00's warnings, "
@@ -139,7 +142,8 @@ def require_baseline(ap50: float, floor: float = AP50_FLOOR, where: str = "the b
 
 def save_stage(stage: Path, config: dict | str, metrics: dict, cfg=None) -> None:
     """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string), ``metrics.json`` and, with
-    ``cfg``, the model's Detectron2 config ``detectron2.yaml``."""
+    ``cfg``, the model's Detectron2 config ``detectron2.yaml``.
+    Introduced in notebook 00_explore_data, section "The split"."""
     stage = Path(stage)
     if cfg is not None:
         write_text(stage / D2_CONFIG_FILE, cfg.dump())
@@ -193,7 +197,9 @@ def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes,
 
 
 def metrics_of(run_dir, stage: str) -> dict:
-    """What stage ``stage`` of the run measured (its ``metrics.json``)."""
+    """What stage ``stage`` of the run measured (its ``metrics.json``).
+
+    Introduced in notebook 05_evaluate."""
     return read_json(resolve(run_dir) / stage / METRICS_FILE)
 
 
@@ -228,7 +234,8 @@ REFERENCE_DETECTIONS = {"baseline": "baseline.json", "dense control": "dense_con
 def stored_detections(run, oneshot_name: str | None = None) -> dict[str, Path]:
     """Where stages 02-04 wrote each reported model's detections on the report split, by the
     name stage 05 gives the model: 05 takes them where the reloaded model reproduces them
-    (:func:`wildlib.evaluate.scored_stored`) instead of evaluating it again."""
+    (:func:`wildlib.evaluate.scored_stored`) instead of evaluating it again.
+    Introduced in notebook 05_evaluate, section "The variants and their files"."""
     def at(stage: str, name: str) -> Path:
         return Path(run) / stage / DETECTIONS_DIR / f"{name}.json"
 
@@ -243,7 +250,8 @@ def stored_detections(run, oneshot_name: str | None = None) -> dict[str, Path]:
 def reference_scored(prune_dir, datasets: dict):
     """Stage 02's reference (the better of the baseline and the dense control on valid) on the
     report split, rebuilt from the detections stage 02 wrote: later stages pair their variants
-    with it (:func:`wildlib.evaluate.against`) without evaluating it again."""
+    with it (:func:`wildlib.evaluate.against`) without evaluating it again.
+    Introduced in notebook 03_weight_sharing, section "int8: the paper's "8 bits", done plainly"."""
     rec = load_stage(prune_dir)
     m = rec.metrics
     split = m.get("evaluation_split", "valid")
@@ -256,7 +264,8 @@ def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, det
     """Stage 02's baseline: (COCO metrics on valid, :class:`~wildlib.evaluate.Scored` on the
     report split), rebuilt from what stage 01 wrote (its final evaluation on valid, its detections
     on the report split, copied to ``detections_file``) without evaluating the same model again;
-    evaluated where 01 did not write them (another split, a resumed or older run)."""
+    evaluated where 01 did not write them (another split, a resumed or older run).
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     m = read_json(Path(baseline_dir) / METRICS_FILE)
     det = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
     valid = final_eval(m.get("evals") or [], int(cfg.SOLVER.MAX_ITER))
@@ -284,7 +293,8 @@ def coco_max_dets_of(stage_path) -> int:
 def finetune_schedule(baseline_dir, cfg, *, max_iter: int, ims_per_batch: int, lr: float, seed: int | None,
                       **_) -> dict:
     """What makes two dense controls the same model: iterations, LR, batch, seed, and the
-    baseline's weights (SHA-256).  Recorded as stage 02's ``finetune`` settings."""
+    baseline's weights (SHA-256).  Recorded as stage 02's ``finetune`` settings.
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     return {"iterations": int(max_iter), "lr": float(lr), "ims_per_batch": int(ims_per_batch),
             "seed": int(cfg.SEED if seed is None else seed),
             "baseline_sha256": sha256_file(Path(baseline_dir) / MODEL_FILE)}
@@ -331,7 +341,8 @@ def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_pe
     ``freeze_at=0`` (default) lets every layer train: a pruned layer that stays frozen cannot
     recover from its pruning.  ``None`` keeps the baseline's setting.  ``config_file`` and
     ``weights`` start from another model of the baseline's data (a channel-pruned one, say).
-    ``seed=None`` (default) keeps the baseline's seed: one seed per run, set in stage 01."""
+    ``seed=None`` (default) keeps the baseline's seed: one seed per run, set in stage 01.
+    Introduced in notebook 02_prune_magnitude, section "4 · Gradual pruning while fine-tuning"."""
     baseline_dir = Path(baseline_dir)
     over = baseline_overrides(Path(out_dir), device=device, max_iter=max_iter, ims_per_batch=ims_per_batch,
                               lr=lr, eval_period=eval_period, seed=seed,

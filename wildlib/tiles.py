@@ -132,7 +132,8 @@ def test_loader(cfg, dataset_name: str):
 
 def register_tiles(dataset_name: str, folder, size: int, overlap: int) -> str:
     """Register ``<dataset_name>_tiles``: the tiles of a registered training set (written once
-    under ``folder``), with the same classes."""
+    under ``folder``), with the same classes.
+    Introduced in notebook 01_train_baseline."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     records = write_tiles(DatasetCatalog.get(dataset_name), folder, size, overlap)

@@ -164,7 +164,7 @@ def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=()) -> dict:
 
     With ``num_gpus > 1`` Detectron2's ``launch`` starts one process per GPU; the history and
     the model then come back through ``cfg.OUTPUT_DIR`` (:func:`load_result`).
-    """
+    Introduced in notebook 01_train_baseline, section "Training"."""
     import pickle
 
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
@@ -191,7 +191,8 @@ def load_result(cfg) -> dict:
 def plateau_gain(evals: list[dict], at: float = 0.75, key: str = "AP50") -> float:
     """How much ``key`` still rose over the last quarter of training: its value at the last
     evaluation minus its value at ``at`` of the schedule (interpolated between evaluations).
-    Near zero (or below) means the model had stopped improving.  NaN with < 2 evaluations."""
+    Near zero (or below) means the model had stopped improving.  NaN with < 2 evaluations.
+    Introduced in notebook 01_train_baseline, section "Has it converged?"."""
     pts = sorted((e["iter"], e[key]) for e in evals if key in e)
     if len(pts) < 2:
         return math.nan
@@ -204,7 +205,8 @@ def plateau_gain(evals: list[dict], at: float = 0.75, key: str = "AP50") -> floa
 def final_eval(evals: list[dict], iterations: int) -> dict | None:
     """The COCO metrics of the evaluation made after the last of ``iterations`` (the periodic
     evaluation on ``valid`` at the end of training), or None where there was none: a later
-    stage takes it instead of evaluating the same model on the same images again."""
+    stage takes it instead of evaluating the same model on the same images again.
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     last = evals[-1] if evals else {}
     ap50 = last.get("AP50")  # NaN (or null, read back) where nothing was detected: evaluate again
     if last.get("iter") != iterations or not isinstance(ap50, (int, float)) or not math.isfinite(ap50):
@@ -213,16 +215,22 @@ def final_eval(evals: list[dict], iterations: int) -> dict | None:
 
 
 def learning_curve(evals: list[dict], key: str = "AP50") -> list[dict]:
-    """``[{iter, AP50}, ...]`` from the periodic evaluations."""
+    """``[{iter, AP50}, ...]`` from the periodic evaluations.
+
+    Introduced in notebook 01_train_baseline, section "Has it converged?"."""
     return [{"iter": int(e["iter"]), key: float(e[key])} for e in evals if key in e]
 
 
 def unwrap(model):
-    """The plain model inside a DistributedDataParallel wrapper, if any."""
+    """The plain model inside a DistributedDataParallel wrapper, if any.
+
+    Introduced in notebook 01_train_baseline, section "Training"."""
     return model.module if hasattr(model, "module") else model
 
 
 def pick_device(requested: str = "auto") -> str:
+    """``"auto"``: CUDA if torch sees a GPU, else the CPU; a CUDA device asked for without one is an
+    error.  Introduced in notebook 01_train_baseline."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():

@@ -25,7 +25,8 @@ CONFIG = D2_CONFIG_FILE  # a model folder's Detectron2 config
 
 def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
     """A deployable folder: ``cfg`` (with the pruned widths and test-time settings), the ONNX files
-    ``graphs``, the box predictor's weights of ``model`` and a manifest of them all."""
+    ``graphs``, the box predictor's weights of ``model`` and a manifest of them all.
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,9 @@ def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
 
 
 def deploy_bytes(folder) -> int:
-    """Bytes on disk of everything a deployable folder needs (the manifest included)."""
+    """Bytes on disk of everything a deployable folder needs (the manifest included).
+
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
     folder = Path(folder)
     return sum((folder / f).stat().st_size for f in [CONFIG, PREDICTOR, MANIFEST] + [f"{g}.onnx" for g in GRAPHS])
 
@@ -103,7 +106,8 @@ def _deploy_config(path: Path):
 def load(folder, threads: int | None = None):
     """(cfg, model) of a deployable folder written by :func:`save`, on the CPU: the manifest's sizes
     and digests, the config, each ONNX file (and that it fits the config) and the predictor's
-    weights are checked before use; every refusal names its file."""
+    weights are checked before use; every refusal names its file.
+    Introduced in notebook 05_evaluate, section "The variants and their files"."""
 
     folder = Path(folder)
     manifest = _check_manifest(folder)

@@ -52,7 +52,8 @@ def _inputs_of(model, image: dict):
 
 def export(model, image: dict, out_dir, opset: int = 17) -> dict[str, Path]:
     """The graphs of ``model`` (:data:`GRAPHS`) as fp32 ONNX files in ``out_dir``, with dynamic image
-    size and proposal count.  ``image``: one model input, to trace with."""
+    size and proposal count.  ``image``: one model input, to trace with.
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,8 @@ def export(model, image: dict, out_dir, opset: int = 17) -> dict[str, Path]:
 def calibration_data(model, images: list[dict], max_boxes: int = 512) -> dict[str, list[dict]]:
     """Each graph's inputs (name -> array) while the fp32 ``model`` (on the CPU) runs on ``images``:
     what static quantization measures its activation ranges on; at most ``max_boxes`` box-head
-    inputs per image, so memory stays bounded."""
+    inputs per image, so memory stays bounded.
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("calibration runs the model on the CPU: move it there first (model.to('cpu'))")
     data = {g: [] for g in GRAPHS}
@@ -113,7 +115,8 @@ def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir,
              graphs=GRAPHS) -> dict[str, Path]:
     """Static int8 quantization of each fp32 graph in ``graphs`` (the others are kept fp32) with ONNX
     Runtime: QDQ format, per-channel int8 weights, uint8 activations whose ranges come from
-    ``calibration`` (``method``: minmax | percentile | entropy)."""
+    ``calibration`` (``method``: minmax | percentile | entropy).
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
     # ONNX Runtime: a heavy optional dependency, loaded where used
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 def test_time(model, pre_nms: int | None = None, post_nms: int | None = None, detections: int | None = None):
     """Set the test-time compute knobs of ``model`` in place: RPN proposals kept per level before
-    NMS, proposals kept after it (what the box head sees), detections kept per image."""
+    NMS, proposals kept after it (what the box head sees), detections kept per image.
+    Introduced in notebook 04_prune_channels, section "2 · Test-time knobs before surgery"."""
     rpn = model.proposal_generator
     if pre_nms is not None:
         rpn.pre_nms_topk = {True: rpn.pre_nms_topk[True], False: int(pre_nms)}
@@ -25,7 +26,8 @@ def test_time_of(model) -> dict:
 
 def with_test_time(cfg, pre_nms: int, post_nms: int, detections: int, min_size: int | None = None):
     """``cfg`` with these test-time settings (and test input size: shortest edge ``min_size``, the
-    longest edge scaled alike)."""
+    longest edge scaled alike).
+    Introduced in notebook 04_prune_channels, section "2 · Test-time knobs before surgery"."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = int(pre_nms)

@@ -80,7 +80,8 @@ LEAN_NAMES = {"MODEL.PROPOSAL_GENERATOR.NAME": ("RPN", "TopKFirstRPN"),
 
 def lean(model):
     """``model`` (in place) with :class:`TopKFirstRPN` and :class:`CachedAnchorGenerator` in place of
-    Detectron2's RPN and anchor generator (the same state: only methods change)."""
+    Detectron2's RPN and anchor generator (the same state: only methods change).
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
     pg = model.proposal_generator
     if type(pg) is RPN:
         pg.__class__ = TopKFirstRPN

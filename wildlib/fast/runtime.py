@@ -199,7 +199,8 @@ class OrtBoxHead(nn.Module):
 def attach(model, graphs: dict, threads: int = 2):
     """A copy of ``model``, on the CPU, whose backbone, RPN head and box head run the ONNX files
     ``graphs`` (name -> path, or a loaded :class:`OrtGraph`) in ONNX Runtime, and whose RPN and
-    anchors run leaner (:func:`lean`).  Each graph's inputs and outputs must fit ``model``."""
+    anchors run leaner (:func:`lean`).  Each graph's inputs and outputs must fit ``model``.
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
     model = lean(copy.deepcopy(model).eval().to("cpu"))
     levels = list(model.proposal_generator.in_features)
     shapes = model.backbone.output_shape()

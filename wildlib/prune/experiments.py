@@ -14,7 +14,8 @@ from ..io import slug
 
 def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool = True, ranking: str = "l1"):
     """The paper's experiment: prune a copy of ``model`` once per (scope, ratio), no
-    fine-tuning, and evaluate it.  Sparsity is also reported over all prunable weights."""
+    fine-tuning, and evaluate it.  Sparsity is also reported over all prunable weights.
+    Introduced in notebook 02_prune_magnitude, section "1 · One-shot global L1 pruning (the paper's experiment)"."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -33,7 +34,8 @@ def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool
 
 def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bool = True):
     """Prune one group at a time (a backbone stage, the FPN, the RPN, the box head) at each
-    ratio and evaluate: which parts of the detector tolerate pruning."""
+    ratio and evaluate: which parts of the detector tolerate pruning.
+    Introduced in notebook 02_prune_magnitude, section "3 · Which parts are fragile? A sensitivity scan"."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -50,7 +52,9 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bo
 
 
 def ratios_from_sensitivity(scan, baseline_ap50: float, tolerance: float = 1.0) -> dict[str, float]:
-    """Per group, the largest scanned ratio whose AP50 stays within ``tolerance`` of the baseline."""
+    """Per group, the largest scanned ratio whose AP50 stays within ``tolerance`` of the baseline.
+
+    Introduced in notebook 02_prune_magnitude, section "3 · Which parts are fragile? A sensitivity scan"."""
     out = {}
     for g, df in scan.groupby("group"):
         ok = df[df["AP50"] >= baseline_ap50 - tolerance]
@@ -66,19 +70,24 @@ def reported_row(name: str, sparsity_all: float, comparison: dict) -> dict:
 
 
 def pick_name(pick: dict) -> str:
-    """The display name of a one-shot setting: ``"one-shot lamp all 50%"``."""
+    """The display name of a one-shot setting: ``"one-shot lamp all 50%"``.
+
+    Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     return f"one-shot {pick['ranking']} {pick['scope']} {pick['ratio']:.0%}"
 
 
 def from_pick(model, pick: dict):
-    """The one-shot model of a recorded setting (:func:`one_shot_pick`), re-made from ``model``."""
+    """The one-shot model of a recorded setting (:func:`one_shot_pick`), re-made from ``model``.
+
+    Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     return pruned_copy(model, pick["scope"], pick["ratio"], pick.get("ranking", "l1"))
 
 
 def reported_rows(models: dict, cfg, datasets: dict, split: str, reference, detections_dir, scored=None) -> list[dict]:
     """:func:`reported_row` of each of ``models`` (name -> model), scored on ``split`` (reusing
     ``scored``: name -> :class:`wildlib.evaluate.Scored` already measured) and compared with the
-    ``reference``'s Scored; each model's detections are written to ``detections_dir``."""
+    ``reference``'s Scored; each model's detections are written to ``detections_dir``.
+    Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     scored = dict(scored or {})
     rows = []
     for name, m in models.items():

@@ -36,7 +36,7 @@ class GradualPruning(HookBase):
     Masks are attached before training (the optimizer keeps updating ``weight_orig``; the masked
     entries stay zero in the forward pass); every ``every`` iterations between ``start`` and
     ``end`` the smallest surviving weights are masked until the scheduled sparsity is reached.
-    """
+    Introduced in notebook 02_prune_magnitude, section "4 · Gradual pruning while fine-tuning"."""
 
     def __init__(self, scopes="all", final: float = 0.8, start: int = 0, end: int = 1000, every: int = 20,
                  ranking: str = "l1"):

@@ -132,7 +132,8 @@ def _prune_by_scores(targets, amount: float, ranking: str):
 def global_magnitude(model, scopes="all", amount: float = 0.5, ranking: str = "l1"):
     """Global unstructured pruning (masks attached) of the selected scopes: ``amount`` of
     their weights, lowest score first, ranked across all layers together (``ranking`` "l1":
-    the raw magnitude, as in the paper; "lamp": the layer-normalised LAMP score)."""
+    the raw magnitude, as in the paper; "lamp": the layer-normalised LAMP score).
+    Introduced in notebook 02_prune_magnitude, section "2 · Why global L1 empties layers, and a scale-free ranking"."""
     if not 0 <= amount < 1:
         raise ValueError(f"amount must be in [0, 1), got {amount}")
     _prune_by_scores(_targets(model, scopes), amount, ranking)
@@ -140,7 +141,9 @@ def global_magnitude(model, scopes="all", amount: float = 0.5, ranking: str = "l
 
 
 def layerwise_magnitude(model, ratios: dict[str, float], scopes="all", ranking: str = "l1"):
-    """Pruning with a ratio per group (see :func:`group_of`), ranked (``ranking``) within each group."""
+    """Pruning with a ratio per group (see :func:`group_of`), ranked (``ranking``) within each group.
+
+    Introduced in notebook 02_prune_magnitude, section "3 · Which parts are fragile? A sensitivity scan"."""
     by_group: dict[str, list] = {}
     for name, m in prunable(model, scopes):
         by_group.setdefault(group_of(name), []).append((m, "weight"))
@@ -153,7 +156,8 @@ def layerwise_magnitude(model, ratios: dict[str, float], scopes="all", ranking: 
 
 def make_permanent(model):
     """Fold every mask into its weight (``torch_prune.remove``): plain tensors with zeros remain, in
-    the memory format they had before pruning (channels-last stays channels-last)."""
+    the memory format they had before pruning (channels-last stays channels-last).
+    Introduced in notebook 02_prune_magnitude, section "3 · Which parts are fragile? A sensitivity scan"."""
     for m in model.modules():
         for hook in list(m._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):
@@ -171,7 +175,9 @@ def pruned_copy(model, scopes, amount, ranking: str = "l1"):
 
 
 def sparsity_table(model, scopes=SCOPES):
-    """Per layer: scope, group, weights, nonzero, sparsity (masks included if attached)."""
+    """Per layer: scope, group, weights, nonzero, sparsity (masks included if attached).
+
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     import pandas as pd
 
     rows = []
@@ -185,7 +191,9 @@ def sparsity_table(model, scopes=SCOPES):
 
 
 def group_sparsity(model, scopes="all"):
-    """Per group (see :func:`group_of`): weights, nonzero, sparsity."""
+    """Per group (see :func:`group_of`): weights, nonzero, sparsity.
+
+    Introduced in notebook 02_prune_magnitude, section "2 · Why global L1 empties layers, and a scale-free ranking"."""
     g = sparsity_table(model, scopes).groupby("group")[["weights", "nonzero"]].sum()
     return g.assign(sparsity=1 - g["nonzero"] / g["weights"])
 
@@ -196,7 +204,9 @@ def _zero_fraction(tensors) -> float:
 
 
 def sparsity(model, scopes=DEFAULT_SCOPES) -> float:
-    """Fraction of zeros among the prunable weights of ``scopes`` (masks included if attached)."""
+    """Fraction of zeros among the prunable weights of ``scopes`` (masks included if attached).
+
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     return _zero_fraction([m.weight for _, m in prunable(model, scopes)])
 
 

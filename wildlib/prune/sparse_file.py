@@ -13,7 +13,8 @@ from ..io import atomic_write
 
 def save_sparse(model, path) -> Path:
     """Write the weights with every mostly-zero tensor stored as a bitmask + its nonzero
-    values (fp32), everything else dense; a plain ``.npz`` (no pickle).  Returns the path."""
+    values (fp32), everything else dense; a plain ``.npz`` (no pickle).  Returns the path.
+    Introduced in notebook 02_prune_magnitude, section "5 · Honest sizes"."""
     arrays = {}
     for k, v in model.state_dict().items():
         a = v.detach().cpu().numpy()
@@ -66,7 +67,8 @@ def load_sparse(path) -> dict[str, torch.Tensor]:
     """Inverse of :func:`save_sparse`: a state dict of dense tensors.  Read without pickle; every
     size is checked before it is allocated (each member's header against the member's bytes, each
     tensor's shape against its stored bitmask and values), so a crafted file cannot ask for more
-    memory than its own size (plus the dense tensors that size describes)."""
+    memory than its own size (plus the dense tensors that size describes).
+    Introduced in notebook 02_prune_magnitude, section "5 · Honest sizes"."""
     import zipfile
     import zlib
 
