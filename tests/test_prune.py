@@ -22,7 +22,7 @@ def test_every_conv_and_linear_has_a_scope(model):
     assert len(layers) == n_all
     scopes = {wp.scope_of(n) for n, _ in layers}
     assert scopes == set(wp.SCOPES)
-    assert "predictor" not in {wp.scope_of(n) for n, _ in wp.prunable(model, "all")}
+    assert "box_predictor" not in {wp.scope_of(n) for n, _ in wp.prunable(model, "all")}
 
 
 def test_pruned_weights_keep_their_memory_format(model):
@@ -40,13 +40,13 @@ def test_pruned_weights_keep_their_memory_format(model):
 
 
 def test_parse_scopes():
-    assert wp.parse_scopes("backbone+roi_head") == ("backbone", "roi_head")
+    assert wp.parse_scopes("backbone+box_head") == ("backbone", "box_head")
     assert wp.parse_scopes("all") == wp.DEFAULT_SCOPES
     with pytest.raises(ValueError, match="unknown pruning scope"):
         wp.parse_scopes("head")
 
 
-@pytest.mark.parametrize("scopes, amount", [("backbone", 0.3), ("all", 0.8), ("backbone+roi_head", 0.5)])
+@pytest.mark.parametrize("scopes, amount", [("backbone", 0.3), ("all", 0.8), ("backbone+box_head", 0.5)])
 def test_global_magnitude_hits_the_ratio_and_only_the_scope(model, scopes, amount):
     m = wp.pruned_copy(model, scopes, amount)
     assert not any(hasattr(mod, "weight_orig") for mod in m.modules())  # masks folded in
@@ -56,9 +56,9 @@ def test_global_magnitude_hits_the_ratio_and_only_the_scope(model, scopes, amoun
 
 
 def test_global_ranking_prunes_smallest_magnitudes(model):
-    m = wp.pruned_copy(model, "roi_head", 0.5)
-    before = torch.cat([mod.weight.flatten().abs() for _, mod in wp.prunable(model, "roi_head")])
-    after = torch.cat([mod.weight.flatten() for _, mod in wp.prunable(m, "roi_head")])
+    m = wp.pruned_copy(model, "box_head", 0.5)
+    before = torch.cat([mod.weight.flatten().abs() for _, mod in wp.prunable(model, "box_head")])
+    after = torch.cat([mod.weight.flatten() for _, mod in wp.prunable(m, "box_head")])
     threshold = before.kthvalue(int(0.5 * before.numel())).values
     assert (before[after == 0] <= threshold + 1e-12).all()
     assert (before[after != 0] >= threshold - 1e-12).all()
@@ -98,11 +98,11 @@ def test_a_new_ranking_is_one_function_and_one_registration(model, monkeypatch):
     def largest_first(weight):
         return 1.0 / (weight.detach().abs() + 1e-12)
 
-    for prune in (lambda m: wp.global_magnitude(m, "roi_head", 0.5, ranking="largest_first"),
-                  lambda m: wp.layerwise_magnitude(m, {"roi_head": 0.5}, "roi_head", ranking="largest_first")):
+    for prune in (lambda m: wp.global_magnitude(m, "box_head", 0.5, ranking="largest_first"),
+                  lambda m: wp.layerwise_magnitude(m, {"box_head": 0.5}, "box_head", ranking="largest_first")):
         m = prune(copy.deepcopy(model))
-        before = torch.cat([mod.weight.flatten().abs() for _, mod in wp.prunable(model, "roi_head")])
-        after = torch.cat([mod.weight.flatten() for _, mod in wp.prunable(m, "roi_head")])
+        before = torch.cat([mod.weight.flatten().abs() for _, mod in wp.prunable(model, "box_head")])
+        after = torch.cat([mod.weight.flatten() for _, mod in wp.prunable(m, "box_head")])
         assert (after == 0).float().mean().item() == pytest.approx(0.5, abs=1e-4)
         assert before[after == 0].min() >= before[after != 0].max() - 1e-12  # the largest went first
     assert wp.GradualPruning("all", 0.5, ranking="largest_first").ranking == "largest_first"

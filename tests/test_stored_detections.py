@@ -4,6 +4,7 @@ model that reproduces them."""
 
 import json
 import math
+import shutil
 import zlib
 
 import numpy as np
@@ -78,10 +79,39 @@ def test_metrics_from_detections_alone_equal_the_evaluators(registered, limit):
     assert _same_metrics(evaluate.coco_metrics(datasets["test"], dets, limit), metrics)
 
 
-def test_no_detection_at_all_scores_zero_as_the_evaluator_does(registered):
-    _, datasets, _, _ = registered
-    m = evaluate.coco_metrics(datasets["test"], [], 100)
-    assert m["AP50"] == 0.0 and m["AP-seal"] == 0.0 and math.isnan(m["APl"]) and m["num_detections"] == 0
+class Blind(NoisyOracle):
+    """Detects nothing on the images listed in ``blind_to`` (all of them by default)."""
+
+    def __init__(self, records, blind_to=None):
+        super().__init__(records)
+        self.blind_to = blind_to
+
+    def forward(self, batched_inputs):
+        out = super().forward(batched_inputs)
+        for x, o in zip(batched_inputs, out):
+            if self.blind_to is None or x["image_id"] in self.blind_to:
+                o["instances"] = o["instances"][:0]
+        return out
+
+
+def test_no_detection_at_all_scores_as_the_evaluator_does(registered):
+    cfg, datasets, records, _ = registered
+    metrics, dets = evaluate.score(Blind(records), cfg, datasets["test"], quiet=True)
+    assert dets == [] and metrics["AP50"] == 0.0 and math.isnan(metrics["APl"])
+    assert _same_metrics(evaluate.coco_metrics(datasets["test"], [], 100), metrics)
+
+
+def test_one_class_has_no_per_class_ap_as_in_the_evaluator(registered):
+    cfg, _, _, tmp = registered
+    from detectron2.data import DatasetCatalog
+
+    size = (320, 240)
+    root = make_voc(tmp / "voc1", {f"s{k}": grid_boxes("seal", 2 + k % 3, 16, size) for k in range(6)}, size,
+                    {"train": ["s0"], "valid": ["s1"], "test": [f"s{k}" for k in range(2, 6)]})
+    name = data.register(root, ["seal"], prefix="stored1", coco_dir=tmp / "coco1")["test"]
+    metrics, dets = evaluate.score(NoisyOracle(DatasetCatalog.get(name)), cfg, name, quiet=True)
+    assert math.isnan(metrics["AP-seal"]) and metrics["AP50"] > 0
+    assert _same_metrics(evaluate.coco_metrics(name, dets, 100), metrics)
 
 
 def test_same_detections_is_strict_on_counts_classes_and_tolerant_of_rounding():
@@ -100,11 +130,46 @@ def test_stored_detections_are_taken_only_from_a_model_that_reproduces_them(regi
     cfg, datasets, records, tmp = registered
     model = NoisyOracle(records, seed=0)
     fresh = evaluate.scored(model, cfg, datasets, "test", detections_file=tmp / "stored.json")
+    assert json.loads((tmp / "stored.source.json").read_text()) == evaluate.source_of(cfg, datasets["test"])
     taken = evaluate.scored_stored(model, cfg, datasets, "test", tmp / "stored.json", check_images=4)
     assert taken is not None and _same_metrics(taken.metrics, fresh.metrics)
     assert evaluate.with_interval(taken) == evaluate.with_interval(fresh)  # the same matching, the same bootstrap
     assert evaluate.scored_stored(NoisyOracle(records, seed=1), cfg, datasets, "test", tmp / "stored.json") is None
     assert evaluate.scored_stored(model, cfg, datasets, "test", tmp / "missing.json") is None
-    foreign = [dict(d, image_id=10_000) for d in json.loads((tmp / "stored.json").read_text())]
-    (tmp / "foreign.json").write_text(json.dumps(foreign))
-    assert evaluate.scored_stored(model, cfg, datasets, "test", tmp / "foreign.json") is None
+    assert evaluate.scored_stored(model, cfg, datasets, "test", tmp / "stored.json", check_images=0) is None
+    # other test-time settings, or no record of what the detections were made with: evaluated again
+    other = config.get_config("mobilenet_fpn_cpu", {"TEST.DETECTIONS_PER_IMAGE": 50})
+    assert evaluate.scored_stored(model, other, datasets, "test", tmp / "stored.json") is None
+    evaluate.copy_detections(tmp / "stored.json", tmp / "copy.json")
+    assert evaluate.scored_stored(model, cfg, datasets, "test", tmp / "copy.json") is not None
+    (tmp / "copy.source.json").unlink()
+    assert evaluate.scored_stored(model, cfg, datasets, "test", tmp / "copy.json") is None
+
+
+def test_stored_detections_of_a_changed_test_split_are_not_taken(registered, tmp_path):
+    """Images are numbered by their line in test.txt: a split whose last image is replaced (or
+    that gains images) keeps the first ids, and only the ground truth's checksum tells the stored
+    detections are of another split."""
+    cfg, datasets, records, tmp = registered
+    evaluate.scored(NoisyOracle(records), cfg, datasets, "test", detections_file=tmp_path / "stored.json")
+    from detectron2.data import DatasetCatalog
+
+    voc = shutil.copytree(tmp / "voc", tmp_path / "voc")
+    (voc / "test.txt").write_text("\n".join([f"i{k}" for k in range(2, 13)] + ["i1"]) + "\n")  # last one replaced
+    (voc / "valid.txt").write_text("i13\n")
+    grown = data.register(voc, ["seal", "rock"], prefix="grown", coco_dir=tmp_path / "coco")
+
+    model = NoisyOracle(DatasetCatalog.get(grown["test"]))
+    assert evaluate.scored_stored(model, cfg, {"test": grown["test"]}, "test", tmp_path / "stored.json") is None
+
+
+def test_the_check_compares_images_that_have_detections(registered, tmp_path):
+    cfg, datasets, records, _ = registered
+    first = [r["image_id"] for r in records[:3]]
+    blind = Blind(records, blind_to=set(first))  # nothing on the first images: they prove nothing
+    evaluate.scored(blind, cfg, datasets, "test", detections_file=tmp_path / "stored.json")
+    assert evaluate.scored_stored(blind, cfg, datasets, "test", tmp_path / "stored.json", check_images=3) is not None
+    lying = NoisyOracle(records, seed=5)  # another model, blind or not on the first images
+    assert evaluate.scored_stored(lying, cfg, datasets, "test", tmp_path / "stored.json", check_images=3) is None
+    evaluate.scored(Blind(records), cfg, datasets, "test", detections_file=tmp_path / "none.json")
+    assert evaluate.scored_stored(Blind(records), cfg, datasets, "test", tmp_path / "none.json") is None  # nothing to compare

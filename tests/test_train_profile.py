@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from wildlib import config, data, evaluate, modeling, profile, prune, stages, train
+from wildlib import channels, config, data, evaluate, modeling, parts, profile, prune, stages, train
 
 
 def test_plateau_gain_and_learning_curve():
@@ -31,16 +31,24 @@ def test_reference_and_best_within():
     assert evaluate.best_within(rows, 95.5, "s", tolerance=2.0) == rows[1]
 
 
-def test_parts_cover_the_detector():
+def test_parts_cover_the_detector_and_are_the_one_vocabulary():
     cfg = config.get_config("mobilenet_fpn_cpu", {"MODEL.MOBILENET.PRETRAINED": "none"})
     model = modeling.build_model(cfg)
-    assert profile.part_of("backbone.bottom_up.m3.0.conv.0.0") == "backbone"
-    assert profile.part_of("backbone.fpn_output2") == "fpn"
-    assert profile.part_of("roi_heads.box_head.fc1") == "box_head"
-    assert profile.part_of("roi_heads.box_pooler.level_poolers.0") == "roi_pooler"
-    assert profile.part_of("pixel_mean") == "other"
-    with_weights = {profile.part_of(n) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert parts.part_of("backbone.bottom_up.m3.0.conv.0.0") == "backbone"
+    assert parts.part_of("backbone.fpn_output2") == "fpn"
+    assert parts.part_of("roi_heads.box_head.fc1") == "box_head"
+    assert parts.part_of("roi_heads.box_pooler.level_poolers.0") == "roi_pooler"
+    assert parts.part_of("pixel_mean") == "other"
+    assert parts.backbone_stage_of("backbone.bottom_up.m3.0.conv.0.0") == "m3"
+    assert parts.backbone_stage_of("backbone.fpn_output2") is None
+    with_weights = {parts.part_of(n) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     assert with_weights == {"backbone", "fpn", "rpn", "box_head", "box_predictor"}
+    # pruning scopes, sensitivity groups and channel families all speak it
+    assert set(prune.SCOPES) == with_weights
+    groups = {prune.group_of(n) for n, _ in prune.prunable(model, "all")}
+    assert groups == {"backbone.stem", "backbone.m2", "backbone.m3", "backbone.m4", "backbone.m5", "fpn", "rpn", "box_head"}
+    assert set(channels.FAMILIES) <= set(parts.PARTS) | set(parts.BACKBONE_STAGES)
+    assert parts.current_names("backbone+roi_head") == "backbone+box_head"  # a run written before
 
 
 def test_channels_last_is_the_same_model():
@@ -91,7 +99,7 @@ def test_cost_table_splits_time_and_flops(tiny, smoke_data):
     model = modeling.build_model(tiny)
     inputs = evaluate.load_inputs(tiny, data.load_split(smoke_data, "valid")[:2])
     table = profile.cost_table(model, tiny, inputs, train_iter=profile.train_batches(tiny), runs=2, train_runs=1)
-    assert set(profile.PARTS) <= set(table.index) and {"optimizer_step", "data_loading"} <= set(table.index)
+    assert set(parts.PART_NAMES) <= set(table.index) and {"optimizer_step", "data_loading"} <= set(table.index)
     for col in ("infer_ms", "train_ms"):
         assert table[col].sum() > 0 and (table[col] >= 0).all()
         assert table[col.replace("_ms", "_share")].sum() == pytest.approx(1.0)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .evaluate import coco
-from .modeling import STAGES
+from .parts import BACKBONE_STAGES
 from .profile import macs
 from .widths import NUM_BLOCKS, block_parts, default_hidden_widths, hidden_width, narrow_block_, narrow_conv_, narrow_linear_
 
@@ -61,7 +61,7 @@ def _blocks(model) -> dict[int, nn.Module]:
     bottom_up = model.backbone.bottom_up
     out = {}
     for stage in bottom_up.stage_names:
-        a, _, _, _ = STAGES[stage]
+        a, _, _, _ = BACKBONE_STAGES[stage]
         for j, block in enumerate(getattr(bottom_up, stage)):
             if hasattr(block, "conv") and len(block.conv) == 4:
                 out[a + j] = block
@@ -69,7 +69,7 @@ def _blocks(model) -> dict[int, nn.Module]:
 
 
 def _stage_of(index: int) -> str:
-    for name, (a, b, _, _) in STAGES.items():
+    for name, (a, b, _, _) in BACKBONE_STAGES.items():
         if a <= index < b:
             return "m2" if name == "stem" else name  # the stem's one expanding block counts with m2
     raise ValueError(index)

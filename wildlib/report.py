@@ -22,6 +22,7 @@ from . import stages
 from .evaluate import AP50_TOLERANCE
 from .io import copy_file, resolve, write_text
 from .paper import ONE_SHOT_AP50
+from .parts import current_names
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # the README's generated headline
 RESULTS_FILE = "docs/results.md"  # the whole generated results, beside the README
@@ -368,7 +369,7 @@ def _one_shot_lines(p: dict) -> list[str]:
 
     by = {}
     for r in p.get("one_shot", []):
-        by.setdefault(r["ratio"], {})[r["scope"]] = r["AP50"]
+        by.setdefault(r["ratio"], {})[current_names(r["scope"])] = r["AP50"]
     for r in p.get("one_shot_lamp", []):
         by.setdefault(r["ratio"], {})["all, LAMP"] = r["AP50"]
     scopes = list(dict.fromkeys(k for v in by.values() for k in v))

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import yaml
 from detectron2.data import MetadataCatalog
 
-from .evaluate import LATENCY_WARMUP, max_dets, on_splits, scored_from_file
+from .evaluate import LATENCY_WARMUP, copy_detections, max_dets, on_splits, scored_from_file
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
 from .speed import LATENCY_IMAGES
 from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
@@ -239,7 +239,8 @@ def stored_detections(run, oneshot_name: str | None = None) -> dict[str, Path]:
     def at(stage: str, name: str) -> Path:
         return Path(run) / stage / DETECTIONS_DIR / f"{name}.json"
 
-    out = {"baseline": at(PRUNE, "baseline"), "dense control": at(PRUNE, "dense_control"),
+    reference = {name: at(PRUNE, Path(f).stem) for name, f in REFERENCE_DETECTIONS.items()}
+    out = {**reference,
            "gradual pruning + FT": at(PRUNE, "gradual"), "pruned + shared + FT": at(SHARE, "shared"),
            "int8": at(SHARE, "int8"), "channel-pruned + int8 + test-time (04)": at(CHANNELS, "combined")}
     if oneshot_name:
@@ -274,7 +275,7 @@ def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, det
     if (m.get("evaluation_split") != split or not det.is_file() or valid is None or not same_images
             or tuple(cfg.DATASETS.TEST) != (datasets["valid"],)):  # 01 evaluated valid in training
         return on_splits(model, cfg, datasets, split, detections_file)
-    copy_file(det, detections_file)
+    copy_detections(det, detections_file)
     return (m["bbox"] if split == "valid" else valid), scored_from_file(datasets, split, m["bbox"], detections_file,
                                                                           max_dets(cfg))
 

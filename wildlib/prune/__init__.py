@@ -1,9 +1,10 @@
 """Magnitude pruning of a Detectron2 Faster R-CNN with ``torch.nn.utils.prune``.
 
-* **Scopes** name groups of prunable weights (conv and linear ``weight`` tensors):
-  ``backbone`` (bottom-up network), ``fpn``, ``rpn``, ``roi_head`` (box head FCs) and
-  ``predictor`` (the final classifier/regressor, excluded unless asked).  ``all`` means every
-  scope but ``predictor``.  Combine with ``+``: ``"backbone+roi_head"``.
+* **Scopes** are the detector's parts (:mod:`wildlib.parts`) that hold prunable weights (conv and
+  linear ``weight`` tensors): ``backbone`` (bottom-up network), ``fpn``, ``rpn``, ``box_head``
+  (the box head's FCs) and ``box_predictor`` (the final classifier/regressor, excluded unless
+  asked).  ``all`` means every scope but ``box_predictor``.  Combine with ``+``:
+  ``"backbone+box_head"``.
 * **One-shot** global L1 pruning (the paper's method), **sensitivity** scans per layer group,
   **gradual** pruning on Zhu & Gupta's cubic schedule while fine-tuning (a Detectron2 hook).
 * **Ranking** (a pruning criterion: weights -> a score per entry, registered by name with

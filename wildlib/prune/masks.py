@@ -4,22 +4,23 @@ the tensors. Introduced in notebook 02, sections 1-2."""
 from __future__ import annotations
 
 import copy
-import re
 from typing import Callable
 
 import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
+from ..parts import OTHER, backbone_stage_of, part_of
 
-SCOPES = ("backbone", "fpn", "rpn", "roi_head", "predictor")
 
-
-DEFAULT_SCOPES = ("backbone", "fpn", "rpn", "roi_head")
+# The parts of the detector (wildlib.parts) that hold prunable weights; "all" is every one but
+# the box predictor (the final classifier and box regressor), left alone unless asked.
+SCOPES = ("backbone", "fpn", "rpn", "box_head", "box_predictor")
+DEFAULT_SCOPES = ("backbone", "fpn", "rpn", "box_head")
 
 
 def parse_scopes(spec) -> tuple[str, ...]:
-    """``"all"``, ``"backbone+roi_head"`` or a list -> a tuple of scope names."""
+    """``"all"``, ``"backbone+box_head"`` or a list -> a tuple of scope names."""
     parts = spec.split("+") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for p in parts:
@@ -34,26 +35,18 @@ def parse_scopes(spec) -> tuple[str, ...]:
 
 
 def scope_of(name: str) -> str | None:
-    """The scope of a module by its name in a GeneralizedRCNN."""
-    if name.startswith("backbone.bottom_up."):
-        return "backbone"
-    if name.startswith("backbone."):
-        return "fpn"
-    if name.startswith("proposal_generator."):
-        return "rpn"
-    if name.startswith("roi_heads.box_head."):
-        return "roi_head"
-    if name.startswith("roi_heads.box_predictor."):
-        return "predictor"
-    return None
+    """The scope of a module by its name in a GeneralizedRCNN: its part, if that part holds
+    prunable weights."""
+    part = part_of(name)
+    return part if part in SCOPES else None
 
 
 def group_of(name: str) -> str:
     """A coarser-than-layer group for sensitivity scans: the backbone stage, else the scope."""
-    m = re.match(r"backbone\.bottom_up\.(\w+?)\.", name)
-    if m:
-        return f"backbone.{m.group(1)}"
-    return scope_of(name) or "other"
+    stage = backbone_stage_of(name)
+    if stage:
+        return f"backbone.{stage}"
+    return scope_of(name) or OTHER
 
 
 def prunable(model, scopes=DEFAULT_SCOPES) -> list[tuple[str, nn.Module]]:
