@@ -44,3 +44,11 @@ def test_numpy_alias_pattern_spares_real_dtypes():
     text = "a = np.int(3); b = np.int64(3); c = np.float32; d = np.bool_; e = np.float"
     assert installer.NP_ALIASES.sub(lambda m: m.group(1), text) == \
         "a = int(3); b = np.int64(3); c = np.float32; d = np.bool_; e = float"
+
+
+def test_progress_bars_are_widgets_in_jupyterlab():
+    """tqdm.auto (training, sweeps, the embedded set's rendering) draws a widget in a notebook
+    kernel only when ipywidgets imports; without it tqdm warns "IProgress not found" and prints text."""
+    from tqdm.notebook import IProgress
+
+    assert IProgress is not None
