@@ -331,13 +331,18 @@ def scored_from_file(datasets: dict, split: str, metrics: dict, detections_file,
 
 
 def on_splits(model, cfg, datasets: dict, split: str, detections_file=None, max_dets_per_image: int | None = None,
-              output_dir=None, valid: dict | None = None) -> tuple[dict, Scored]:
+              output_dir=None, valid: dict | None = None, stored_detections=None) -> tuple[dict, Scored]:
     """(COCO metrics on ``valid``, to choose with; :class:`Scored` on ``split``, to report):
     one evaluation when the two splits are one (own data without a test split).  ``valid``: the
     model's metrics on valid, already measured (the final evaluation of its training): taken.
+    ``stored_detections``: this model's detections on ``split`` from the run that made it, taken
+    when :func:`scored_stored` accepts them (a sweep's shared dense control).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
-    s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, output_dir=output_dir,
-               detections_file=detections_file)
+    s = scored_stored(model, cfg, datasets, split, stored_detections, max_dets_per_image=max_dets_per_image)
+    if s is not None and detections_file:
+        copy_detections(stored_detections, detections_file)
+    s = s or scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, output_dir=output_dir,
+                    detections_file=detections_file)
     if split == "valid":
         return s.metrics, s
     return valid or coco(model, cfg, datasets["valid"], quiet=True, max_dets_per_image=max_dets_per_image), s

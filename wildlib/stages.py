@@ -305,7 +305,8 @@ def dense_control(baseline_dir, stage: Path, schedule: dict, ft_args: dict, num_
     """(model, record) of stage 02's dense control: the baseline fine-tuned with exactly the
     pruning run's schedule, no pruning.  Trained here (and saved into ``stage``), or, with
     ``control_dir``, taken from the run that trained it with the same ``schedule``
-    (:func:`reuse_dense_control`).  Introduced in notebook 02, "The baseline ... and the reference"."""
+    (:func:`reuse_dense_control`; its record then names the detections that run stored).
+    Introduced in notebook 02, "The baseline ... and the reference"."""
     if control_dir:
         record = reuse_dense_control(control_dir, stage, schedule)
         return load_trained(control_dir, DENSE_CONTROL_FILE)[1], record
@@ -332,7 +333,8 @@ def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> dict:
     if not src.is_file():
         raise FileNotFoundError(f"{src}: not found (has that stage finished?)")
     copy_file(src, Path(stage) / DENSE_CONTROL_FILE)
-    return {**other.metrics["dense_control"], "trained_in": str(Path(control_dir))}
+    stored = Path(control_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["dense control"]
+    return {**other.metrics["dense_control"], "trained_in": str(Path(control_dir)), "stored_detections": str(stored)}
 
 
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
