@@ -42,13 +42,13 @@ def test_fastest_within_takes_the_lowest_latency_that_keeps_ap50():
     assert speed.fastest_within(sweep, 95.0, 1.0) is None
 
 
-def test_best_passing_uses_the_named_verdict():
+def test_best_within_uses_the_named_verdict():
     rows = [{"variant": "a", "speedup": 3.0, "within_1ap50": True, "non_inferior": False},
             {"variant": "b", "speedup": 2.0, "within_1ap50": True, "non_inferior": True},
             {"variant": "c", "speedup": 5.0, "within_1ap50": False, "non_inferior": False}]
-    assert evaluate.best_passing(rows, "speedup")["variant"] == "a"
-    assert evaluate.best_passing(rows, "speedup", "non_inferior")["variant"] == "b"
-    assert evaluate.best_passing(rows[2:], "speedup") is None
+    assert evaluate.best_within(rows, "speedup", verdict="within_1ap50")["variant"] == "a"
+    assert evaluate.best_within(rows, "speedup", verdict="non_inferior")["variant"] == "b"
+    assert evaluate.best_within(rows[2:], "speedup", verdict="within_1ap50") is None
 
 
 @pytest.mark.parametrize("ap50s, expected", [((95.0, 96.4), "dense control"), ((96.0, 95.5), "baseline")])

@@ -26,9 +26,9 @@ def test_reference_and_best_within():
     assert evaluate.reference_ap50(90.0, 95.5) == 95.5
     assert evaluate.reference_ap50(90.0, float("nan")) == 90.0
     rows = [{"AP50": 95.0, "s": 0.5}, {"AP50": 94.4, "s": 0.9}, {"AP50": 94.6, "s": 0.8}]
-    assert evaluate.best_within(rows, 95.5, "s") == rows[2]  # 94.4 is 1.1 below the reference
-    assert evaluate.best_within(rows, 99.0, "s") is None
-    assert evaluate.best_within(rows, 95.5, "s", tolerance=2.0) == rows[1]
+    assert evaluate.best_within(rows, "s", 95.5) == rows[2]  # 94.4 is 1.1 below the reference
+    assert evaluate.best_within(rows, "s", 99.0) is None
+    assert evaluate.best_within(rows, "s", 95.5, tolerance=2.0) == rows[1]
 
 
 def test_parts_cover_the_detector_and_are_the_one_vocabulary():

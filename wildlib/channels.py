@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .evaluate import coco
+from .evaluate import best_within, coco
 from .parts import BACKBONE_STAGES
 from .profile import macs
 from .widths import NUM_BLOCKS, block_parts, default_hidden_widths, hidden_width, narrow_block_, narrow_conv_, narrow_linear_
@@ -338,8 +338,5 @@ def ratios_from_scan(scan, reference_ap50: float, max_drop: float) -> dict[str, 
     """Per family, the largest scanned ratio whose AP50 (before fine-tuning) stays within
     ``max_drop`` of ``reference_ap50`` (notebook 04: the unpruned model's own AP50, so that the
     scan measures what pruning costs); 0 if none does."""
-    out = {}
-    for fam, df in scan.groupby("family", sort=False):
-        ok = df[df["AP50"] >= reference_ap50 - max_drop]
-        out[fam] = float(ok["ratio"].max()) if len(ok) else 0.0
-    return out
+    return {fam: float((best_within(df, "ratio", reference_ap50, max_drop) or {"ratio": 0.0})["ratio"])
+            for fam, df in scan.groupby("family", sort=False)}

@@ -33,20 +33,18 @@ def reference_ap50(baseline_ap50: float, dense_control_ap50: float | None = None
     return max(vals)
 
 
-def best_within(rows, reference: float, key: str, tolerance: float = AP50_TOLERANCE, ap_key: str = "AP50"):
-    """The row (a dict) with the largest ``key`` among those whose AP50 is at least
-    ``reference - tolerance``; None if no row is.
-    Introduced in notebook 04_prune_channels, section "Summary"."""
-    ok = [r for r in rows if r[ap_key] >= reference - tolerance]
-    return max(ok, key=lambda r: r[key]) if ok else None
-
-
-def best_passing(rows, key: str, verdict: str = "within_1ap50"):
-    """The row with the largest ``key`` among those that pass ``verdict`` (``within_1ap50``: the
-    drop's point estimate within the tolerance; ``non_inferior``: its 95% upper end); None if none.
+def best_within(rows, key: str, reference: float | None = None, tolerance: float = AP50_TOLERANCE, *,
+                verdict: str | None = None, lowest: bool = False, ap_key: str = "AP50"):
+    """The project's one picker.  Among ``rows`` (dicts, or a DataFrame) that pass — AP50 at least
+    ``reference - tolerance`` (the point-estimate rule, on the split the rows were measured on), or,
+    with ``verdict``, whose ``verdict`` field is true (``within_1ap50``, ``non_inferior``: verdicts
+    already made against the reference, with their rule) — the row with the largest ``key``
+    (``lowest``: the smallest; ties: the first); None if no row passes.
     Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
-    ok = [r for r in rows if r.get(verdict)]
-    return max(ok, key=lambda r: r[key]) if ok else None
+    if hasattr(rows, "to_dict"):
+        rows = rows.to_dict(orient="records")
+    ok = [r for r in rows if (r.get(verdict) if verdict else r[ap_key] >= reference - tolerance)]
+    return (min if lowest else max)(ok, key=lambda r: r[key]) if ok else None
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .data import load_split, register
-from .evaluate import LATENCY_WARMUP, accuracy_and_speed, load_inputs
+from .evaluate import LATENCY_WARMUP, accuracy_and_speed, best_within, load_inputs
 from .fast import deploy_bytes, load, test_time, test_time_of, with_test_time
 from .io import read_json, write_json
 from .modeling import build_model, load_trained
@@ -87,11 +87,8 @@ def fastest_within(sweep, reference_ap50: float, tolerance: float) -> dict | Non
     """The setting (row of :func:`sweep_test_time`) with the lowest measured latency among those
     whose AP50 is within ``tolerance`` of ``reference_ap50``; None if none is.
     Introduced in notebook 04_prune_channels, section "5 · Combined, saved, reloaded in a fresh process"."""
-    ok = sweep[sweep["AP50"] >= reference_ap50 - tolerance]
-    if not len(ok):
-        return None
-    row = ok.sort_values("latency_ms_median").iloc[0]
-    return {k: int(row[k]) for k in ("pre_nms", "post_nms", "detections", "min_size")}
+    row = best_within(sweep, "latency_ms_median", reference_ap50, tolerance, lowest=True)
+    return {k: int(row[k]) for k in ("pre_nms", "post_nms", "detections", "min_size")} if row else None
 
 
 def pick_test_time(sweep, cfg, max_drop: float) -> dict:

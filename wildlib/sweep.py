@@ -55,7 +55,7 @@ import psutil  # installed with Dask: the points' processes, to stop them on Ctr
 import yaml
 
 from . import evaluate, intervals, runner, stages
-from .evaluate import AP50_TOLERANCE
+from .evaluate import AP50_TOLERANCE, best_within
 from .io import cpu_model, read_json, resolve, save_figure, slug, write_csv, write_json, write_text
 from .modeling import sha256_file
 from .plots import frontier
@@ -474,9 +474,9 @@ def frontier_headline(summary, rows) -> dict:
         return out
     multi = summary[summary["seeds"] >= 2]
     for verdict in ("within_1ap50", "non_inferior"):
-        ok = multi[multi[verdict]]
-        out[f"max_sparsity_{verdict}"] = float(ok["sparsity"].max()) if len(ok) else 0.0
-        out[f"best_compression_ratio_{verdict}"] = float(ok["compression_ratio"].max()) if len(ok) else 0.0
+        for key, name in (("sparsity", "max_sparsity"), ("compression_ratio", "best_compression_ratio")):
+            best = best_within(multi, key, verdict=verdict)
+            out[f"{name}_{verdict}"] = float(best[key]) if best else 0.0
     cpus = sorted({c for c in rows.get("cpu_model", []) if isinstance(c, str)})
     out["cpu_models"] = cpus
     return out

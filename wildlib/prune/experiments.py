@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from .masks import group_of, prunable, layerwise_magnitude, make_permanent, pruned_copy, group_sparsity, sparsity
-from ..evaluate import AP50_TOLERANCE, COCO_KEYS, against, coco, coco_with_interval, scored as score_model
+from ..evaluate import AP50_TOLERANCE, COCO_KEYS, against, best_within, coco, coco_with_interval, scored as score_model
 from ..io import slug
 
 
@@ -55,11 +55,8 @@ def ratios_from_sensitivity(scan, baseline_ap50: float, tolerance: float = 1.0) 
     """Per group, the largest scanned ratio whose AP50 stays within ``tolerance`` of the baseline.
 
     Introduced in notebook 02_prune_magnitude, section "3 · Which parts are fragile? A sensitivity scan"."""
-    out = {}
-    for g, df in scan.groupby("group"):
-        ok = df[df["AP50"] >= baseline_ap50 - tolerance]
-        out[g] = float(ok["ratio"].max()) if len(ok) else 0.0
-    return out
+    return {g: float((best_within(df, "ratio", baseline_ap50, tolerance) or {"ratio": 0.0})["ratio"])
+            for g, df in scan.groupby("group")}
 
 
 def reported_row(name: str, sparsity_all: float, comparison: dict) -> dict:
@@ -104,6 +101,5 @@ def one_shot_pick(rows, reference_ap50: float, tolerance: float | None = None) -
     rows = list(rows)
     if not rows:  # the sweep was skipped (a sweep point): nothing to re-make
         return None
-    ok = [r for r in rows if r["AP50"] >= reference_ap50 - tolerance]
-    best = max(ok, key=lambda r: r["sparsity_all"]) if ok else min(rows, key=lambda r: r["ratio"])
+    best = best_within(rows, "sparsity_all", reference_ap50, tolerance) or min(rows, key=lambda r: r["ratio"])
     return {"scope": best["scope"], "ratio": float(best["ratio"]), "ranking": best.get("ranking", "l1")}
