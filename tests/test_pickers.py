@@ -57,3 +57,9 @@ def test_the_reference_is_chosen_on_valid(ap50s, expected):
     cands = {"baseline": ({"AP50": ap50s[0]}, "base-on-test"), "dense control": ({"AP50": ap50s[1]}, "ctrl-on-test")}
     name, scored = evaluate.pick_reference(cands)
     assert name == expected and scored == cands[expected][1]
+
+
+def test_best_within_never_picks_a_nan():
+    rows = [{"name": "a", "AP50": 95.0, "speedup": float("nan")}, {"name": "b", "AP50": 95.0, "speedup": 1.5}]
+    assert evaluate.best_within(rows, "speedup", 95.0)["name"] == "b"
+    assert evaluate.best_within(rows, "speedup", 95.0, lowest=True)["name"] == "b"

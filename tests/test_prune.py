@@ -41,6 +41,7 @@ def test_pruned_weights_keep_their_memory_format(model):
 
 def test_parse_scopes():
     assert wp.parse_scopes("backbone+box_head") == ("backbone", "box_head")
+    assert wp.parse_scopes("backbone+roi_head") == ("backbone", "box_head")  # as a run recorded it before the rename
     assert wp.parse_scopes("all") == wp.DEFAULT_SCOPES
     with pytest.raises(ValueError, match="unknown pruning scope"):
         wp.parse_scopes("head")
@@ -108,6 +109,9 @@ def test_a_new_ranking_is_one_function_and_one_registration(model, monkeypatch):
     assert wp.GradualPruning("all", 0.5, ranking="largest_first").ranking == "largest_first"
     with pytest.raises(ValueError, match="registered already"):
         wp.register_ranking("lamp")(largest_first)
+    wp.register_ranking("negative")(lambda w: -w.detach().abs())  # torch would rank |scores|: refused
+    with pytest.raises(ValueError, match="negative scores"):
+        wp.global_magnitude(copy.deepcopy(model), "box_head", 0.5, ranking="negative")
 
 
 def test_cubic_schedule():

@@ -1,4 +1,4 @@
-"""wildlib.report: the README's frontier section is read from a collated sweep's files, and the
+"""wildlib.report: the frontier section of docs/results.md is read from a collated sweep's files, and the
 two compression goals then come from the frontier's seed means, not from one run."""
 
 import json

@@ -43,7 +43,8 @@ def best_within(rows, key: str, reference: float | None = None, tolerance: float
     Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     if hasattr(rows, "to_dict"):
         rows = rows.to_dict(orient="records")
-    ok = [r for r in rows if (r.get(verdict) if verdict else r[ap_key] >= reference - tolerance)]
+    ok = [r for r in rows if (r.get(verdict) if verdict else r[ap_key] >= reference - tolerance)
+          and r[key] == r[key]]  # a NaN key is never the best
     return (min if lowest else max)(ok, key=lambda r: r[key]) if ok else None
 
 
@@ -211,8 +212,9 @@ def scored_stored(model, cfg, datasets: dict, split: str, stored_file, *, max_de
     """``stored_file``'s detections (an earlier stage evaluated this model on ``split`` and wrote
     them) as a :class:`Scored`, when they were made on the same ground truth with the same
     test-time settings (their ``.source.json``) and ``model``, reloaded from its file, reproduces
-    them on the first ``check_images`` images that have stored detections; None otherwise (no such
-    file, another source, nothing to compare, or another model: then evaluate)."""
+    them on the first ``check_images`` images and on the first ``check_images`` that have stored
+    detections; None otherwise (no such file, another source, nothing to compare, or another
+    model: then evaluate)."""
     from detectron2.data import DatasetCatalog
 
     name = datasets[split]
@@ -221,12 +223,16 @@ def scored_stored(model, cfg, datasets: dict, split: str, stored_file, *, max_de
     if read_json(source_file(stored_file)) != source_of(cfg, name):
         return None  # other images or boxes, or other test-time settings
     stored = read_json(stored_file)
-    with_dets = {d["image_id"] for d in stored}
-    check = [r for r in DatasetCatalog.get(name) if r["image_id"] in with_dets][:check_images]
-    if not check:
+    with_dets = {d.get("image_id") for d in stored}
+    records = DatasetCatalog.get(name)
+    # the first images (a reloaded model must not find boxes where none were stored) and the first
+    # ones with stored boxes (something to compare): the two may be the same
+    check = {r["image_id"]: r for r in records[:check_images]}
+    check.update({r["image_id"]: r for r in [r for r in records if r["image_id"] in with_dets][:check_images]})
+    if not with_dets & set(check):
         return None
-    ids = {r["image_id"] for r in check}
-    if not same_detections(detections_on(model, cfg, name, check), [d for d in stored if d["image_id"] in ids]):
+    if not same_detections(detections_on(model, cfg, name, list(check.values())),
+                           [d for d in stored if d.get("image_id") in check]):
         return None
     limit = max_dets_per_image or max_dets(cfg) or 100
     return Scored(split, coco_metrics(name, stored, limit), matched(name, stored, limit))

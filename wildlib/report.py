@@ -111,7 +111,7 @@ def frontier_lines(summary: list[dict], headline: dict) -> list[str]:
 
 
 def _sweep_lines(sweep: Path, figure: str = "") -> tuple[list[str], dict]:
-    """The README's frontier section from a collated sweep folder, and the goals it decides."""
+    """The frontier section of docs/results.md from a collated sweep folder, and the goals it decides."""
     headline = _load(sweep / "headline.json")
     if not headline or not (sweep / "summary.csv").exists():
         return [f"Sweep `{sweep.name}`: not collated yet (`python -m wildlib.sweep SPEC --collate-only`).", ""], {}

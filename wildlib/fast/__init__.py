@@ -16,7 +16,7 @@ Two of those run leaner, with the same results (:func:`lean`): the RPN decodes o
 keeps (``TopKFirstRPN``: Detectron2 decodes every anchor, then keeps the top k), and anchors are
 computed once per feature-map size (``CachedAnchorGenerator``).
 
-Why ONNX Runtime: measured in notebook 04 (README).  PyTorch's FX graph-mode quantization cannot
+Why ONNX Runtime: measured in notebook 04 (docs/speed.md).  PyTorch's FX graph-mode quantization cannot
 trace Detectron2's FrozenBatchNorm/FPN (data-dependent control flow), PT2E needs ``torch.export``
 + Inductor compilation, and Detectron2 0.6's own ``detectron2.export`` imports caffe2.
 ONNX Runtime runs the exported fp32 graph about 3x faster than PyTorch eager on this CPU already,

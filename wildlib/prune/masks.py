@@ -10,7 +10,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from ..parts import OTHER, backbone_stage_of, part_of
+from ..parts import FORMER_NAMES, OTHER, backbone_stage_of, part_of
 
 
 # The parts of the detector (wildlib.parts) that hold prunable weights; "all" is every one but
@@ -21,10 +21,10 @@ DEFAULT_SCOPES = ("backbone", "fpn", "rpn", "box_head")
 
 def parse_scopes(spec) -> tuple[str, ...]:
     """``"all"``, ``"backbone+box_head"`` or a list -> a tuple of scope names."""
-    parts = spec.split("+") if isinstance(spec, str) else list(spec)
+    names_given = spec.split("+") if isinstance(spec, str) else list(spec)
     out: list[str] = []
-    for p in parts:
-        p = p.strip()
+    for p in names_given:
+        p = FORMER_NAMES.get(p.strip(), p.strip())  # a scope recorded by a run before the names were one
         names = DEFAULT_SCOPES if p == "all" else (p,)
         for n in names:
             if n not in SCOPES:
@@ -118,6 +118,8 @@ def _prune_by_scores(targets, amount: float, ranking: str):
                 m._wildlib_channels_last = True  # make_permanent gives the weight its layout back
                 t.data = t.data.contiguous()
     scores = {(m, n): score(getattr(m, n)).contiguous() for m, n in targets}
+    if any(bool((v < 0).any()) for v in scores.values()):  # torch ranks their absolute values
+        raise ValueError(f"ranking {ranking!r} gave negative scores; a ranking's scores must be >= 0")
     torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=float(amount),
                                     importance_scores=scores)
 
