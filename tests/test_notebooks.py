@@ -175,12 +175,12 @@ def test_04_prune_channels(smoke_run):
     run_dir = smoke_run("04")
     stage = run_dir / "04_prune_channels"
     m = json.loads((stage / "metrics.json").read_text())
-    keys = {"name", "AP50", "AP", "latency_ms_median", "latency_ms_p90", "speedup", "macs", "params", "file_bytes"}
+    keys = {"name", "AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup", "macs", "params", "file_bytes"}
     assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 9
     rows = {v["name"]: v for v in m["variants"]}
     for v in m["variants"]:
-        assert v["latency_ms_p90"] >= v["latency_ms_median"] > 0 and v["macs"] > 0 and v["file_bytes"] > 0
-        assert v["speedup"] == pytest.approx(v["baseline_ms_median"] / v["latency_ms_median"])
+        assert v["latency_p90_ms"] >= v["latency_median_ms"] > 0 and v["macs"] > 0 and v["file_bytes"] > 0
+        assert v["speedup"] == pytest.approx(v["baseline_ms_median"] / v["latency_median_ms"])
     assert m["baseline_latency_ms_median"] == m["variants"][0]["baseline_ms_median"]
     within = [v["speedup"] for v in m["variants"] if v["AP50"] >= m["reference_ap50"] - 1.0]
     assert m["best_speedup_within_1ap50"] == pytest.approx(max(within) if within else 0.0)
@@ -212,7 +212,7 @@ def test_05_evaluate(smoke_run):
     run_dir = smoke_run("05")
     stage = run_dir / "05_evaluate"
     m = json.loads((stage / "metrics.json").read_text())
-    rows = {r["variant"]: r for r in m["variants"]}
+    rows = {r["name"]: r for r in m["variants"]}
     assert len(rows) == 7 and {"baseline", "dense control", "int8", "channel-pruned + int8 + test-time (04)"} <= set(rows)
     prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
     assert m["reference_ap50"] == prune_metrics["reference_ap50"]

@@ -34,20 +34,20 @@ def test_ratios_from_sensitivity_keeps_the_largest_ratio_within():
 
 def test_fastest_within_takes_the_lowest_latency_that_keeps_ap50():
     sweep = pd.DataFrame([
-        {"pre_nms": 500, "post_nms": 300, "detections": 100, "min_size": 240, "AP50": 90.0, "latency_ms_median": 30.0},
-        {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240, "AP50": 89.1, "latency_ms_median": 20.0},
-        {"pre_nms": 100, "post_nms": 50, "detections": 50, "min_size": 208, "AP50": 88.0, "latency_ms_median": 12.0}])
+        {"pre_nms": 500, "post_nms": 300, "detections": 100, "min_size": 240, "AP50": 90.0, "latency_median_ms": 30.0},
+        {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240, "AP50": 89.1, "latency_median_ms": 20.0},
+        {"pre_nms": 100, "post_nms": 50, "detections": 50, "min_size": 208, "AP50": 88.0, "latency_median_ms": 12.0}])
     assert speed.fastest_within(sweep, 90.0, 1.0) == {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240}
     assert speed.fastest_within(sweep, 90.0, 2.5)["min_size"] == 208
     assert speed.fastest_within(sweep, 95.0, 1.0) is None
 
 
 def test_best_within_uses_the_named_verdict():
-    rows = [{"variant": "a", "speedup": 3.0, "within_1ap50": True, "non_inferior": False},
-            {"variant": "b", "speedup": 2.0, "within_1ap50": True, "non_inferior": True},
-            {"variant": "c", "speedup": 5.0, "within_1ap50": False, "non_inferior": False}]
-    assert evaluate.best_within(rows, "speedup", verdict="within_1ap50")["variant"] == "a"
-    assert evaluate.best_within(rows, "speedup", verdict="non_inferior")["variant"] == "b"
+    rows = [{"name": "a", "speedup": 3.0, "within_1ap50": True, "non_inferior": False},
+            {"name": "b", "speedup": 2.0, "within_1ap50": True, "non_inferior": True},
+            {"name": "c", "speedup": 5.0, "within_1ap50": False, "non_inferior": False}]
+    assert evaluate.best_within(rows, "speedup", verdict="within_1ap50")["name"] == "a"
+    assert evaluate.best_within(rows, "speedup", verdict="non_inferior")["name"] == "b"
     assert evaluate.best_within(rows[2:], "speedup", verdict="within_1ap50") is None
 
 

@@ -300,6 +300,58 @@ class Scored:
         return self.metrics["AP50"]
 
 
+VARIANT_SCHEMA = 2  # of Variant rows in a stage's metrics.json ("variant_schema"); 1: before they were one
+FORMER_KEYS = {"variant": "name", "latency_ms_median": "latency_median_ms", "latency_ms_p90": "latency_p90_ms"}
+
+
+@dataclass
+class Variant:
+    """One measured variant, the row of every table the stages report (02's models on the report
+    split, 03's files, 04's speed table, 05's evaluation): whatever a stage measured of it, under
+    one name per quantity; what it did not measure stays out of its row (:meth:`row`)."""
+
+    name: str
+    split: str | None = None
+    AP50: float | None = None
+    AP50_ci95: list | None = None
+    AP50_se: float | None = None
+    AP: float | None = None
+    AP75: float | None = None
+    reference_ap50: float | None = None
+    delta_ap50: float | None = None
+    delta_ap50_ci95: list | None = None
+    delta_ap50_se: float | None = None
+    within_1ap50: bool | None = None
+    non_inferior: bool | None = None
+    tolerance: float | None = None
+    sparsity_all: float | None = None
+    latency_median_ms: float | None = None
+    latency_p90_ms: float | None = None
+    baseline_ms_median: float | None = None  # the row's own baseline, measured beside it
+    speedup: float | None = None
+    threads: int | None = None
+    macs: float | None = None
+    params: int | None = None
+    nonzero: int | None = None
+    file: str | None = None
+    file_bytes: int | None = None
+    dense_fp32_bytes: int | None = None
+    ratio: float | None = None
+    bits_per_weight: float | None = None
+    scored_from: str | None = None
+    per_class: dict | None = None
+
+    def row(self) -> dict:
+        """The fields measured, as a plain dict (a JSON and DataFrame row)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Variant":
+        """A row as any stage wrote it, schema 1 included (its keys renamed); unknown keys ignored."""
+        known = cls.__dataclass_fields__
+        return cls(**{FORMER_KEYS.get(k, k): v for k, v in row.items() if FORMER_KEYS.get(k, k) in known})
+
+
 def ground_truth(json_file):
     """pycocotools' ``COCO`` of a ground-truth file, quietly."""
     from pycocotools.coco import COCO
@@ -519,21 +571,19 @@ def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baselin
     size = file_size(path) if file_bytes is None else int(file_bytes)
     dense = file_size(dense_bytes) if dense_bytes is not None else size
     m = s.metrics
-    return {"variant": name, **against(s, reference), "AP": m["AP"], "AP75": m["AP75"], "params": counts["params"],
-            "nonzero": counts["nonzero"], "file": path.name, "file_bytes": size, "ratio": dense / size,
-            "bits_per_weight": 8 * size / counts["params"], "latency_median_ms": t["variant_ms_median"],
-            "latency_p90_ms": t["variant_ms_p90"], "baseline_ms_median": t["baseline_ms_median"],
-            "speedup": t["speedup"], "threads": t["threads"], "scored_from": source,
-            "per_class": {k[3:]: v for k, v in m.items() if k.startswith("AP-")}}
+    return Variant(name, **against(s, reference), AP=m["AP"], AP75=m["AP75"], params=counts["params"],
+                   nonzero=counts["nonzero"], file=path.name, file_bytes=size, ratio=dense / size,
+                   bits_per_weight=8 * size / counts["params"], latency_median_ms=t["variant_ms_median"],
+                   latency_p90_ms=t["variant_ms_p90"], baseline_ms_median=t["baseline_ms_median"],
+                   speedup=t["speedup"], threads=t["threads"], scored_from=source,
+                   per_class={k[3:]: v for k, v in m.items() if k.startswith("AP-")}).row()
 
 
 def file_row(name: str, metrics: dict, path, dense_bytes: int, n_params: int, root) -> dict:
     """One row of a size table: COCO metrics, the file (relative to ``root``), its bytes, the ratio
     to the dense fp32 file and bits per parameter. Introduced in notebook 03."""
-    from pathlib import Path
-
     size = file_size(path)
-    return {"variant": name, "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
-            "file": os.path.relpath(Path(path).absolute(), Path(root).absolute()),  # links kept (a sweep point's)
-            "dense_fp32_bytes": dense_bytes,
-            "file_bytes": size, "ratio": dense_bytes / size, "bits_per_weight": 8 * size / n_params}
+    return Variant(name, AP=metrics["AP"], AP50=metrics["AP50"], AP75=metrics["AP75"],
+                   file=os.path.relpath(Path(path).absolute(), Path(root).absolute()),  # links kept (a sweep point's)
+                   dense_fp32_bytes=dense_bytes, file_bytes=size, ratio=dense_bytes / size,
+                   bits_per_weight=8 * size / n_params).row()

@@ -198,9 +198,9 @@ def knob_sweep(sweep, reference_ap50: float, tolerance: float = 1.0):
     for ax, knob in zip(axes[0], knobs):  # the first row, the config's own setting, in every panel
         df = pd.concat([sweep.iloc[[0]], sweep[sweep["knob"] == knob]]).drop_duplicates(
             ["pre_nms", "post_nms", "detections", "min_size"])
-        ax.plot(df["latency_ms_median"], df["AP50"], "o-")
+        ax.plot(df["latency_median_ms"], df["AP50"], "o-")
         for r in df.itertuples():
-            ax.annotate(labels[knob](r), (r.latency_ms_median, r.AP50), fontsize=7)
+            ax.annotate(labels[knob](r), (r.latency_median_ms, r.AP50), fontsize=7)
         _reference_line(ax, reference_ap50, tolerance)
         ax.set_xlabel("latency, median (ms)")
         ax.set_title(knob, fontsize=9)
@@ -228,18 +228,17 @@ def channel_scan(scan, base_ap50: float, max_drop: float):
 def speed_vs_accuracy(rows, reference_ap50: float, tolerance: float = 1.0, x: str = "speedup",
                       xlabel: str = "speedup over the dense fp32 baseline (x, measured side by side)"):
     """Each variant as a point: ``x`` against AP50, with its 95% interval where the rows have
-    ``AP50_ci95`` (rows: dicts or a DataFrame with ``name``/``variant``, ``x`` and ``AP50``).
+    ``AP50_ci95`` (rows: :class:`wildlib.evaluate.Variant` rows, or a DataFrame of them).
     Introduced in notebook 04_prune_channels."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    label = "name" if "name" in df else "variant"
     fig, ax = plt.subplots(figsize=(7, 4))
     for k, r in enumerate(df.to_dict(orient="records")):
         ci = r.get("AP50_ci95")
         yerr = [[r["AP50"] - ci[0]], [ci[1] - r["AP50"]]] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
         ax.errorbar(r[x], r["AP50"], yerr=yerr, fmt="o", ms=5, capsize=3, color=f"C{k % 10}")
-        ax.annotate(r[label], (r[x], r["AP50"]), fontsize=7)
+        ax.annotate(r["name"], (r[x], r["AP50"]), fontsize=7)
     _reference_line(ax, reference_ap50, tolerance)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("AP50 (95% bootstrap interval)")

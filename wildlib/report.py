@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import stages
-from .evaluate import AP50_TOLERANCE
+from .evaluate import AP50_TOLERANCE, Variant
 from .io import copy_file, resolve, write_text
 from .paper import ONE_SHOT_AP50
 from .parts import current_names
@@ -75,8 +75,13 @@ def variants_on_split(rows: list[dict], split: str, ref_name: str, reference: di
     Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     head = (f"reported on {split}" + ("" if split == "test" else " (no test split: chosen and reported on one split)")
             + f"; reference = the {ref_name}, AP50 {_f(reference['AP50'])} {interval(reference['AP50_ci95'])}")
-    return "\n".join([head] + [verdict_line(r["variant"], r) + f"; sparsity {r.get('sparsity_all', math.nan):.3f}"
+    return "\n".join([head] + [verdict_line(r["name"], r) + f"; sparsity {r.get('sparsity_all', math.nan):.3f}"
                               for r in rows])
+
+
+def _variant_rows(metrics: dict) -> list[dict]:
+    """A stage's ``variants`` in today's keys, whatever the schema it was written with."""
+    return [Variant.from_row(r).row() for r in metrics.get("variants", [])]
 
 
 def _table(rows: list[dict], cols: list[tuple[str, str, int | None]]) -> list[str]:
@@ -253,7 +258,7 @@ def _prune_lines(p: dict, **_) -> list[str]:
 
 def _share_lines(s: dict, **_) -> list[str]:
     sh = s["shared"]
-    wlc = next((v for v in s["variants"] if v["file"].endswith("model_shared.wlc")), None)
+    wlc = next((v for v in _variant_rows(s) if v["file"].endswith("model_shared.wlc")), None)
     rep = s.get("reported") or {}
     split = s.get("evaluation_split", "valid")
     L = [f"* **Weight sharing** of the pruned model (conv {sh['conv_bits']} bits, FC {sh['fc_bits']} bits, "
@@ -274,7 +279,7 @@ def _share_lines(s: dict, **_) -> list[str]:
 def _evaluate_lines(ev: dict, **_) -> list[str]:
     L = [f"Every variant measured in one process by `05_evaluate` (reference AP50 "
          f"{_f(ev.get('reference_ap50'))}):", ""]
-    L += _table(ev["variants"], [("variant", "variant", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
+    L += _table(_variant_rows(ev), [("variant", "name", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
                                  ("nonzero params", "nonzero", 0), ("file bytes", "file_bytes", 0),
                                  ("ratio", "ratio", 1), ("latency ms (median)", "latency_median_ms", 1),
                                  ("p90", "latency_p90_ms", 1), ("speedup", "speedup", 2)])
@@ -305,18 +310,18 @@ def _channel_lines(c: dict, **_) -> list[str]:
          f"Channels removed: {ratios or 'none'}; "
          f"then {ft.get('iterations')} fine-tuning iterations at batch {ft.get('ims_per_batch')} (within the dense "
          f"control's budget).", ""]
-    L += _table([{**v, "gmacs": v["macs"] / 1e9} for v in c["variants"]],
+    L += _table([{**v, "gmacs": v["macs"] / 1e9} for v in _variant_rows(c)],
                 [("variant", "name", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
-                 ("latency ms (median)", "latency_ms_median", 1), ("p90", "latency_ms_p90", 1),
+                 ("latency ms (median)", "latency_median_ms", 1), ("p90", "latency_p90_ms", 1),
                  ("its baseline ms", "baseline_ms_median", 1), ("speedup", "speedup", 2), ("GMACs", "gmacs", 2),
                  ("params", "params", 0),
                  ("file bytes", "file_bytes", 0)])
-    r = c.get("reloaded") or {}
+    r = Variant.from_row(c["reloaded"]).row() if c.get("reloaded") else {}
     if c.get("combined_on_test"):
         L += ["", "Chosen on `valid` (the table above); the deployable on the report split: "
               + verdict_line("combined", c["combined_on_test"]) + "."]
     L += ["", f"Reloaded from `{c.get('deploy_dir')}` in a fresh process: AP50 {_f(r.get('AP50'))}, "
-              f"{_f(r.get('latency_ms_median'), 1)} ms median, **{_f(r.get('speedup'))}x**. "
+              f"{_f(r.get('latency_median_ms'), 1)} ms median, **{_f(r.get('speedup'))}x**. "
               f"`best_speedup_within_1ap50` = **{_f(c.get('best_speedup_within_1ap50'), 3)}** ({c.get('best_variant')}).",
           ""]
     return L
@@ -447,8 +452,8 @@ def evaluation_report(data_dir, table, per_class, paper_side, reference_ap50: fl
         f"delta is paired with the reference on the same resampled images. Rule for the two headlines: the drop's "
         f"point estimate <= {AP50_TOLERANCE:g} AP50 (`within_1ap50`); `non_inferior` asks the drop's 95% upper end "
         f"to be <= {AP50_TOLERANCE:g}. Largest compression within it: **{smallest['ratio']:.1f}x** "
-        f"({smallest['variant']}, AP50 {_f(smallest['AP50'])}). Largest measured speedup within it: "
-        f"**{fastest['speedup']:.2f}x** ({fastest['variant']}, AP50 {_f(fastest['AP50'])}); each row's own baseline "
+        f"({smallest['name']}, AP50 {_f(smallest['AP50'])}). Largest measured speedup within it: "
+        f"**{fastest['speedup']:.2f}x** ({fastest['name']}, AP50 {_f(fastest['AP50'])}); each row's own baseline "
         "median is in `baseline_ms_median`.", "",
         "## Per-class AP", "", per_class.round(1).to_markdown(), "",
         "## One-shot pruning: paper vs ours (AP50; ours on `valid`, where stage 02 chose its setting)", "",

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .data import load_split, register
-from .evaluate import LATENCY_WARMUP, accuracy_and_speed, best_within, load_inputs
+from .evaluate import LATENCY_WARMUP, Variant, accuracy_and_speed, best_within, load_inputs
 from .fast import deploy_bytes, load, test_time, test_time_of, with_test_time
 from .io import read_json, write_json
 from .modeling import build_model, load_trained
@@ -39,12 +39,10 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings
     twin = model if twin is None else test_time(copy.deepcopy(twin), **test_time_of(model))
     x = (variant_inputs or inputs)[0]
-    return {"name": name, "AP50": m["AP50"], "AP50_ci95": m["AP50_ci95"], "AP": m["AP"],
-            "latency_ms_median": t["variant_ms_median"],
-            "latency_ms_p90": t["variant_ms_p90"], "speedup": t["speedup"],
-            "baseline_ms_median": t["baseline_ms_median"], "macs": macs(twin, x) if count_macs else None,
-            "params": int(sum(p.numel() for p in twin.parameters())), "file_bytes": int(file_bytes),
-            "threads": t["threads"]}
+    return Variant(name, AP50=m["AP50"], AP50_ci95=m["AP50_ci95"], AP=m["AP"], latency_median_ms=t["variant_ms_median"],
+                   latency_p90_ms=t["variant_ms_p90"], baseline_ms_median=t["baseline_ms_median"], speedup=t["speedup"],
+                   threads=t["threads"], macs=macs(twin, x) if count_macs else None,
+                   params=int(sum(p.numel() for p in twin.parameters())), file_bytes=int(file_bytes)).row()
 
 
 def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
@@ -78,8 +76,8 @@ def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inp
         xs = load_inputs(c, records[:len(inputs)]) if s["min_size"] != cfg.INPUT.MIN_SIZE_TEST else inputs
         row = measure("", m, c, dataset, baseline, inputs, variant_inputs=xs, file_bytes=0, runs=runs, warmup=warmup,
                       twin=twin)
-        rows.append({**s, **{k: row[k] for k in ("AP50", "AP", "latency_ms_median", "latency_ms_p90", "speedup",
-                                                  "macs")}})
+        rows.append({**s, **{k: row.get(k) for k in ("AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup",
+                                                      "macs")}})
     return pd.DataFrame(rows)
 
 
@@ -87,7 +85,7 @@ def fastest_within(sweep, reference_ap50: float, tolerance: float) -> dict | Non
     """The setting (row of :func:`sweep_test_time`) with the lowest measured latency among those
     whose AP50 is within ``tolerance`` of ``reference_ap50``; None if none is.
     Introduced in notebook 04_prune_channels, section "5 · Combined, saved, reloaded in a fresh process"."""
-    row = best_within(sweep, "latency_ms_median", reference_ap50, tolerance, lowest=True)
+    row = best_within(sweep, "latency_median_ms", reference_ap50, tolerance, lowest=True)
     return {k: int(row[k]) for k in ("pre_nms", "post_nms", "detections", "min_size")} if row else None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from .masks import group_of, prunable, layerwise_magnitude, make_permanent, pruned_copy, group_sparsity, sparsity
-from ..evaluate import AP50_TOLERANCE, COCO_KEYS, against, best_within, coco, coco_with_interval, scored as score_model
+from ..evaluate import AP50_TOLERANCE, COCO_KEYS, Variant, against, best_within, coco, coco_with_interval, scored as score_model
 from ..io import slug
 
 
@@ -63,7 +63,7 @@ def reported_row(name: str, sparsity_all: float, comparison: dict) -> dict:
     """One reported row of stage 02: name, sparsity of all prunable weights, and the variant
     against the reference on the report split (:func:`wildlib.evaluate.against`: AP50 with its
     interval, the paired delta with its interval, both verdicts)."""
-    return {"variant": name, "sparsity_all": float(sparsity_all), **comparison}
+    return Variant(name, sparsity_all=float(sparsity_all), **comparison).row()
 
 
 def pick_name(pick: dict) -> str:
