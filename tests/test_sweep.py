@@ -63,6 +63,8 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     status = {r["id"]: r["status"] for r in records}
     assert status == {"t-target_sparsity0.3-seed0": "ok", "t-target_sparsity0.5-seed0": "ok",
                       "bad-ap50_floor101-seed0": "failed"}
+    # one worker runs them in the spec's order (the dependent point as soon as its control exists)
+    assert [r["id"] for r in sorted(records, key=lambda r: r["started_unix"])] == [r["id"] for r in records]
     bad = next(r for r in records if r["status"] == "failed")
     assert "under the floor of 101" in bad["error"]
     out = spec.out

@@ -221,7 +221,7 @@ def run_point(point: dict, base: str, out: str, threads: int, timeout: float, *d
     t0 = time.time()
     record = {"id": p.id, "group": p.group, "notebooks": p.notebooks + p.follow_up, "params": p.params,
               "follow_params": p.follow_params, "seed": p.seed, "grid": p.grid, "digest": p.digest(),
-              "threads": threads, "host": os.uname().nodename}
+              "threads": threads, "host": os.uname().nodename, "started_unix": round(t0, 3)}
     try:
         control_dir = Path(out) / p.control_owner / "02_prune" if p.control_owner else None
         if control_dir and not (control_dir / "metrics.json").exists():  # its 02 (and so its control) failed
@@ -315,10 +315,13 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
     client = Client(scheduler or cluster)
     futures = {}
     try:
-        for p in todo:  # owners first (the spec's order), so a dependency is always submitted before its users
+        for i, p in enumerate(todo):  # owners first (the spec's order), so a dependency is always submitted first
             deps = [futures[p.control_owner]] if p.control_owner in futures else []
+            # run in the spec's order: tasks submitted within Dask's fifo_timeout of each other are
+            # otherwise ordered among themselves by the scheduler, not by submission
             futures[p.id] = client.submit(run_point, asdict(p), str(spec.base_run), str(spec.out), threads, timeout,
-                                          *deps, key=f"point-{spec.name}-{p.id}-{p.digest()}", pure=False)
+                                          *deps, key=f"point-{spec.name}-{p.id}-{p.digest()}", pure=False,
+                                          priority=len(todo) - i)
         ids = {f.key: pid for pid, f in futures.items()}
         for fut in tqdm(as_completed(list(futures.values())), total=len(futures), desc=f"sweep {spec.name}",
                         disable=not progress):
