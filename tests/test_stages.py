@@ -83,3 +83,11 @@ def test_a_rerun_stage_drops_its_old_record(baseline_stage, voc_dir):
     stages.save_stage(stages.stage_dir(baseline_stage, stages.PRUNE), {}, {"reference_ap50": 1.0})
     stages.open_stage(baseline_stage, stages.PRUNE, data_dir=str(voc_dir), classes=["zebra"], aliases={"z": "zebra"})
     assert not (baseline_stage / stages.PRUNE / stages.METRICS_FILE).exists()
+
+
+def test_every_notebook_is_a_registered_stage():
+    """A new stage is a notebook plus its entry in stages.STAGE_FOLDERS: the registry and the
+    notebooks folder agree, in run order."""
+    from wildlib import runner
+
+    assert [nb.stem for nb in runner.list_notebooks()] == list(stages.STAGE_FOLDERS)

@@ -145,7 +145,7 @@ def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[
     run = resolve(run_dir)
     info = _load(run / "run_info.json") or {}
     times = _load(run / "run_times.json") or {}
-    m = {s: _load(run / s / "metrics.json") for s in STAGE_ORDER}
+    m = {s: _load(run / s / "metrics.json") for s in stages.STAGE_FOLDERS.values()}
     commit = (info.get("commit") or "unknown")[:10] + (" plus uncommitted changes" if info.get("dirty") else "")
     by_commit = {}
     for stem, st in (info.get("stages") or {}).items():
@@ -159,8 +159,8 @@ def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[
     if times:
         parts = ", ".join(f"{k[:2]} {v / 60:.1f}" for k, v in times.items() if k != "total")
         out["time"] = [f"* `make run` (00 -> 05): **{times['total'] / 60:.1f} min** ({parts} min).", ""]
-    for name in STAGE_ORDER:
-        if m[name]:
+    for name in stages.STAGE_FOLDERS.values():
+        if m[name] and name in _STAGE_LINES:
             out["stages"] += _STAGE_LINES[name](m[name], bench=bench)
     goals.update({k: (m[st] or {}).get(k) for k, st in GOAL_STAGES.items()})
     from_sweep = {}
@@ -327,7 +327,6 @@ def _channel_lines(c: dict, **_) -> list[str]:
     return L
 
 
-STAGE_ORDER = (stages.EXPLORE, stages.BASELINE, stages.PRUNE, stages.SHARE, stages.CHANNELS, stages.EVALUATE)
 _STAGE_LINES = {stages.EXPLORE: _explore_lines, stages.BASELINE: _baseline_lines, stages.PRUNE: _prune_lines,
                 stages.SHARE: _share_lines, stages.CHANNELS: _channel_lines, stages.EVALUATE: _evaluate_lines}
 # which stage's metrics hold each goal's number

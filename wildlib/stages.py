@@ -29,6 +29,11 @@ from .tiles import ensure_registered
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
+# The stages in run order: each notebook and the folder it writes, RUN_DIR/<folder>/.  A new stage
+# is its notebook, its entry here and its files' names above; the generated results read it once
+# wildlib.report has a paragraph for it (report.stage_lines).
+STAGE_FOLDERS = {"00_explore_data": EXPLORE, "01_train_baseline": BASELINE, "02_prune_magnitude": PRUNE,
+                 "03_weight_sharing": SHARE, "04_prune_channels": CHANNELS, "05_evaluate": EVALUATE}
 
 CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.json"
 # D2_CONFIG_FILE (each stage's model config) and MODEL_FILE (01 and 04: the stage's trained dense
