@@ -89,3 +89,20 @@ def test_variant_rows_of_either_schema_read_the_same():
                         evaluate.Variant("b", AP50=80.0, file="b.wlc", file_bytes=10).row()]}
     assert report._variant_rows(old) == report._variant_rows(new) == new["variants"]
     assert new["variants"][0] == {"name": "a", "AP50": 90.0, "latency_median_ms": 10.0, "latency_p90_ms": 12.0}
+
+
+def test_scaling_table_puts_the_layouts_side_by_side(tmp_path):
+    for layout, seconds in (("1x2", 800.0), ("2x1", 620.0)):
+        folder = tmp_path / f"scaling-{layout}" / "scaling"
+        folder.mkdir(parents=True)
+        w, t = layout.split("x")
+        (folder / "timing.json").write_text(json.dumps({"runs": [
+            {"started": "2026-11-30 19:00 UTC", "seconds": seconds, "points_run": 4, "points_failed": 0,
+             "layout": f"{w} worker(s) x {t} thread(s)", "cpu_model": "Test CPU", "cpu_count": 2},
+            {"started": "2026-11-30 19:30 UTC", "seconds": 3.0, "points_run": 0, "points_failed": 0,
+             "layout": f"{w} worker(s) x {t} thread(s)", "cpu_model": "Test CPU", "cpu_count": 2}]}))
+    lines = report.scaling_lines([tmp_path / "scaling-1x2" / "scaling", tmp_path / "scaling-2x1" / "scaling"])
+    rows = [line for line in lines if line.startswith("| scaling-")]
+    assert rows == ["| scaling-1x2 | 1 worker(s) x 2 thread(s) | 4 (0) | 13.3 | 3.3 | Test CPU (2 cores) | 2026-11-30 19:00 UTC |",
+                    "| scaling-2x1 | 2 worker(s) x 1 thread(s) | 4 (0) | 10.3 | 2.6 | Test CPU (2 cores) | 2026-11-30 19:00 UTC |"]
+    assert report.scaling_lines([tmp_path / "nothing"]) == []

@@ -391,6 +391,27 @@ def _one_shot_lines(p: dict) -> list[str]:
     return L + [""]
 
 
+def scaling_lines(folders) -> list[str]:
+    """The same sweep spec run with other layouts (workers x threads), wall times side by side,
+    from each folder's ``timing.json``: the scaling table of docs/results.md."""
+    rows = []
+    for f in folders:
+        for t in (_load(resolve(f) / "timing.json") or {}).get("runs", []):
+            if t.get("points_run"):
+                rows.append((Path(f).parent.name, t))
+    if not rows:
+        return []
+    L = ["**Scaling** (one sweep spec, each layout on its own: wall time of the points it ran, Dask "
+         "`LocalCluster`, each point pinned to its threads):", "",
+         "| folder | layout | points run (failed) | wall min | min per point | CPU | started |", "|---|---|---|---|---|---|---|"]
+    for name, t in rows:
+        n = t["points_run"] + t.get("points_failed", 0)
+        L.append(f"| {name} | {t['layout']} | {t['points_run']} ({t.get('points_failed', 0)}) | {t['seconds'] / 60:.1f} | "
+                 f"{t['seconds'] / 60 / max(n, 1):.1f} | {t.get('cpu_model')} ({t.get('cpu_count')} cores) | "
+                 f"{t.get('started')} |")
+    return L + [""]
+
+
 def update_readme(readme, section: str) -> Path:
     readme = Path(readme)
     text = readme.read_text()
@@ -409,6 +430,8 @@ def main(argv=None):
                                                  "(default: print the results)")
     ap.add_argument("--bench", default="", help="JSON written by `python -m wildlib.profile --out`")
     ap.add_argument("--sweep", default="", help="a collated sweep folder, e.g. runs/sweeps/frontier")
+    ap.add_argument("--scaling", nargs="*", default=[], help="sweep folders of one spec run with other layouts "
+                                                             "(e.g. runs/scaling-1x2/scaling runs/scaling-2x1/scaling)")
     a = ap.parse_args(argv)
     bench = _load(Path(a.bench)) if a.bench else None
     if not a.readme:
@@ -421,7 +444,8 @@ def main(argv=None):
         dest.parent.mkdir(parents=True, exist_ok=True)
         copy_file(resolve(a.sweep) / "frontier.png", dest)
         figure = os.path.relpath(dest, docs.parent)
-    write_text(docs, RESULTS_PREFACE + results_markdown(a.run_dir, bench, a.sweep or None, figure))
+    write_text(docs, RESULTS_PREFACE + results_markdown(a.run_dir, bench, a.sweep or None, figure)
+               + "".join(f"\n{line}" for line in scaling_lines(a.scaling)))
     update_readme(a.readme, headline_markdown(a.run_dir, a.sweep or None))
     print(f"{docs} and the headline of {a.readme} rewritten from {resolve(a.run_dir)}")
 
