@@ -39,8 +39,9 @@ sweep: setup
 # The generated results (docs/results.md and the README's headline), rewritten from RUN_DIR's files (and the recipe benchmark and the
 # frontier sweep, where they were run)
 SWEEP_DIR ?= runs/sweeps/frontier
+SCALING_DIRS ?= $(wildcard runs/scaling-*/scaling)
 report: setup
-	$(PY) -m wildlib.report --run-dir $(RUN_DIR) --readme README.md $(if $(wildcard runs/bench/recipes.json),--bench runs/bench/recipes.json) $(if $(wildcard $(SWEEP_DIR)/headline.json),--sweep $(SWEEP_DIR))
+	$(PY) -m wildlib.report --run-dir $(RUN_DIR) --readme README.md $(if $(wildcard runs/bench/recipes.json),--bench runs/bench/recipes.json) $(if $(wildcard $(SWEEP_DIR)/headline.json),--sweep $(SWEEP_DIR)) $(if $(SCALING_DIRS),--scaling $(SCALING_DIRS))
 
 # Training-step and inference time of each recipe change, side by side (about 3 min on 2 cores)
 bench: setup
