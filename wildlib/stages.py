@@ -18,14 +18,14 @@ from typing import NamedTuple
 import yaml
 from detectron2.data import MetadataCatalog
 
+from .config import get_config
+from .data import alias_map, class_list, register, resolve_data_dir
 from .evaluate import LATENCY_WARMUP, copy_detections, max_dets, on_splits, scored_from_file
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
-from .speed import LATENCY_IMAGES
 from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
-from .train import final_eval, train, unwrap
-from .data import alias_map, class_list, register, resolve_data_dir
-from .config import get_config
+from .speed import LATENCY_IMAGES
 from .tiles import ensure_registered
+from .train import final_eval, train, unwrap
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
