@@ -238,6 +238,19 @@ def scored_stored(model, cfg, datasets: dict, split: str, stored_file, *, max_de
     return Scored(split, coco_metrics(name, stored, limit), matched(name, stored, limit))
 
 
+def stored_or_scored(model, cfg, datasets: dict, split: str, stored_detections, detections_file=None,
+                     max_dets_per_image: int | None = None, output_dir=None) -> tuple[Scored, str]:
+    """(:class:`Scored` of ``model`` on ``split``, where it came from): the stored detections when
+    :func:`scored_stored` takes them (copied to ``detections_file``), else a fresh evaluation."""
+    s = scored_stored(model, cfg, datasets, split, stored_detections, max_dets_per_image=max_dets_per_image)
+    if s is None:
+        return scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, output_dir=output_dir,
+                      detections_file=detections_file), "evaluated"
+    if detections_file:
+        copy_detections(stored_detections, detections_file)
+    return s, "stored, reload checked"
+
+
 def coco_max_dets(cfg) -> int:
     """COCO's detections per image for comparing variants: the reference's (``cfg``), at least 100.
 
@@ -394,11 +407,8 @@ def on_splits(model, cfg, datasets: dict, split: str, detections_file=None, max_
     ``stored_detections``: this model's detections on ``split`` from the run that made it, taken
     when :func:`scored_stored` accepts them (a sweep's shared dense control).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
-    s = scored_stored(model, cfg, datasets, split, stored_detections, max_dets_per_image=max_dets_per_image)
-    if s is not None and detections_file:
-        copy_detections(stored_detections, detections_file)
-    s = s or scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, output_dir=output_dir,
-                    detections_file=detections_file)
+    s, _ = stored_or_scored(model, cfg, datasets, split, stored_detections, detections_file, max_dets_per_image,
+                            output_dir)
     if split == "valid":
         return s.metrics, s
     return valid or coco(model, cfg, datasets["valid"], quiet=True, max_dets_per_image=max_dets_per_image), s
@@ -559,12 +569,7 @@ def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baselin
     side by side with ``baseline`` (each row's own baseline median beside it).  ``stored_detections``:
     what the stage that made the model wrote of it on ``split``, taken when the reloaded model
     reproduces it (:func:`scored_stored`; ``scored_from`` says which)."""
-    s = scored_stored(model, cfg, datasets, split, stored_detections, max_dets_per_image=max_dets_per_image)
-    source = "stored, reload checked" if s is not None else "evaluated"
-    if s is None:
-        s = scored(model, cfg, datasets, split, max_dets_per_image=max_dets_per_image, detections_file=detections_file)
-    elif detections_file:
-        copy_detections(stored_detections, detections_file)
+    s, source = stored_or_scored(model, cfg, datasets, split, stored_detections, detections_file, max_dets_per_image)
     t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
     counts = count_parameters(twin if twin is not None else model)
     path = Path(path)
