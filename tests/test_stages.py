@@ -2,7 +2,7 @@
 takes from earlier stages instead of parameters (the data, the seed, the fine-tuning batch)."""
 import pytest
 
-from wildlib import modeling, speed, stages
+from wildlib import modeling, records, speed, stages
 
 
 @pytest.fixture
@@ -13,19 +13,22 @@ def baseline_stage(tmp_path, untrained_cfg, untrained_model):
     data_dir = tmp_path / "voc"
     data_dir.mkdir()
     stages.save_stage(stages.stage_dir(run, stages.EXPLORE),
-                      {"data_dir": str(data_dir), "classes": ["Tree", "Rock"], "aliases": {"conifer": "Tree"}}, {})
+                      {"data_dir": str(data_dir), "classes": ["Tree", "Rock"], "aliases": {"conifer": "Tree"}},
+                      records.ExploreMetrics(images={}, instances={}, classes=["Tree", "Rock"]))
     cfg = untrained_cfg.clone()
     cfg.defrost()
     cfg.SEED = 7
     stage = stages.stage_dir(run, stages.BASELINE)
     modeling.save_weights(untrained_model, stage / stages.MODEL_FILE)
-    stages.save_stage(stage, cfg.dump(), {"bbox": {"AP50": 12.5}}, cfg=cfg)
+    train = records.TrainingRun(iterations=10, seconds=1.0, ims_per_batch=2)
+    stages.save_stage(stage, cfg.dump(), records.BaselineMetrics(bbox={"AP50": 12.5}, train=train), cfg=cfg)
     return run
 
 
 def test_load_stage_reads_what_save_stage_wrote(baseline_stage, untrained_model):
     rec = stages.load_stage(baseline_stage / stages.BASELINE, stages.MODEL_FILE)
-    assert rec.metrics == {"bbox": {"AP50": 12.5}} and rec.config["SEED"] == 7 and rec.cfg.SEED == 7
+    assert isinstance(rec.metrics, records.BaselineMetrics) and rec.metrics.bbox == {"AP50": 12.5}
+    assert rec.metrics.train.iterations == 10 and rec.config["SEED"] == 7 and rec.cfg.SEED == 7
     want, got = untrained_model.state_dict(), rec.model.state_dict()
     assert set(want) == set(got) and all((want[k] == got[k]).all() for k in want)
     assert stages.load_stage(baseline_stage / stages.BASELINE).model is None  # no model asked for
@@ -46,9 +49,10 @@ def test_finetuning_keeps_the_baselines_seed_unless_given(baseline_stage, tmp_pa
 def test_baseline_config_user_keys_win_and_weights_resolve(baseline_stage, tmp_path, monkeypatch):
     monkeypatch.delenv("WILDLIB_COCO_WEIGHTS", raising=False)
     run = baseline_stage
+    suggested = {"overrides": {"TEST.DETECTIONS_PER_IMAGE": 150, "INPUT.MIN_SIZE_TEST": 800}, "reasons": []}
     stages.save_stage(run / stages.EXPLORE, stages.config_of(run / stages.EXPLORE),
-                      {"suggested_settings": {"overrides": {"TEST.DETECTIONS_PER_IMAGE": 150,
-                                                            "INPUT.MIN_SIZE_TEST": 800}, "reasons": []}})
+                      records.ExploreMetrics(images={}, instances={}, classes=["Tree", "Rock"],
+                                             suggested_settings=suggested))
     weights = run / stages.BASELINE / stages.MODEL_FILE
     schedule = dict(device="cpu", max_iter=100, ims_per_batch=2, lr=0.01, eval_period=0, seed=1)
     user = {"INPUT.MIN_SIZE_TEST": 480, "MODEL.WEIGHTS": str(weights), "MODEL.MOBILENET.PRETRAINED": "none"}
@@ -80,7 +84,7 @@ def test_a_local_weights_path_is_not_replaced_by_the_offline_coco_file(tmp_path,
 def test_a_rerun_stage_drops_its_old_record(baseline_stage, voc_dir):
     """A stage that is re-run and stops half-way (stage 02 on a baseline under its AP50 floor, say)
     leaves no record of its previous run for later stages to read."""
-    stages.save_stage(stages.stage_dir(baseline_stage, stages.PRUNE), {}, {"reference_ap50": 1.0})
+    stages.save_stage(stages.stage_dir(baseline_stage, stages.PRUNE), {}, _prune_record())
     stages.open_stage(baseline_stage, stages.PRUNE, data_dir=str(voc_dir), classes=["zebra"], aliases={"z": "zebra"})
     assert not (baseline_stage / stages.PRUNE / stages.METRICS_FILE).exists()
 
@@ -91,3 +95,27 @@ def test_every_notebook_is_a_registered_stage():
     from wildlib import runner
 
     assert [nb.stem for nb in runner.list_notebooks()] == list(stages.STAGE_FOLDERS)
+
+
+def _prune_record(**over) -> records.PruneMetrics:
+    control = records.DenseControl(iterations=10, ims_per_batch=2, lr=0.01, seed=0, seconds=1.0)
+    gradual = records.GradualRun(ranking="lamp", target=0.8, sparsity=0.8, bbox={"AP50": 1.0}, iterations=10,
+                                 seconds=1.0)
+    return records.PruneMetrics(**{"baseline": {"AP50": 1.0}, "dense_control": control, "reference": "baseline",
+                                   "reference_ap50": 1.0, "gradual": gradual, **over})
+
+
+def test_a_stage_writes_its_own_record_and_reads_it_back_typed(baseline_stage):
+    """save_stage writes the record with its schema version; metrics_of reads the same class back;
+    a dict, or another stage's record, is refused with the file named."""
+    stage = stages.stage_dir(baseline_stage, stages.PRUNE)
+    stages.save_stage(stage, {}, _prune_record(variants=[{"variant": "old key", "AP50": 3.0}]))
+    m = stages.metrics_of(baseline_stage, stages.PRUNE)
+    assert isinstance(m, records.PruneMetrics) and m.dense_control.ims_per_batch == 2 and m.gradual.target == 0.8
+    assert m.variants == [records.Variant("old key", AP50=3.0)]  # a schema-1 row, read in today's keys
+    written = (stage / stages.METRICS_FILE).read_text()
+    assert '"schema": 1' in written and '"variant_schema": 2' in written
+    with pytest.raises(TypeError, match="02_prune.*PruneMetrics"):
+        stages.save_stage(stage, {}, {"reference_ap50": 1.0})
+    with pytest.raises(TypeError, match="02_prune.*PruneMetrics"):
+        stages.save_stage(stage, {}, records.ExploreMetrics(images={}, instances={}, classes=[]))

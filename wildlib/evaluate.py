@@ -17,6 +17,7 @@ import torch
 from . import intervals, tiles
 from .io import copy_file, read_json, write_json
 from .modeling import count_parameters, sha256_file
+from .records import Variant
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
@@ -311,58 +312,6 @@ class Scored:
     @property
     def ap50(self) -> float:
         return self.metrics["AP50"]
-
-
-VARIANT_SCHEMA = 2  # of Variant rows in a stage's metrics.json ("variant_schema"); 1: before they were one
-FORMER_KEYS = {"variant": "name", "latency_ms_median": "latency_median_ms", "latency_ms_p90": "latency_p90_ms"}
-
-
-@dataclass
-class Variant:
-    """One measured variant, the row of every table the stages report (02's models on the report
-    split, 03's files, 04's speed table, 05's evaluation): whatever a stage measured of it, under
-    one name per quantity; what it did not measure stays out of its row (:meth:`row`)."""
-
-    name: str
-    split: str | None = None
-    AP50: float | None = None
-    AP50_ci95: list | None = None
-    AP50_se: float | None = None
-    AP: float | None = None
-    AP75: float | None = None
-    reference_ap50: float | None = None
-    delta_ap50: float | None = None
-    delta_ap50_ci95: list | None = None
-    delta_ap50_se: float | None = None
-    within_1ap50: bool | None = None
-    non_inferior: bool | None = None
-    tolerance: float | None = None
-    sparsity_all: float | None = None
-    latency_median_ms: float | None = None
-    latency_p90_ms: float | None = None
-    baseline_ms_median: float | None = None  # the row's own baseline, measured beside it
-    speedup: float | None = None
-    threads: int | None = None
-    macs: float | None = None
-    params: int | None = None
-    nonzero: int | None = None
-    file: str | None = None
-    file_bytes: int | None = None
-    dense_fp32_bytes: int | None = None
-    ratio: float | None = None
-    bits_per_weight: float | None = None
-    scored_from: str | None = None
-    per_class: dict | None = None
-
-    def row(self) -> dict:
-        """The fields measured, as a plain dict (a JSON and DataFrame row)."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-    @classmethod
-    def from_row(cls, row: dict) -> "Variant":
-        """A row as any stage wrote it, schema 1 included (its keys renamed); unknown keys ignored."""
-        known = cls.__dataclass_fields__
-        return cls(**{FORMER_KEYS.get(k, k): v for k, v in row.items() if FORMER_KEYS.get(k, k) in known})
 
 
 def ground_truth(json_file):

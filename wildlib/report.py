@@ -19,10 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import stages
-from .evaluate import AP50_TOLERANCE, Variant
+from .evaluate import AP50_TOLERANCE
 from .io import copy_file, resolve, write_text
 from .paper import ONE_SHOT_AP50
 from .parts import current_names
+from .records import BaselineMetrics, ChannelsMetrics, EvaluateMetrics, ExploreMetrics, PruneMetrics, ShareMetrics
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # the README's generated headline
 RESULTS_FILE = "docs/results.md"  # the whole generated results, beside the README
@@ -79,9 +80,15 @@ def variants_on_split(rows: list[dict], split: str, ref_name: str, reference: di
                               for r in rows])
 
 
-def _variant_rows(metrics: dict) -> list[dict]:
-    """A stage's ``variants`` in today's keys, whatever the schema it was written with."""
-    return [Variant.from_row(r).row() for r in metrics.get("variants", [])]
+def _variant_rows(metrics) -> list[dict]:
+    """A stage's ``variants`` as rows of today's keys (its record read them, whatever their schema)."""
+    return [v.row() for v in metrics.variants]
+
+
+def _stage_metrics(run: Path, stage: str):
+    """A stage's record, or None where the stage has not run."""
+    path = run / stage / stages.METRICS_FILE
+    return stages.read_metrics(path, stage) if path.exists() else None
 
 
 def _table(rows: list[dict], cols: list[tuple[str, str, int | None]]) -> list[str]:
@@ -145,7 +152,7 @@ def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[
     run = resolve(run_dir)
     info = _load(run / "run_info.json") or {}
     times = _load(run / "run_times.json") or {}
-    m = {s: _load(run / s / "metrics.json") for s in stages.STAGE_FOLDERS.values()}
+    m = {s: _stage_metrics(run, s) for s in stages.STAGE_FOLDERS.values()}
     commit = (info.get("commit") or "unknown")[:10] + (" plus uncommitted changes" if info.get("dirty") else "")
     by_commit = {}
     for stem, st in (info.get("stages") or {}).items():
@@ -162,7 +169,7 @@ def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[
     for name in stages.STAGE_FOLDERS.values():
         if m[name] and name in _STAGE_LINES:
             out["stages"] += _STAGE_LINES[name](m[name], bench=bench)
-    goals.update({k: (m[st] or {}).get(k) for k, st in GOAL_STAGES.items()})
+    goals.update({k: getattr(m[st], k, None) for k, st in GOAL_STAGES.items()})
     from_sweep = {}
     if sweep is not None:
         out["sweep"], from_sweep = _sweep_lines(resolve(sweep), figure)
@@ -204,69 +211,69 @@ This file is written by `make report`; edit `wildlib/report.py`, not this file.
 """
 
 
-def _explore_lines(e: dict, **_) -> list[str]:
-    splits = [s for s in ("train", "valid", "test") if s in e["images"]]
-    return [f"* Data: {' / '.join(str(e['images'][s]) for s in splits)} images ({' / '.join(splits)}), "
-            f"{' / '.join(str(e['instances'][s]) for s in splits)} boxes; "
-            f"{100 * e['box_size_mix']['small']:.0f}% of boxes COCO-small.", ""]
+def _explore_lines(e: ExploreMetrics, **_) -> list[str]:
+    splits = [s for s in ("train", "valid", "test") if s in e.images]
+    small = f"; {100 * e.box_size_mix['small']:.0f}% of boxes COCO-small" if e.box_size_mix else ""
+    return [f"* Data: {' / '.join(str(e.images[s]) for s in splits)} images ({' / '.join(splits)}), "
+            f"{' / '.join(str(e.instances[s]) for s in splits)} boxes{small}.", ""]
 
 
-def _baseline_lines(b: dict, bench=None, **_) -> list[str]:
-    t = b["train"]
-    curve = ", ".join(f"{p['iter']}: {p['AP50']:.1f}" for p in b.get("learning_curve", []))
-    L = [f"* **Baseline** (`{b['config_name']}`, {t['iterations']} iterations at batch {t['ims_per_batch']}, "
-         f"LR steps at {t.get('lr_steps')} of the schedule): **AP50 {_f(b['bbox']['AP50'])}** "
-         f"{interval(b.get('ap50_ci95'))} on `{b.get('evaluation_split', 'valid')}`, "
-         f"AP {_f(b['bbox']['AP'])}, AP75 {_f(b['bbox']['AP75'])}; {t['seconds'] / 60:.1f} min of training "
-         f"({t['s_per_iter']:.2f} s/iter with its periodic evaluations); "
-         f"{1000 * b['inference']['median_s']:.0f} ms/image median at batch 1; "
-         f"{b['size']['params']:,} parameters, {b['size']['weights_bytes']:,}-byte weights file.",
+def _baseline_lines(b: BaselineMetrics, bench=None, **_) -> list[str]:
+    t, size, inference = b.train, b.size or {}, b.inference or {}
+    curve = ", ".join(f"{p['iter']}: {p['AP50']:.1f}" for p in b.learning_curve or [])
+    L = [f"* **Baseline** (`{b.config_name}`, {t.iterations} iterations at batch {t.ims_per_batch}, "
+         f"LR steps at {t.lr_steps} of the schedule): **AP50 {_f(b.bbox['AP50'])}** "
+         f"{interval(b.ap50_ci95)} on `{b.evaluation_split}`, "
+         f"AP {_f(b.bbox['AP'])}, AP75 {_f(b.bbox['AP75'])}; {t.seconds / 60:.1f} min of training "
+         f"({_f(t.s_per_iter)} s/iter with its periodic evaluations); "
+         f"{_f(1000 * inference['median_s'] if 'median_s' in inference else None, 0)} ms/image median at batch 1; "
+         f"{_f(size.get('params'), 0)} parameters, {_f(size.get('weights_bytes'), 0)}-byte weights file.",
          f"* Learning curve on `valid` (iteration: AP50): {curve}. Gain over the last quarter of the schedule "
-         f"(`plateau_gain_ap50`): **{_f(b.get('plateau_gain_ap50'))}**.", ""]
-    if b.get("profile"):
-        L += _profile_lines(b["profile"])
+         f"(`plateau_gain_ap50`): **{_f(b.plateau_gain_ap50)}**.", ""]
+    if b.profile:
+        L += _profile_lines(b.profile)
     if bench:
         L += _bench_lines(bench)
     return L
 
 
-def _prune_lines(p: dict, **_) -> list[str]:
-    dc = p.get("dense_control", {})
-    g = p["gradual"]
-    split = p.get("evaluation_split", "valid")
-    where = f"on `{split}`" + ("" if split == "test" else " (no test split: chosen and reported on one split)")
-    L = [f"* **Dense control** (the baseline fine-tuned {dc.get('iterations')} more iterations at batch "
-         f"{dc.get('ims_per_batch')}, LR {dc.get('lr')}, every layer trainable: the pruning run's schedule, "
-         f"no pruning): AP50 {_f(dc.get('AP50'))} against the baseline's {_f(p['baseline']['AP50'])} {where}. "
-         f"The reference (the better of the two on `valid`) is the {p.get('reference', 'n/a')}: **AP50 "
-         f"{_f(p.get('reference_ap50'))} {interval(p.get('reference_ap50_ci95'))}** {where} (image-level bootstrap "
+def _prune_lines(p: PruneMetrics, **_) -> list[str]:
+    dc, g, sizes = p.dense_control, p.gradual, p.sizes or {}
+    where = f"on `{p.evaluation_split}`" + ("" if p.evaluation_split == "test"
+                                            else " (no test split: chosen and reported on one split)")
+    delta = g.delta_ap50 if g.delta_ap50 is not None else g.bbox["AP50"] - p.reference_ap50
+    L = [f"* **Dense control** (the baseline fine-tuned {dc.iterations} more iterations at batch "
+         f"{dc.ims_per_batch}, LR {dc.lr}, every layer trainable: the pruning run's schedule, "
+         f"no pruning): AP50 {_f(dc.AP50)} against the baseline's {_f(p.baseline['AP50'])} {where}. "
+         f"The reference (the better of the two on `valid`) is the {p.reference}: **AP50 "
+         f"{_f(p.reference_ap50)} {interval(p.reference_ap50_ci95)}** {where} (image-level bootstrap "
          f"95% interval); every \"within {AP50_TOLERANCE:g} AP50\" below is against it, with the paired interval "
          "of the difference.",
-         f"* **Gradual pruning** ({g['ranking']} ranking, cubic schedule to {g['target']:.0%} of all prunable "
-         f"weights, same {g['iterations']} iterations): sparsity {g['sparsity']:.3f} at **AP50 "
-         f"{_f(g['bbox']['AP50'])}**, delta {_f(g.get('delta_ap50', g['bbox']['AP50'] - p.get('reference_ap50', math.nan)))} "
-         f"{interval(g.get('delta_ap50_ci95'))} against the reference, {g['seconds'] / 60:.1f} min. "
-         f"`max_sparsity_within_1ap50` (point estimate of the drop <= {AP50_TOLERANCE:g}) = "
-         f"**{_f(p.get('max_sparsity_within_1ap50'), 3)}** ({(p.get('best_variant') or {}).get('variant')}); "
+         f"* **Gradual pruning** ({g.ranking} ranking, cubic schedule to {g.target:.0%} of all prunable "
+         f"weights, same {g.iterations} iterations): sparsity {g.sparsity:.3f} at **AP50 "
+         f"{_f(g.bbox['AP50'])}**, delta {_f(delta)} {interval(g.delta_ap50_ci95)} against the reference, "
+         f"{g.seconds / 60:.1f} min. `max_sparsity_within_1ap50` (point estimate of the drop <= {AP50_TOLERANCE:g}) = "
+         f"**{_f(p.max_sparsity_within_1ap50, 3)}** ({p.best_variant.name if p.best_variant else None}); "
          f"non-inferior (95% upper end of the drop <= {AP50_TOLERANCE:g}): "
-         f"**{_f(p.get('max_sparsity_non_inferior'), 3)}**. One seed, one target: `make sweep` gives the frontier.",
-         f"* Sparse file of the pruned model: {p['sizes']['pruned_sparse_bytes']:,} bytes "
-         f"({p['sizes']['sparse_ratio_vs_dense']:.1f}x smaller than the dense file); with masks attached: "
-         f"{p['sizes']['pruned_with_masks_bytes']:,} bytes.", ""]
-    return L + _one_shot_lines(p)
+         f"**{_f(p.max_sparsity_non_inferior, 3)}**. One seed, one target: `make sweep` gives the frontier."]
+    if sizes:
+        L.append(f"* Sparse file of the pruned model: {sizes['pruned_sparse_bytes']:,} bytes "
+                 f"({sizes['sparse_ratio_vs_dense']:.1f}x smaller than the dense file); with masks attached: "
+                 f"{sizes['pruned_with_masks_bytes']:,} bytes.")
+    return L + [""] + _one_shot_lines(p)
 
 
-def _share_lines(s: dict, **_) -> list[str]:
-    sh = s["shared"]
-    wlc = next((v for v in _variant_rows(s) if v["file"].endswith("model_shared.wlc")), None)
-    rep = s.get("reported") or {}
-    split = s.get("evaluation_split", "valid")
-    L = [f"* **Weight sharing** of the pruned model (conv {sh['conv_bits']} bits, FC {sh['fc_bits']} bits, "
-         f"BatchNorm folded, depthwise convs int8), chosen on `valid`: AP50 {_f(sh['before_finetune']['AP50'])} before "
-         f"and {_f(sh['after_finetune']['AP50'])} after {sh['finetune_iterations']} iterations of centroid "
+def _share_lines(s: ShareMetrics, **_) -> list[str]:
+    sh = s.shared
+    wlc = next((v for v in _variant_rows(s) if v.get("file", "").endswith(stages.SHARED_FILE)), None)
+    rep = s.reported or {}
+    split = s.evaluation_split
+    L = [f"* **Weight sharing** of the pruned model (conv {sh.conv_bits} bits, FC {sh.fc_bits} bits, "
+         f"BatchNorm folded, depthwise convs int8), chosen on `valid`: AP50 {_f(sh.before_finetune['AP50'])} before "
+         f"and {_f(sh.after_finetune['AP50'])} after {sh.finetune_iterations} iterations of centroid "
          f"fine-tuning there (extra training beyond the dense control's: "
-         f"{sh.get('extra_iterations_beyond_dense_control')} iterations, centroids only); the decoded file is "
-         f"bit-exact: {sh['bit_exact']}."]
+         f"{sh.extra_iterations_beyond_dense_control} iterations, centroids only); the decoded file is "
+         f"bit-exact: {sh.bit_exact}."]
     for key in ("shared", "int8"):
         if key in rep:
             L.append("* " + verdict_line(rep[key]["name"], rep[key]) + ".")
@@ -276,53 +283,50 @@ def _share_lines(s: dict, **_) -> list[str]:
     return L + [""]
 
 
-def _evaluate_lines(ev: dict, **_) -> list[str]:
+def _evaluate_lines(ev: EvaluateMetrics, **_) -> list[str]:
     L = [f"Every variant measured in one process by `05_evaluate` (reference AP50 "
-         f"{_f(ev.get('reference_ap50'))}):", ""]
+         f"{_f(ev.reference_ap50)}):", ""]
     L += _table(_variant_rows(ev), [("variant", "name", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
                                  ("nonzero params", "nonzero", 0), ("file bytes", "file_bytes", 0),
                                  ("ratio", "ratio", 1), ("latency ms (median)", "latency_median_ms", 1),
                                  ("p90", "latency_p90_ms", 1), ("speedup", "speedup", 2)])
-    return L + ["", f"`best_compression_ratio_within_1ap50` = **{_f(ev.get('best_compression_ratio_within_1ap50'), 1)}** "
-                    f"({ev.get('best_variant')}); `best_speedup_within_1ap50` = "
-                    f"**{_f(ev.get('best_speedup_within_1ap50'), 3)}** ({ev.get('fastest_variant')}).", ""]
+    return L + ["", f"`best_compression_ratio_within_1ap50` = **{_f(ev.best_compression_ratio_within_1ap50, 1)}** "
+                    f"({ev.best_variant}); `best_speedup_within_1ap50` = "
+                    f"**{_f(ev.best_speedup_within_1ap50, 3)}** ({ev.fastest_variant}).", ""]
 
 
 def stage_summary(run_dir, stage: str) -> str:
     """What a stage measured, in the words of ``docs/results.md``, read from its ``metrics.json``:
     how each notebook ends.  Introduced in notebook 00_explore_data, section "What we saw"."""
-    m = _load(resolve(run_dir) / stage / "metrics.json")
-    if m is None:
-        raise FileNotFoundError(f"{resolve(run_dir) / stage / 'metrics.json'}: not found (has the stage run?)")
-    return "\n".join(_STAGE_LINES[stage](m)).rstrip() + "\n"
+    return "\n".join(_STAGE_LINES[stage](stages.metrics_of(run_dir, stage))).rstrip() + "\n"
 
 
-def _channel_lines(c: dict, **_) -> list[str]:
-    lat, ft = c.get("latency", {}), c.get("fine_tuning", {})
-    tt, ct = c.get("test_time", {}), c.get("combined_test_time") or c.get("test_time", {})
+def _channel_lines(c: ChannelsMetrics, **_) -> list[str]:
+    lat, ft = c.latency, c.fine_tuning
+    tt, ct = c.test_time or {}, c.combined_test_time or c.test_time or {}
     setting = lambda t: (f"{t.get('pre_nms')}/{t.get('post_nms')} RPN proposals (pre/post NMS), "  # noqa: E731
                          f"{t.get('detections')} detections, {t.get('min_size')} px input")
-    ratios = ", ".join(f"{k} {v:.0%}" for k, v in (c.get("channel_ratios") or {}).items() if v)
-    L = [f"* **Speed** (`04_prune_channels`): end to end, batch 1, {lat.get('threads')} threads, median of "
-         f"{lat.get('runs')} runs after {lat.get('warmup')} warm-up runs, each variant in turns with the dense fp32 "
+    ratios = ", ".join(f"{k} {v:.0%}" for k, v in (c.channel_ratios or {}).items() if v)
+    L = [f"* **Speed** (`04_prune_channels`): end to end, batch 1, {lat and lat.threads} threads, median of "
+         f"{lat and lat.runs} runs after {lat and lat.warmup} warm-up runs, each variant in turns with the dense fp32 "
          f"baseline in one process (each row beside its own baseline median). Test-time "
          f"setting of the baseline's knob sweep: {setting(tt)}; of the combined model: {setting(ct)}. "
          f"Channels removed: {ratios or 'none'}; "
-         f"then {ft.get('iterations')} fine-tuning iterations at batch {ft.get('ims_per_batch')} (within the dense "
+         f"then {ft and ft.iterations} fine-tuning iterations at batch {ft and ft.ims_per_batch} (within the dense "
          f"control's budget).", ""]
-    L += _table([{**v, "gmacs": v["macs"] / 1e9} for v in _variant_rows(c)],
+    L += _table([{**v, "gmacs": v["macs"] / 1e9 if v.get("macs") else None} for v in _variant_rows(c)],
                 [("variant", "name", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
                  ("latency ms (median)", "latency_median_ms", 1), ("p90", "latency_p90_ms", 1),
                  ("its baseline ms", "baseline_ms_median", 1), ("speedup", "speedup", 2), ("GMACs", "gmacs", 2),
                  ("params", "params", 0),
                  ("file bytes", "file_bytes", 0)])
-    r = Variant.from_row(c["reloaded"]).row() if c.get("reloaded") else {}
-    if c.get("combined_on_test"):
+    r = c.reloaded.row() if c.reloaded else {}
+    if c.combined_on_test:
         L += ["", "Chosen on `valid` (the table above); the deployable on the report split: "
-              + verdict_line("combined", c["combined_on_test"]) + "."]
-    L += ["", f"Reloaded from `{c.get('deploy_dir')}` in a fresh process: AP50 {_f(r.get('AP50'))}, "
+              + verdict_line("combined", c.combined_on_test.row()) + "."]
+    L += ["", f"Reloaded from `{c.deploy_dir}` in a fresh process: AP50 {_f(r.get('AP50'))}, "
               f"{_f(r.get('latency_median_ms'), 1)} ms median, **{_f(r.get('speedup'))}x**. "
-              f"`best_speedup_within_1ap50` = **{_f(c.get('best_speedup_within_1ap50'), 3)}** ({c.get('best_variant')}).",
+              f"`best_speedup_within_1ap50` = **{_f(c.best_speedup_within_1ap50, 3)}** ({c.best_variant}).",
           ""]
     return L
 
@@ -336,7 +340,7 @@ GOAL_STAGES = {"plateau_gain_ap50": stages.BASELINE, "max_sparsity_within_1ap50"
 
 
 def _platform(m) -> str:
-    env = (m.get(stages.BASELINE) or {}).get("environment") or {}
+    env = (m[stages.BASELINE].environment if m.get(stages.BASELINE) else None) or {}
     if not env:
         return ""
     where = env.get("gpu") or (f"{env.get('cpu_model', 'CPU model not recorded')} "
@@ -369,12 +373,11 @@ def _bench_lines(bench: dict) -> list[str]:
     return L + [""]
 
 
-def _one_shot_lines(p: dict) -> list[str]:
-
+def _one_shot_lines(p: PruneMetrics) -> list[str]:
     by = {}
-    for r in p.get("one_shot", []):
+    for r in p.one_shot or []:
         by.setdefault(r["ratio"], {})[current_names(r["scope"])] = r["AP50"]
-    for r in p.get("one_shot_lamp", []):
+    for r in p.one_shot_lamp or []:
         by.setdefault(r["ratio"], {})["all, LAMP"] = r["AP50"]
     scopes = list(dict.fromkeys(k for v in by.values() for k in v))
     paper = {s: {float(k): v for k, v in d.items()} for s, d in ONE_SHOT_AP50.items()}

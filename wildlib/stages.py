@@ -12,17 +12,19 @@ of its own run: the data is given to stage 00, the seed to stage 01.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
 import yaml
-from detectron2.data import MetadataCatalog
 
 from .config import get_config
 from .data import alias_map, class_list, register, resolve_data_dir
-from .evaluate import LATENCY_WARMUP, copy_detections, max_dets, on_splits, scored_from_file
+from .evaluate import LATENCY_WARMUP, on_splits, scored_from_file
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
 from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
+from .records import (BaselineMetrics, ChannelsMetrics, DenseControl, EvaluateMetrics, ExploreMetrics, PruneMetrics,
+                      RecordError, ShareMetrics, StageMetrics)
 from .speed import LATENCY_IMAGES
 from .tiles import ensure_registered
 from .train import final_eval, train, unwrap
@@ -30,10 +32,13 @@ from .train import final_eval, train, unwrap
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
 # The stages in run order: each notebook and the folder it writes, RUN_DIR/<folder>/.  A new stage
-# is its notebook, its entry here and its files' names above; the generated results read it once
-# wildlib.report has a paragraph for it (report.stage_lines).
+# is its notebook, its entries here (folder, record) and its files' names below; the generated
+# results read it once wildlib.report has a paragraph for it (report.stage_lines).
 STAGE_FOLDERS = {"00_explore_data": EXPLORE, "01_train_baseline": BASELINE, "02_prune_magnitude": PRUNE,
                  "03_weight_sharing": SHARE, "04_prune_channels": CHANNELS, "05_evaluate": EVALUATE}
+# what each stage's metrics.json holds (wildlib.records)
+STAGE_RECORDS = {EXPLORE: ExploreMetrics, BASELINE: BaselineMetrics, PRUNE: PruneMetrics, SHARE: ShareMetrics,
+                 CHANNELS: ChannelsMetrics, EVALUATE: EvaluateMetrics}
 
 CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.json"
 # D2_CONFIG_FILE (each stage's model config) and MODEL_FILE (01 and 04: the stage's trained dense
@@ -110,7 +115,7 @@ def data_settings(run_dir, user: dict | None = None) -> dict:
     (``suggested_settings`` in its metrics), with the user's own ``user`` keys winning.
     Prints each choice and where it came from."""
     path = resolve(run_dir) / EXPLORE / METRICS_FILE
-    suggested = read_json(path).get("suggested_settings", {}) if path.exists() else {}
+    suggested = (read_metrics(path, EXPLORE).suggested_settings or {}) if path.exists() else {}
     out = dict(suggested.get("overrides", {}))
     for reason in suggested.get("reasons", []):
         print("from stage 00's data check:", reason)
@@ -145,15 +150,20 @@ def require_baseline(ap50: float, floor: float = AP50_FLOOR, where: str = "the b
                            "more iterations, input size, NUM_CLASSES), or lower AP50_FLOOR for a smoke run.")
 
 
-def save_stage(stage: Path, config: dict | str, metrics: dict, cfg=None) -> None:
-    """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string), ``metrics.json`` and, with
-    ``cfg``, the model's Detectron2 config ``detectron2.yaml``.
+def save_stage(stage: Path, config: dict | str, metrics: StageMetrics, cfg=None) -> None:
+    """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string), ``metrics.json`` (the
+    stage's record, :mod:`wildlib.records`, with its schema version) and, with ``cfg``, the
+    model's Detectron2 config ``detectron2.yaml``.
     Introduced in notebook 00_explore_data, section "The split"."""
     stage = Path(stage)
+    want = STAGE_RECORDS.get(stage.name)
+    if want is not None and not isinstance(metrics, want):
+        raise TypeError(f"{stage / METRICS_FILE}: stage {stage.name} writes a wildlib.records.{want.__name__}, "
+                        f"not a {type(metrics).__name__}")
     if cfg is not None:
         write_text(stage / D2_CONFIG_FILE, cfg.dump())
     write_text(stage / CONFIG_FILE, config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
-    write_json(stage / METRICS_FILE, metrics)
+    write_json(stage / METRICS_FILE, metrics.to_json())
 
 
 
@@ -201,11 +211,26 @@ def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes,
     return cfg
 
 
-def metrics_of(run_dir, stage: str) -> dict:
-    """What stage ``stage`` of the run measured (its ``metrics.json``).
+def read_metrics(path, stage: str) -> StageMetrics:
+    """A ``metrics.json`` as the record ``stage`` writes (:data:`STAGE_RECORDS`); a file that is
+    not one is refused with its name."""
+    if stage not in STAGE_RECORDS:
+        raise RecordError(f"{path}: {stage!r} is not a stage folder (one of {', '.join(STAGE_RECORDS)})")
+    data = read_json(path)
+    try:
+        return STAGE_RECORDS[stage].from_json(data, str(path))
+    except TypeError as e:  # a field of the wrong shape
+        raise RecordError(f"{path}: not a {STAGE_RECORDS[stage].__name__} ({e})") from e
+
+
+def metrics_of(run_dir, stage: str) -> StageMetrics:
+    """What stage ``stage`` of the run measured: its ``metrics.json`` as its record.
 
     Introduced in notebook 05_evaluate."""
-    return read_json(resolve(run_dir) / stage / METRICS_FILE)
+    path = resolve(run_dir) / stage / METRICS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found (has that stage run?)")
+    return read_metrics(path, stage)
 
 
 class Record(NamedTuple):
@@ -213,7 +238,7 @@ class Record(NamedTuple):
     for) its model with the model's Detectron2 config."""
     dir: Path
     config: dict
-    metrics: dict
+    metrics: StageMetrics
     cfg: object = None
     model: object = None
 
@@ -229,7 +254,7 @@ def load_stage(stage_path, model_file: str | None = None) -> Record:
     cfg = model = None
     if model_file:
         cfg, model = load_trained(stage_path, model_file)
-    return Record(stage_path, config_of(stage_path), read_json(metrics_file), cfg, model)
+    return Record(stage_path, config_of(stage_path), read_metrics(metrics_file, stage_path.name), cfg, model)
 
 
 DETECTIONS_DIR = "detections"  # a stage's reported models' detections on the report split (paired intervals)
@@ -258,35 +283,25 @@ def reference_scored(prune_dir, datasets: dict):
     report split, rebuilt from the detections stage 02 wrote: later stages pair their variants
     with it (:func:`wildlib.evaluate.against`) without evaluating it again.
     Introduced in notebook 03_weight_sharing, section "int8: the paper's "8 bits", done plainly"."""
-    rec = load_stage(prune_dir)
-    m = rec.metrics
-    split = m.get("evaluation_split", "valid")
-    metrics = m["baseline"] if m["reference"] == "baseline" else m["dense_control"]["bbox"]
-    return scored_from_file(datasets, split, metrics, Path(prune_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS[m["reference"]],
-                            coco_max_dets_of(prune_dir))
+    m = load_stage(prune_dir).metrics
+    metrics = m.baseline if m.reference == "baseline" else m.dense_control.bbox
+    return scored_from_file(datasets, m.evaluation_split, metrics,
+                            Path(prune_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS[m.reference], coco_max_dets_of(prune_dir))
 
 
 def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, detections_file):
     """Stage 02's baseline: (COCO metrics on valid, :class:`~wildlib.evaluate.Scored` on the
-    report split), rebuilt from what stage 01 wrote (its final evaluation on valid, its detections
-    on the report split, copied to ``detections_file``) without evaluating the same model again;
-    evaluated where 01 did not write them (another split, a resumed or older run).
+    report split), from what stage 01 wrote where it still holds, without evaluating the same model
+    again: its final evaluation on valid (when 01 evaluated valid in training) and its detections on
+    the report split, taken as every stored model's are (:func:`wildlib.evaluate.scored_stored`:
+    same ground truth and test-time settings, the reloaded model reproduces them) and copied to
+    ``detections_file``; evaluated where they do not (another split or data, an older run).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
-    m = read_json(Path(baseline_dir) / METRICS_FILE)
-    det = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
-    valid = final_eval(m.get("evals") or [], int(cfg.SOLVER.MAX_ITER))
-    same_images = all(_same_file(Path(baseline_dir) / "coco" / f"{s}.json", MetadataCatalog.get(datasets[s]).json_file)
-                      for s in {"valid", split})  # the same ground truth: the data did not change since 01
-    if (m.get("evaluation_split") != split or not det.is_file() or valid is None or not same_images
-            or tuple(cfg.DATASETS.TEST) != (datasets["valid"],)):  # 01 evaluated valid in training
-        return on_splits(model, cfg, datasets, split, detections_file)
-    copy_detections(det, detections_file)
-    return (m["bbox"] if split == "valid" else valid), scored_from_file(datasets, split, m["bbox"], detections_file,
-                                                                          max_dets(cfg))
-
-
-def _same_file(a: Path, b) -> bool:
-    return a.is_file() and Path(b).is_file() and a.read_bytes() == Path(b).read_bytes()
+    m = read_metrics(Path(baseline_dir) / METRICS_FILE, BASELINE)
+    in_training = tuple(cfg.DATASETS.TEST) == (datasets["valid"],)  # 01's periodic evaluations were on valid
+    valid = final_eval(m.evals or [], int(cfg.SOLVER.MAX_ITER)) if in_training else None
+    stored = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
+    return on_splits(model, cfg, datasets, split, detections_file, valid=valid, stored_detections=stored)
 
 
 def coco_max_dets_of(stage_path) -> int:
@@ -318,12 +333,11 @@ def dense_control(baseline_dir, stage: Path, schedule: dict, ft_args: dict, num_
     run = train(finetune_config(baseline_dir, Path(stage) / "dense_control", **ft_args), num_gpus=num_gpus)
     model = unwrap(run["model"]).eval()
     save_weights(model, Path(stage) / DENSE_CONTROL_FILE)
-    return model, {"iterations": run["iterations_run"], "ims_per_batch": schedule["ims_per_batch"],
-                   "lr": schedule["lr"], "seed": schedule["seed"], "seconds": run["train_seconds"],
-                   "evals": run["evals"]}
+    return model, DenseControl(iterations=run["iterations_run"], ims_per_batch=schedule["ims_per_batch"],
+                               lr=schedule["lr"], seed=schedule["seed"], seconds=run["train_seconds"], evals=run["evals"])
 
 
-def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> dict:
+def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> DenseControl:
     """Take the dense control that another run's stage 02 (``control_dir``) trained, when its
     schedule (``finetune`` in its ``config.yaml``: iterations, LR, batch, seed) and its baseline's
     weights (SHA-256) are this stage's: a sweep trains each control once.  The weights file is
@@ -339,7 +353,8 @@ def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> dict:
         raise FileNotFoundError(f"{src}: not found (has that stage finished?)")
     copy_file(src, Path(stage) / DENSE_CONTROL_FILE)
     stored = Path(control_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["dense control"]
-    return {**other.metrics["dense_control"], "trained_in": str(Path(control_dir)), "stored_detections": str(stored)}
+    return dataclasses.replace(other.metrics.dense_control, trained_in=str(Path(control_dir)),
+                               stored_detections=str(stored))
 
 
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,

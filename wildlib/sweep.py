@@ -379,33 +379,31 @@ def point_row(folder: Path, rec: dict) -> dict:
            "status": rec["status"], "seconds": rec.get("seconds")}
     if rec["status"] != "ok":
         return {**row, "error": rec.get("error")}
-    p = read_json(folder / stages.PRUNE / stages.METRICS_FILE)
-    g, dc = p["gradual"], p["dense_control"]
-    split = p.get("evaluation_split", "valid")
+    p = stages.metrics_of(folder, stages.PRUNE)
+    g, dc, split, sizes = p.gradual, p.dense_control, p.evaluation_split, p.sizes or {}
     gt = evaluate.ground_truth(folder / stages.PRUNE / "coco" / f"{split}.json")
-    det = folder / stages.PRUNE / "detections"
+    det = folder / stages.PRUNE / stages.DETECTIONS_DIR
     limit = stages.coco_max_dets_of(folder / stages.PRUNE)
     grad = intervals.match(gt, read_json(det / "gradual.json"), limit)
-    ctrl = intervals.match(gt, read_json(det / "dense_control.json"), limit)
+    ctrl = intervals.match(gt, read_json(det / stages.REFERENCE_DETECTIONS["dense control"]), limit)
     vs_control = intervals.paired(grad, ctrl)
     row.update({
-        "split": split, "target": g["target"], "sparsity": g["sparsity"], "iterations": g["iterations"],
-        "AP50": g["AP50"], "AP50_lo": g["AP50_ci95"][0], "AP50_hi": g["AP50_ci95"][1],
-        "dense_control_AP50": dc["AP50"], "reference": p["reference"], "reference_AP50": p["reference_ap50"],
-        "delta_vs_reference": g["delta_ap50"], "delta_vs_reference_lo": g["delta_ap50_ci95"][0],
-        "delta_vs_reference_hi": g["delta_ap50_ci95"][1], "delta_vs_control": vs_control["delta"],
+        "split": split, "target": g.target, "sparsity": g.sparsity, "iterations": g.iterations,
+        "AP50": g.AP50, "AP50_lo": g.AP50_ci95[0], "AP50_hi": g.AP50_ci95[1],
+        "dense_control_AP50": dc.AP50, "reference": p.reference, "reference_AP50": p.reference_ap50,
+        "delta_vs_reference": g.delta_ap50, "delta_vs_reference_lo": g.delta_ap50_ci95[0],
+        "delta_vs_reference_hi": g.delta_ap50_ci95[1], "delta_vs_control": vs_control["delta"],
         "delta_vs_control_lo": vs_control["ci95"][0], "delta_vs_control_hi": vs_control["ci95"][1],
-        "within_1ap50": g["within_1ap50"], "non_inferior": g["non_inferior"],
-        "sparse_bytes": p["sizes"]["pruned_sparse_bytes"], "dense_bytes": p["sizes"]["baseline_dense_bytes"],
-        "train_seconds": g["seconds"], "cpu_model": (p.get("environment") or {}).get("cpu_model"),
+        "within_1ap50": g.within_1ap50, "non_inferior": g.non_inferior,
+        "sparse_bytes": sizes.get("pruned_sparse_bytes"), "dense_bytes": sizes.get("baseline_dense_bytes"),
+        "train_seconds": g.seconds, "cpu_model": (p.environment or {}).get("cpu_model"),
     })
-    share = folder / stages.SHARE / stages.METRICS_FILE
-    if share.exists():
-        s = read_json(share)
-        wlc = next((v for v in s["variants"] if v["file"].endswith(stages.SHARED_FILE)), None)
+    if (folder / stages.SHARE / stages.METRICS_FILE).exists():
+        s = stages.metrics_of(folder, stages.SHARE)
+        wlc = next((v for v in s.variants if (v.file or "").endswith(stages.SHARED_FILE)), None)
         if wlc:
-            row.update(shared_bytes=wlc["file_bytes"], shared_ratio=wlc["ratio"], shared_AP50=wlc["AP50"],
-                       shared_split=s.get("evaluation_split", "valid"))
+            row.update(shared_bytes=wlc.file_bytes, shared_ratio=wlc.ratio, shared_AP50=wlc.AP50,
+                       shared_split=s.evaluation_split)
     return row
 
 
@@ -421,13 +419,13 @@ def seed_summary(folder: Path, rows, by: list[str], tolerance: float) -> list[di
     for key, df in ok.groupby(by, dropna=False):
         pairs = []
         for pid in df["point"]:
-            base = folder / pid / "02_prune"
-            p = read_json(base / "metrics.json")
-            gt = evaluate.ground_truth(base / "coco" / f"{p.get('evaluation_split', 'valid')}.json")
-            ref_file = stages.REFERENCE_DETECTIONS[p["reference"]]
+            base = folder / pid / stages.PRUNE
+            p = stages.metrics_of(folder / pid, stages.PRUNE)
+            gt = evaluate.ground_truth(base / "coco" / f"{p.evaluation_split}.json")
+            ref_file = stages.REFERENCE_DETECTIONS[p.reference]
             limit = stages.coco_max_dets_of(base)
-            pairs.append((intervals.match(gt, read_json(base / "detections" / "gradual.json"), limit),
-                          intervals.match(gt, read_json(base / "detections" / ref_file), limit)))
+            pairs.append((intervals.match(gt, read_json(base / stages.DETECTIONS_DIR / "gradual.json"), limit),
+                          intervals.match(gt, read_json(base / stages.DETECTIONS_DIR / ref_file), limit)))
         mean = intervals.paired_mean(pairs)
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         row.update({"seeds": len(df), "sparsity": df["sparsity"].mean(), "AP50_mean": df["AP50"].mean(),
