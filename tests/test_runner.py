@@ -5,7 +5,7 @@ import pytest
 from wildlib import runner
 
 EXPECTED = {  # the data (DATA_DIR, CLASSES, ALIASES) is given to stage 00 alone: later stages read its record
-    "00_explore_data": {"RUN_DIR", "DATA_DIR", "CLASSES", "ALIASES", "CONFIG", "SYNTH_SEED", "SYNTH_SCALE",
+    "00_explore_data": {"RUN_DIR", "DATA_DIR", "CLASSES", "ALIASES", "CONFIG", "SYNTH_SCENE", "SYNTH_SEED", "SYNTH_SCALE",
                         "DIFFICULTY", "N_SAMPLES"},
     "01_train_baseline": {"RUN_DIR", "CONFIG", "MAX_ITER", "IMS_PER_BATCH", "LR", "LR_STEPS", "EVAL_PERIOD", "DEVICE",
                           "NUM_GPUS", "SEED", "NUM_THREADS", "TILE", "CFG_OVERRIDES", "RESUME", "PROFILE_RUNS"},

@@ -119,3 +119,13 @@ def test_a_stage_writes_its_own_record_and_reads_it_back_typed(baseline_stage):
         stages.save_stage(stage, {}, {"reference_ap50": 1.0})
     with pytest.raises(TypeError, match="02_prune.*PruneMetrics"):
         stages.save_stage(stage, {}, records.ExploreMetrics(images={}, instances={}, classes=[]))
+
+
+def test_baseline_iterations_follow_the_training_set_unless_given(voc_dir):
+    """MAX_ITER = 0 in stage 01: passes over the registered training set (wildlib.fit); a
+    number given is kept."""
+    from wildlib import data, fit
+
+    names = data.register(voc_dir, ["zebra"], prefix="iters_test")
+    assert stages.baseline_iterations(names["train"], 8, 12) == 12
+    assert stages.baseline_iterations(names["train"], 8) == fit.training_iterations(2, 8) == fit.MIN_ITER

@@ -1,6 +1,7 @@
 import hashlib
 
 import numpy as np
+import pytest
 
 from wildlib import data, synth
 from wildlib.classes import CLASSES, PAPER_COUNTS
@@ -105,3 +106,28 @@ def test_ensure_reuses_an_up_to_date_set(tmp_path):
     stamp = (out / "synth.json").stat().st_mtime_ns
     synth.ensure(tmp_path / "s", cfg)
     assert (out / "synth.json").stat().st_mtime_ns == stamp
+
+
+def test_the_aerial_scene_is_a_deterministic_crowded_survey_in_tiles(tmp_path):
+    """Herds seen from above, cut into 400-px tiles: many small boxes per tile, every tile of a
+    frame in one split, the same bytes for the same seed, its own classes and counts."""
+    cfg = synth.SynthConfig(seed=2, scale=0.05, scene="aerial")
+    a = synth.generate(tmp_path / "a", cfg, progress=False)
+    b = synth.generate(tmp_path / "b", cfg, progress=False)
+    assert a == b and _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert set(a["instances"]) == set(synth.AERIAL_CLASSES) == set(a["test_instances"])
+    recs = {s: data.load_split(tmp_path / "a", s, classes=synth.AERIAL_CLASSES) for s in data.splits_in(tmp_path / "a")}
+    assert set(recs) == {"train", "valid", "test"} and not data.split_overlap(recs)
+    frames = {s: {r["voc_id"].rsplit("_r", 1)[0] for r in rs} for s, rs in recs.items()}
+    assert not (frames["train"] & frames["valid"])  # a frame's tiles stay together
+    assert all((r["width"], r["height"]) == (400, 400) for rs in recs.values() for r in rs)
+    boxes = [a_ for rs in recs.values() for r in rs for a_ in r["annotations"]]
+    assert len(boxes) / sum(len(rs) for rs in recs.values()) > 8  # crowded
+    size = np.median([((x["bbox"][2] - x["bbox"][0]) * (x["bbox"][3] - x["bbox"][1])) ** 0.5 for x in boxes])
+    assert 15 < size < 60  # small at the tile's native resolution
+    counted = {c: sum(1 for s in ("train", "valid") for r in recs[s] for x in r["annotations"]
+                      if synth.AERIAL_CLASSES[x["category_id"]] == c) for c in synth.AERIAL_CLASSES}
+    assert counted == a["instances"]
+    assert data.default_classes(tmp_path / "a") == synth.AERIAL_CLASSES and data.default_classes(tmp_path) == ()
+    with pytest.raises(ValueError, match="unknown scene"):
+        synth.SynthConfig(scene="underwater")

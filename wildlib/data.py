@@ -25,7 +25,7 @@ from defusedxml.ElementTree import parse as parse_xml  # no entity expansion, no
 from PIL import Image
 
 from .classes import ALIASES, CLASSES, PAPER_COUNTS
-from .io import project_root, resolve, write_json
+from .io import project_root, read_json, resolve, write_json
 from . import synth
 
 SPLITS = ("train", "valid")  # every dataset has these
@@ -415,22 +415,37 @@ def split_overlap(records_by_split: dict[str, list[dict]]) -> set[str]:
 
 
 def resolve_data_dir(data_dir: str = "", synth_seed: int = 0, synth_scale: float = 1.0,
-                     difficulty: float | None = None):
-    """``data_dir`` if given (a user's VOC folder); else the embedded savanna set, rendered into
-    ``<project>/data/savanna`` (or ``.../savanna_s<seed>_x<scale>_d<difficulty>`` for other knobs)
-    the first time it is needed.
+                     difficulty: float | None = None, scene: str = "savanna"):
+    """``data_dir`` if given (a user's VOC folder); else the embedded set of ``scene`` (the
+    savanna scenes, or the aerial herd surveys), rendered into ``<project>/data/<scene>`` (or
+    ``.../<scene>_s<seed>_x<scale>_d<difficulty>`` for other knobs) the first time it is needed.
     Introduced in notebook 00_explore_data."""
     if data_dir:
         p = resolve(data_dir)
         if not p.is_dir():
             raise DatasetError(f"{p}: DATA_DIR does not exist")
         return p
-    cfg = synth.SynthConfig(seed=synth_seed, scale=synth_scale,
+    cfg = synth.SynthConfig(seed=synth_seed, scale=synth_scale, scene=scene,
                             difficulty=synth.SynthConfig.difficulty if difficulty is None else difficulty)
-    name = "savanna"
-    if cfg != synth.SynthConfig():
+    name = scene
+    if cfg != synth.SynthConfig(scene=scene):
         name += f"_s{cfg.seed}_x{cfg.scale:g}_d{cfg.difficulty:g}"
     return synth.ensure(project_root() / "data" / name, cfg)
+
+
+def default_classes(data_dir) -> tuple[str, ...]:
+    """The classes of an embedded set's scene (its ``synth.json``: the aerial scene's five); for
+    any other folder, nothing (:func:`class_list` then gives the paper's 13).
+    Introduced in notebook 00_explore_data."""
+    meta = Path(data_dir) / "synth.json"
+    if meta.is_file():
+        scene = (read_json(meta).get("config") or {}).get("scene", "savanna")
+        if scene == "aerial":
+            return synth.AERIAL_CLASSES
+    return ()
+
+
+SMALL_OBJECT_PX = 32  # a median object under this at the model's input has lost resolution that matters
 
 
 def input_scale(height: int, width: int, min_size: int, max_size: int) -> float:
@@ -490,48 +505,14 @@ def dataset_warnings(records_by_split: dict[str, list[dict]], classes: Sequence[
         out.append({"check": "boxes_per_image_over_cap", "max_boxes": int(max(per_image)), "cap": cap,
                     "message": f"an image has {max(per_image)} boxes but at most {cap} detections per image are kept "
                                f"(model and COCO evaluation): recall there is at most {cap / max(per_image):.0%}"})
+    lost = float(np.median(big)) if big else 1.0
+    if sizes.size and lost > 1.25 and np.median(sizes) < SMALL_OBJECT_PX:
+        out.append({"check": "resolution_lost_at_input", "median_downscale": lost, "median_px": float(np.median(sizes)),
+                    "message": f"images are shrunk {lost:.1f}x (median) to the {min_size_test}-{max_size_test} px input, "
+                               f"leaving the median object {np.median(sizes):.1f} px ({np.median(sizes) * lost:.0f} px "
+                               "in the image): keep the native resolution (stage 00 suggests it) or tile the images"})
     if big and max(big) > 2:
         out.append({"check": "images_much_larger_than_input", "max_downscale": float(max(big)),
                     "message": f"images are shrunk up to {max(big):.1f}x to the {min_size_test}-{max_size_test} px "
                                "input: small objects may vanish; raise the input size or tile the images"})
     return out
-
-
-def suggested_settings(records_by_split: dict[str, list[dict]], cfg) -> dict:
-    """Detectron2 settings this data needs, where the config's defaults would not do:
-    ``{"overrides": {key: value}, "reasons": [...]}``.  Empty for data the defaults fit (the
-    embedded set).  Introduced in notebook 00, "Checks"; applied by notebook 01.
-
-    * more boxes in an image than detections kept -> ``TEST.DETECTIONS_PER_IMAGE`` above it;
-    * median object under the smallest anchor at the input scale -> a larger input (train and
-      test sizes scaled alike, up to an 800-pixel short side);
-    * still over 10% of objects under half the smallest anchor -> anchors halved."""
-    import math
-
-    import numpy as np
-
-    recs = [r for rs in records_by_split.values() for r in rs]
-    over, reasons = {}, []
-    if not recs:
-        return {"overrides": over, "reasons": reasons}
-    max_boxes = max(len(r["annotations"]) for r in recs)
-    if max_boxes > cfg.TEST.DETECTIONS_PER_IMAGE:
-        over["TEST.DETECTIONS_PER_IMAGE"] = int(50 * math.ceil(1.2 * max_boxes / 50))
-        reasons.append(f"up to {max_boxes} boxes in an image: keep {over['TEST.DETECTIONS_PER_IMAGE']} detections")
-    anchor = float(min(min(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES))
-    lo, hi = int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
-    sizes = sizes_at_input(recs, lo, hi)
-    if sizes.size and np.median(sizes) < anchor:
-        factor = min(anchor / float(np.median(sizes)), 800 / lo)
-        new_lo, new_hi = 32 * round(lo * factor / 32), 32 * round(hi * factor / 32)
-        if new_lo > lo:
-            over.update({"INPUT.MIN_SIZE_TEST": new_lo, "INPUT.MAX_SIZE_TEST": new_hi,
-                         "INPUT.MIN_SIZE_TRAIN": [32 * round(s * new_lo / lo / 32) for s in cfg.INPUT.MIN_SIZE_TRAIN],
-                         "INPUT.MAX_SIZE_TRAIN": 32 * round(cfg.INPUT.MAX_SIZE_TRAIN * new_lo / lo / 32)})
-            reasons.append(f"median object {np.median(sizes):.1f} px at the {lo}-{hi} px input, under the smallest "
-                           f"anchor ({anchor:g} px): input {new_lo}-{new_hi} px")
-            sizes = sizes_at_input(recs, new_lo, new_hi)
-    if sizes.size and (sizes < anchor / 2).mean() > 0.1:
-        over["MODEL.ANCHOR_GENERATOR.SIZES"] = [[s / 2 for s in level] for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
-        reasons.append(f"{(sizes < anchor / 2).mean():.0%} of objects under half the smallest anchor: anchors halved")
-    return {"overrides": over, "reasons": reasons}

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import yaml
+from detectron2.data import DatasetCatalog
 
 from .config import get_config
 from .data import alias_map, class_list, register, resolve_data_dir
 from .evaluate import LATENCY_WARMUP, on_splits, scored_from_file
+from .fit import training_iterations
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
 from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
 from .records import (BaselineMetrics, ChannelsMetrics, DenseControl, EvaluateMetrics, ExploreMetrics, PruneMetrics,
@@ -195,6 +197,19 @@ def baseline_overrides(stage: Path, *, device: str, max_iter: int, ims_per_batch
     if train_dataset:
         out["DATASETS.TRAIN"] = [train_dataset]
     return out
+
+
+def baseline_iterations(train_dataset: str, ims_per_batch: int, max_iter: int = 0) -> int:
+    """Stage 01's iterations: ``max_iter`` when given, else the training set's size in passes
+    (:func:`wildlib.fit.training_iterations`), printed with its reason.
+    Introduced in notebook 01_train_baseline (its set-up cell)."""
+    if max_iter:
+        return int(max_iter)
+    n = len(DatasetCatalog.get(train_dataset))
+    it = training_iterations(n, ims_per_batch)
+    print(f"MAX_ITER = 0: {n} training images ({train_dataset}) at batch {ims_per_batch} -> {it} iterations "
+          f"(about {it * ims_per_batch / max(n, 1):.0f} passes; wildlib.fit.training_iterations)")
+    return it
 
 
 def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes, **schedule):

@@ -23,11 +23,14 @@ The modules, from the bottom up:
 ``textures``  coats: stripes, patches, rosettes, spots
 ``animals``   the 13 classes (a shared quadruped template, per-class features), sizes, herds
 ``scenery``   sky, hills, ground, acacias, bushes, grass, rocks; pasting sprites into a scene
+``aerial``    the other scene (``SynthConfig(scene="aerial")``): herd surveys seen from above, in tiles
 ``dataset``   scenes with their boxes, VOC files, splits; :func:`generate` and :func:`ensure`
 """
 
 from ..classes import CLASSES
+from .aerial import AERIAL_CLASSES
 from .animals import render_sprite
-from .dataset import SynthConfig, choose_groups, ensure, generate, main
+from .dataset import SCENES, SynthConfig, choose_groups, ensure, generate, main
 
-__all__ = ["CLASSES", "SynthConfig", "choose_groups", "ensure", "generate", "main", "render_sprite"]
+__all__ = ["AERIAL_CLASSES", "CLASSES", "SCENES", "SynthConfig", "choose_groups", "ensure", "generate", "main",
+           "render_sprite"]

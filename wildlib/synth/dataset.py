@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..classes import CLASSES, PAPER_COUNTS, VOC_SPELLING
 from .noise import jitter_color
+from .aerial import AERIAL_CLASSES, AERIAL_FRAMES, AERIAL_TEST_FRAMES, frame_groups, render_frame, tiles_of
 from .animals import SIZE, HERD, render_sprite
 from .scenery import paste, foliage, grass_tuft, background, place_scenery
 
@@ -33,9 +34,17 @@ class SynthConfig:
     valid_fraction: float = 0.2
     jpeg_quality: tuple[int, int] = (72, 92)
     test_images: int = 400  # held-out test scenes at scale 1 (times ``scale``); 0: no test split
+    scene: str = "savanna"  # or "aerial": herd surveys seen from above, cut into tiles (wildlib.synth.aerial)
+
+    def __post_init__(self):
+        if self.scene not in SCENES:
+            raise ValueError(f"unknown scene {self.scene!r}; known: {', '.join(SCENES)}")
 
     def counts(self) -> dict[str, int]:
         return {c: max(1, int(round(n * self.scale))) for c, n in PAPER_COUNTS.items()}
+
+
+SCENES = ("savanna", "aerial")
 
 
 def choose_groups(rng, counts: dict[str, int]) -> list[list[str]]:
@@ -200,39 +209,67 @@ def split_ids(rng, groups, valid_fraction):
     return valid
 
 
+def aerial_scenes(cfg: SynthConfig) -> list[tuple[int, str, list, str]]:
+    """The aerial scene's frames: (index, frame id, herds, split); test frames from a seed stream
+    of their own, every tile of a frame in its frame's split."""
+    rng = np.random.default_rng([cfg.seed, 10**6, 1])
+    n = max(2, int(round(AERIAL_FRAMES * cfg.scale)))
+    valid = set(rng.permutation(n)[: max(1, int(round(n * cfg.valid_fraction)))].tolist())
+    scenes = [(i, f"aer_{i:05d}", g, "valid" if i in valid else "train") for i, g in enumerate(frame_groups(rng, n))]
+    n_test = int(round(AERIAL_TEST_FRAMES * cfg.scale * cfg.test_images / SynthConfig.test_images))
+    test = frame_groups(np.random.default_rng([cfg.seed, TEST_STREAM + 10**6, 1]), n_test)
+    return scenes + [(TEST_STREAM + i, f"aer_test_{i:05d}", g, "test") for i, g in enumerate(test)]
+
+
+def _images(cfg: SynthConfig, index: int, image_id: str, group):
+    """(image id, pixels, objects) of each image a scene makes: one savanna scene, or the tiles
+    of one aerial frame."""
+    if cfg.scene == "savanna":
+        return [(image_id, *render_image(cfg, index, group))]
+    pixels, objects = render_frame(cfg.seed, index, group, cfg.difficulty)
+    return [(f"{image_id}_r{r}c{c}", px, objs) for r, c, px, objs in tiles_of(pixels, objects)]
+
+
 def generate(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
     """Render the whole set into ``out_dir`` (replaced atomically). Returns a summary dict."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    rng = np.random.default_rng([cfg.seed, 10**6])
-    groups = choose_groups(rng, cfg.counts())
-    valid = split_ids(rng, groups, cfg.valid_fraction)
+    if cfg.scene == "savanna":
+        rng = np.random.default_rng([cfg.seed, 10**6])
+        groups = choose_groups(rng, cfg.counts())
+        valid = split_ids(rng, groups, cfg.valid_fraction)
+        scenes = [(i, f"sav_{i:05d}", g, "valid" if i in valid else "train") for i, g in enumerate(groups)]
+        scenes += [(TEST_STREAM + i, f"sav_test_{i:05d}", g, "test") for i, g in enumerate(test_groups(cfg))]
+    else:
+        scenes = aerial_scenes(cfg)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
         (tmp / "annotations").mkdir()
         (tmp / "images").mkdir()
-        held_out = test_groups(cfg)
-        scenes = [(i, f"sav_{i:05d}", g, "valid" if i in valid else "train") for i, g in enumerate(groups)]
-        scenes += [(TEST_STREAM + i, f"sav_test_{i:05d}", g, "test") for i, g in enumerate(held_out)]
         ids = {"train": [], "valid": [], "test": []}
-        for index, image_id, group, split in tqdm(scenes, desc="rendering", disable=not progress):
-            pixels, objects = render_image(cfg, index, group)
+        counts = {"train": dict.fromkeys(CLASSES, 0), "valid": dict.fromkeys(CLASSES, 0), "test": dict.fromkeys(CLASSES, 0)}
+        for index, scene_id, group, split in tqdm(scenes, desc="rendering", disable=not progress):
             q = int(np.random.default_rng([cfg.seed, index, 7]).integers(*cfg.jpeg_quality))
-            Image.fromarray(pixels).save(tmp / "images" / f"{image_id}.jpg", quality=q)
-            (tmp / "annotations" / f"{image_id}.xml").write_bytes(voc_xml(image_id, cfg.width, cfg.height, objects))
-            ids[split].append(image_id)
+            for image_id, pixels, objects in _images(cfg, index, scene_id, group):
+                Image.fromarray(pixels).save(tmp / "images" / f"{image_id}.jpg", quality=q)
+                h, w = pixels.shape[:2]
+                (tmp / "annotations" / f"{image_id}.xml").write_bytes(voc_xml(image_id, w, h, objects))
+                ids[split].append(image_id)
+                for o in objects:
+                    counts[split][o[0]] += 1
         for split, names in ids.items():
             if names:
                 (tmp / f"{split}.txt").write_text("\n".join(names) + "\n")
-        test_counts = {c: sum(g.count(c) for g in held_out) for c in CLASSES}
+        seen = {c: counts["train"][c] + counts["valid"][c] for c in CLASSES}
+        instances = cfg.counts() if cfg.scene == "savanna" else {c: seen[c] for c in AERIAL_CLASSES}
         summary = {
             "config": asdict(cfg),
             "images": {k: len(v) for k, v in ids.items()},
-            "instances": cfg.counts(),  # train + valid: the paper's table
-            "total_instances": sum(cfg.counts().values()),
-            "test_instances": test_counts,
+            "instances": instances,  # train + valid: the paper's table for the savanna scene
+            "total_instances": sum(instances.values()),
+            "test_instances": counts["test"] if cfg.scene == "savanna" else {c: counts["test"][c] for c in AERIAL_CLASSES},
         }
         (tmp / "synth.json").write_text(json.dumps(summary, indent=2))
         old = None
@@ -255,7 +292,8 @@ def ensure(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig()) -> Path
     meta = out_dir / "synth.json"
     if meta.exists():
         try:
-            if json.loads(meta.read_text())["config"] == json.loads(json.dumps(asdict(cfg))):
+            stored = {**asdict(SynthConfig()), **json.loads(meta.read_text())["config"]}  # keys added since: defaults
+            if json.loads(json.dumps(stored)) == json.loads(json.dumps(asdict(cfg))):
                 return out_dir
         except (ValueError, KeyError):
             pass
