@@ -11,7 +11,7 @@ def _prune_json(**over) -> dict:
     """A stage-02 record as a run before the records had a schema wrote it (schema absent, the
     variant rows in schema 1's keys), with a key this version does not know."""
     return {"evaluation_split": "test", "baseline": {"AP50": 90.0}, "reference": "dense control",
-            "reference_ap50": 91.0, "reference_ap50_ci95": [89.0, 93.0],
+            "reference_ap50": 91.0, "reference_ap50_ci95": [89.0, 93.0], "max_sparsity_within_1ap50": 0.3,
             "dense_control": {"iterations": 500, "ims_per_batch": 4, "lr": 0.01, "seed": 0, "seconds": 9.0,
                               "AP50": 91.0, "bbox": {"AP50": 91.0}},
             "gradual": {"ranking": "lamp", "target": 0.8, "sparsity": 0.8, "bbox": {"AP50": 89.5}, "iterations": 500,
@@ -69,7 +69,8 @@ def test_every_stage_folder_has_a_record_and_each_record_round_trips():
                                           "finetune_iterations": 100, "bit_exact": True}},
         records.ChannelsMetrics: {"best_speedup_within_1ap50": 1.5, "reloaded": {"name": "reloaded", "pid": 7},
                                   "latency": {"runs": 30, "warmup": 5, "threads": 2, "images": 20}},
-        records.EvaluateMetrics: {"variants": [{"name": "baseline", "AP50": 1.0, "latency_median_ms": float("nan")}]},
+        records.EvaluateMetrics: {"variants": [{"name": "baseline", "AP50": 1.0, "latency_median_ms": float("nan")}],
+                                  "best_compression_ratio_within_1ap50": 1.0, "best_speedup_within_1ap50": 1.0},
     }
     assert set(minimal) == set(stages.STAGE_RECORDS.values())
     for kind, data in minimal.items():

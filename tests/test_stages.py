@@ -102,7 +102,7 @@ def _prune_record(**over) -> records.PruneMetrics:
     gradual = records.GradualRun(ranking="lamp", target=0.8, sparsity=0.8, bbox={"AP50": 1.0}, iterations=10,
                                  seconds=1.0)
     return records.PruneMetrics(**{"baseline": {"AP50": 1.0}, "dense_control": control, "reference": "baseline",
-                                   "reference_ap50": 1.0, "gradual": gradual, **over})
+                                   "reference_ap50": 1.0, "gradual": gradual, "max_sparsity_within_1ap50": 0.0, **over})
 
 
 def test_a_stage_writes_its_own_record_and_reads_it_back_typed(baseline_stage):

@@ -164,18 +164,19 @@ class Variant(Verdict):
 
 @dataclass(kw_only=True)
 class TrainingRun(_Part):
-    """A training or fine-tuning run as a stage records it (01's ``train``, 04's ``fine_tuning``).
+    """A training or fine-tuning run as a stage records it (01's ``train``, 04's ``fine_tuning``):
+    its schedule, how long it took and, in ``evals``, every evaluation made while it trained.
     Introduced in notebook 01_train_baseline (its record)."""
 
     iterations: int
-    seconds: float
     ims_per_batch: int
     lr: float | None = None
-    lr_steps: list | None = None
+    lr_steps: list | None = None  # fractions of the iterations where the LR drops 10x
+    seconds: float
     s_per_iter: float | None = None
     device: str | None = None
     num_gpus: int | None = None
-    evals: list | None = None  # every evaluation during training (wildlib.train)
+    evals: list | None = None
 
 
 @dataclass(kw_only=True)
@@ -346,15 +347,15 @@ class PruneMetrics(ReportedMetrics):
     reference_ap50_ci95: list | None = None
     reference_ap50_valid: float | None = None
     ap50_tolerance: float | None = None
-    max_sparsity_within_1ap50: float | None = None
+    max_sparsity_within_1ap50: float  # the headline: point estimate of the drop within 1 AP50
     max_sparsity_non_inferior: float | None = None
     best_variant: Variant | None = None
     oneshot_pick: dict | None = None  # scope, ratio, ranking
-    one_shot: list | None = None
-    one_shot_lamp: list | None = None
+    one_shot: list = field(default_factory=list)  # empty: the one-shot sweep was skipped (SWEEP_RATIOS = [])
+    one_shot_lamp: list = field(default_factory=list)
     paper_one_shot_ap50: dict | None = None
     sparsity_at_80_by_ranking: dict | None = None
-    sensitivity: list | None = None
+    sensitivity: list = field(default_factory=list)
     sensitivity_ratios: dict | None = None
     gradual: GradualRun
     sizes: dict | None = None
@@ -375,8 +376,8 @@ class ShareMetrics(ReportedMetrics):
     pruned_valid: dict | None = None
     kmeans_seconds_whole_model: float | None = None
     kmeans_nonzero_weights: int | None = None
-    inits: list | None = None
-    bits_sweep: list | None = None
+    inits: list = field(default_factory=list)
+    bits_sweep: list = field(default_factory=list)
     # the shared model and the int8 one, reported on the report split, their files and streams
     shared: SharingRun
     int8: dict | None = None
@@ -420,15 +421,15 @@ class EvaluateMetrics(ReportedMetrics):
 
     LISTS: ClassVar[dict] = {"variants": Variant}
 
-    best_compression_ratio_within_1ap50: float | None = None
+    variants: list[Variant]
+    best_compression_ratio_within_1ap50: float  # the two headlines: chosen within 1 AP50 (point estimate)
     best_variant: str | None = None
-    best_speedup_within_1ap50: float | None = None
+    best_speedup_within_1ap50: float
     fastest_variant: str | None = None
     best_compression_ratio_non_inferior: float | None = None
     best_speedup_non_inferior: float | None = None
     reference: str | None = None
     reference_ap50_ci95: list | None = None
-    variants: list[Variant]
     per_class: dict | None = None
     oneshot_pick: dict | None = None
 
