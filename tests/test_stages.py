@@ -1,8 +1,11 @@
 """The stage contract (wildlib.stages): what a stage writes, how a later one reads it, and what it
 takes from earlier stages instead of parameters (the data, the seed, the fine-tuning batch)."""
+from pathlib import Path
+
 import pytest
 
-from wildlib import modeling, records, speed, stages
+from wildlib import data, io, modeling, records, speed, stages
+from wildlib.config import get_config
 
 
 @pytest.fixture
@@ -63,6 +66,10 @@ def test_baseline_config_user_keys_win_and_weights_resolve(baseline_stage, tmp_p
     with pytest.raises(modeling.WeightsError, match="absent.pth"):
         stages.baseline_config(run, tmp_path / "stage", "mobilenet_fpn_cpu",
                                {**user, "MODEL.WEIGHTS": str(tmp_path / "absent.pth")}, ("Tree", "Rock"), **schedule)
+    plain = stages.baseline_config(run, tmp_path / "stage", "mobilenet_fpn_cpu", user, ("Tree", "Rock"),
+                                   fitted=False, **schedule)  # FIT_TO_DATA = False: the config's own value
+    assert plain.TEST.DETECTIONS_PER_IMAGE == get_config("mobilenet_fpn_cpu").TEST.DETECTIONS_PER_IMAGE != 150
+    assert plain.INPUT.MIN_SIZE_TEST == 480  # the user's keys still win
 
 
 def test_reload_spec_takes_the_data_stage_00_recorded(baseline_stage, tmp_path):
@@ -129,3 +136,37 @@ def test_baseline_iterations_follow_the_training_set_unless_given(voc_dir):
     names = data.register(voc_dir, ["zebra"], prefix="iters_test")
     assert stages.baseline_iterations(names["train"], 8, 12) == 12
     assert stages.baseline_iterations(names["train"], 8) == fit.training_iterations(2, 8) == fit.MIN_ITER
+
+
+def _run_with_detections(run, data_dir, cfg, boxes, ap50=0.0) -> Path:
+    """A run whose stage 01 wrote ``boxes`` (COCO [x, y, w, h], class zebra) on valid's one image
+    and recorded AP50 ``ap50`` for them."""
+    stages.save_stage(stages.stage_dir(run, stages.EXPLORE), {"data_dir": str(data_dir)},
+                      records.ExploreMetrics(images={}, instances={}, classes=list(data.class_list())))
+    base = stages.stage_dir(run, stages.BASELINE)
+    stages.save_stage(base, cfg.dump(), records.BaselineMetrics(evaluation_split="valid", bbox={"AP50": ap50},
+                                                                train=records.TrainingRun(iterations=1, seconds=1.0, ims_per_batch=2)), cfg=cfg)
+    image_id = data.load_split(data_dir, "valid")[0]["image_id"]
+    zebra = data.class_list().index("zebra")
+    io.write_json(base / stages.DETECTIONS_DIR / "baseline.json",
+                  [{"image_id": image_id, "category_id": zebra, "bbox": b, "score": 0.9} for b in boxes])
+    return run
+
+
+def test_paired_baselines_pairs_two_runs_on_the_same_images(tmp_path, voc_dir, untrained_cfg):
+    hit, miss = [5, 6, 25, 34], [40, 30, 10, 10]  # the ground truth's box; a box far from it
+    a = _run_with_detections(tmp_path / "a", voc_dir, untrained_cfg, [hit], ap50=100.0)
+    b = _run_with_detections(tmp_path / "b", voc_dir, untrained_cfg, [miss])
+    d = stages.paired_baselines(a, b)
+    assert d["split"] == "valid" and d["AP50"] == 100 and d["reference_ap50"] == 0
+    assert d["delta_ap50"] == pytest.approx(100)  # from the detections, matched again
+    same = stages.paired_baselines(a, a)
+    assert same["delta_ap50"] == 0 and tuple(same["delta_ap50_ci95"]) == (0, 0)  # identical detections
+
+
+def test_paired_baselines_refuses_detections_of_other_ground_truth(tmp_path, voc_dir, untrained_cfg):
+    a = _run_with_detections(tmp_path / "a", voc_dir, untrained_cfg, [[5, 6, 25, 34]])
+    src = a / stages.BASELINE / stages.DETECTIONS_DIR / "baseline.source.json"
+    io.write_json(src, {"ground_truth_sha256": "0" * 64, "test_settings": {}})
+    with pytest.raises(ValueError, match="baseline.json: made on other ground truth"):
+        stages.paired_baselines(a, a)

@@ -425,6 +425,14 @@ def update_readme(readme, section: str) -> Path:
     return write_text(readme, f"{head}{BEGIN}\n{section}{END}{tail}")
 
 
+def paired_line(run_a, run_b) -> str:
+    """One line: stage 01 of ``run_a`` against stage 01 of ``run_b``, paired on the same images."""
+    d = stages.paired_baselines(run_a, run_b)
+    return (f"{run_a} vs {run_b} on `{d['split']}`: AP50 {d['AP50']:.2f} {interval(d['AP50_ci95'])} vs "
+            f"{d['reference_ap50']:.2f}; paired difference {d['delta_ap50']:+.2f} {interval(d['delta_ap50_ci95'])} "
+            f"(image-level bootstrap, 95%)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Write the generated results (the README's headline and "
                                              "docs/results.md) from a run's files.")
@@ -435,7 +443,12 @@ def main(argv=None):
     ap.add_argument("--sweep", default="", help="a collated sweep folder, e.g. runs/sweeps/frontier")
     ap.add_argument("--scaling", nargs="*", default=[], help="sweep folders of one spec run with other layouts "
                                                              "(e.g. runs/scaling-1x2/scaling runs/scaling-2x1/scaling)")
+    ap.add_argument("--paired", nargs=2, metavar=("RUN_A", "RUN_B"), help="print stage 01 of RUN_A against stage 01 "
+                    "of RUN_B on the same images: AP50 and the paired difference, with 95%% intervals")
     a = ap.parse_args(argv)
+    if a.paired:
+        print(paired_line(*a.paired))
+        return
     bench = _load(Path(a.bench)) if a.bench else None
     if not a.readme:
         print(results_markdown(a.run_dir, bench, a.sweep or None))

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import yaml
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .config import get_config
 from .data import alias_map, class_list, register, resolve_data_dir
-from .evaluate import LATENCY_WARMUP, on_splits, scored_from_file
+from .evaluate import LATENCY_WARMUP, against, on_splits, scored_from_file, source_file
 from .fit import training_iterations
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
 from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
@@ -112,12 +112,15 @@ def classes_for(run_dir, classes=(), aliases=None) -> tuple[tuple[str, ...], dic
     return names, dict(aliases)
 
 
-def data_settings(run_dir, user: dict | None = None) -> dict:
+def data_settings(run_dir, user: dict | None = None, fitted: bool = True) -> dict:
     """Detectron2 settings for this data: what stage 00's check suggested
-    (``suggested_settings`` in its metrics), with the user's own ``user`` keys winning.
-    Prints each choice and where it came from."""
+    (``suggested_settings`` in its metrics; left out when not ``fitted``: the config's own
+    values), with the user's own ``user`` keys winning.  Prints each choice and where it came from."""
     path = resolve(run_dir) / EXPLORE / METRICS_FILE
     suggested = (read_metrics(path, EXPLORE).suggested_settings or {}) if path.exists() else {}
+    if not fitted and suggested.get("overrides"):
+        print("FIT_TO_DATA = False: stage 00's suggestions left out:", suggested["overrides"])
+        suggested = {}
     out = dict(suggested.get("overrides", {}))
     for reason in suggested.get("reasons", []):
         print("from stage 00's data check:", reason)
@@ -212,12 +215,13 @@ def baseline_iterations(train_dataset: str, ims_per_batch: int, max_iter: int = 
     return it
 
 
-def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes, **schedule):
+def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes, fitted: bool = True, **schedule):
     """Stage 01's Detectron2 config: ``config_name`` (a shipped config or a YAML file), the
-    schedule of :func:`baseline_overrides`, stage 00's suggested settings, then the user's own
-    keys ``user`` (they win; a ``MODEL.WEIGHTS`` there is a model-zoo URL or a local checkpoint).
-    Introduced in notebook 01 (its set-up cell)."""
-    keys = {**baseline_overrides(stage, num_classes=len(classes), **schedule), **data_settings(run_dir, user)}
+    schedule of :func:`baseline_overrides`, stage 00's suggested settings (unless not ``fitted``),
+    then the user's own keys ``user`` (they win; a ``MODEL.WEIGHTS`` there is a model-zoo URL or a
+    local checkpoint).  Introduced in notebook 01 (its set-up cell)."""
+    keys = {**baseline_overrides(stage, num_classes=len(classes), **schedule),
+            **data_settings(run_dir, user, fitted=fitted)}
     cfg = get_config(config_name, keys, freeze=False)
     if cfg.MODEL.WEIGHTS:  # the config's own model-zoo URL too: $WILDLIB_COCO_WEIGHTS stands in for it
         cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
@@ -317,6 +321,37 @@ def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, det
     valid = final_eval(m.evals or [], int(cfg.SOLVER.MAX_ITER)) if in_training else None
     stored = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
     return on_splits(model, cfg, datasets, split, detections_file, valid=valid, stored_detections=stored)
+
+
+def baseline_scored(run_dir, prefix: str = "wild"):
+    """Stage 01's model on the split it reported, from the detections 01 wrote there (no model is
+    run), its data registered as ``<prefix>_<split>``: ``(Scored, SHA-256 of the ground truth)``.
+    Detections made on other ground truth than the run's data now holds are refused by name."""
+    run = resolve(run_dir)
+    base = run / BASELINE
+    m = read_metrics(base / METRICS_FILE, BASELINE)
+    split = m.evaluation_split or "valid"
+    dets = base / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
+    if not dets.is_file():
+        raise FileNotFoundError(f"{dets}: not found (stage 01 of {run} wrote no detections)")
+    names, alias = classes_for(run)
+    datasets = register(data_dir_for(run), names, prefix=prefix, splits=[split], aliases=alias)
+    gt = sha256_file(MetadataCatalog.get(datasets[split]).json_file)
+    if source_file(dets).is_file() and read_json(source_file(dets)).get("ground_truth_sha256") != gt:
+        raise ValueError(f"{dets}: made on other ground truth than {split} of {data_dir_for(run)} holds now")
+    return scored_from_file(datasets, split, m.bbox, dets, coco_max_dets_of(base)), gt
+
+
+def paired_baselines(run_a, run_b) -> dict:
+    """Two runs' stage-01 models on the same images (e.g. two settings of one data set): A's AP50
+    with its interval and the paired difference A - B with its interval
+    (:func:`wildlib.evaluate.against`, B the reference), from the detections each run wrote.
+    ``python -m wildlib.report --paired RUN_A RUN_B`` prints it."""
+    a, gt_a = baseline_scored(run_a, "wild_a")
+    b, gt_b = baseline_scored(run_b, "wild_b")
+    if gt_a != gt_b:
+        raise ValueError(f"{run_a} and {run_b} were scored on different ground truth: no paired comparison")
+    return {**against(a, b), "split": a.split}
 
 
 def coco_max_dets_of(stage_path) -> int:
