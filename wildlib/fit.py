@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .data import SMALL_OBJECT_PX, input_scale
+from .data import SMALL_OBJECT_PX, input_scale, sizes_at_input
 
 INPUT_CAP = 800  # the largest short side an input is raised to
 ANCHOR_RATIO, ANCHOR_FIT = 4.0, 0.98  # YOLOv5's auto-anchor: side ratio within 4x; refit under 98% fitted
@@ -123,13 +123,13 @@ def _input_size(recs, cfg, over: dict, reasons: list) -> None:
     lo, hi = int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
     anchor = float(min(min(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES))
     short = float(np.median([min(r["height"], r["width"]) for r in recs]))
-    size = np.sqrt(box_shapes(recs, lo, hi).prod(1))
+    size = sizes_at_input(recs, lo, hi)  # the splits that choose (train + valid), not test
     median = float(np.median(size)) if size.size else math.inf
     target, why = lo, ""
     if short > lo and median < SMALL_OBJECT_PX:
         target = min(short, INPUT_CAP)
         why = (f"images of {short:.0f} px (short side, median) shrunk to {lo} px leave the median object "
-               f"{median:.1f} px: native resolution")
+               f"of train + valid {median:.1f} px: native resolution")
     if median * target / lo < anchor:
         target = max(target, min(lo * anchor / median, INPUT_CAP))
         why = f"median object {median:.1f} px at the {lo}-{hi} px input, under the smallest anchor ({anchor:g} px)"
