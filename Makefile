@@ -25,7 +25,7 @@ $(STAMP): requirements.txt pyproject.toml tools/install_detectron2.py
 	@touch $(STAMP)
 
 data: setup
-	$(PY) -m wildlib.synth --out data/savanna
+	$(PY) -m wildlib.synth --scene savanna
 
 run: setup
 	$(PY) -m wildlib.runner --run-dir $(RUN_DIR)

@@ -131,3 +131,13 @@ def test_the_aerial_scene_is_a_deterministic_crowded_survey_in_tiles(tmp_path):
     assert data.default_classes(tmp_path / "a") == synth.AERIAL_CLASSES and data.default_classes(tmp_path) == ()
     with pytest.raises(ValueError, match="unknown scene"):
         synth.SynthConfig(scene="underwater")
+
+
+def test_the_command_line_renders_a_scene_into_its_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    synth.main(["--scene", "aerial", "--scale", "0.02", "--test-images", "0"])
+    out = tmp_path / "data" / "aerial"
+    assert '"total_instances"' in capsys.readouterr().out
+    assert data.default_classes(out) == synth.AERIAL_CLASSES and tuple(data.splits_in(out)) == ("train", "valid")
+    with pytest.raises(SystemExit):
+        synth.main(["--scene", "underwater"])

@@ -302,8 +302,10 @@ def ensure(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig()) -> Path
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Render the embedded savanna dataset (VOC layout).")
-    ap.add_argument("--out", default="data/savanna")
+    ap = argparse.ArgumentParser(description="Render the embedded dataset (VOC layout): savanna scenes or aerial "
+                                             "herd surveys.")
+    ap.add_argument("--scene", choices=SCENES, default="savanna")
+    ap.add_argument("--out", default="", help="default: data/<scene>")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the paper's per-class counts")
     ap.add_argument("--difficulty", type=float, default=SynthConfig.difficulty)
@@ -314,10 +316,11 @@ def main(argv=None):
     ap.add_argument("--force", action="store_true", help="re-render even if up to date")
     a = ap.parse_args(argv)
     cfg = SynthConfig(seed=a.seed, scale=a.scale, difficulty=a.difficulty, width=a.width, height=a.height,
-                      test_images=a.test_images)
+                      test_images=a.test_images, scene=a.scene)
+    out = a.out or f"data/{a.scene}"
     if a.force:
-        summary = generate(a.out, cfg)
+        summary = generate(out, cfg)
     else:
-        ensure(a.out, cfg)
-        summary = json.loads((Path(a.out) / "synth.json").read_text())
+        ensure(out, cfg)
+        summary = json.loads((Path(out) / "synth.json").read_text())
     print(json.dumps({k: summary[k] for k in ("images", "total_instances")}))
