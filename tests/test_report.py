@@ -39,6 +39,15 @@ def test_frontier_section_and_goals_come_from_the_sweep(tmp_path):
     assert "compression within 1 AP50 of the reference: 3.300 — **not met**" in goals
 
 
+def test_points_of_a_sweep_stopped_part_way_are_counted_without_a_time(tmp_path):
+    sweep = _sweep(tmp_path / "sweeps" / "frontier")
+    headline = json.loads((sweep / "headline.json").read_text())
+    (sweep / "headline.json").write_text(json.dumps({**headline, "points": 12, "points_ok": 12}))
+    text = report.results_markdown(tmp_path / "run", sweep=sweep)
+    assert ("12 of 12 points finished; 9 point(s) finished (0 failed) in 10.0 min on 1 worker(s) x 2 thread(s) "
+            "(Test CPU); 3 point(s) finished in runs stopped before they recorded their wall time)") in text
+
+
 def test_a_sweep_not_yet_collated_is_said_so(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "sw").mkdir()

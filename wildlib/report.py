@@ -136,6 +136,9 @@ def _sweep_lines(sweep: Path, figure: str = "") -> tuple[list[str], dict]:
     timing = _load(sweep / "timing.json") or {}
     took = "; ".join(f"{t['points_run']} point(s) finished ({t.get('points_failed', 0)} failed) in "
                      f"{t['seconds'] / 60:.1f} min on {t['layout']} ({t['cpu_model']})" for t in timing.get("runs", []))
+    untimed = headline.get("points_ok", 0) - sum(t["points_run"] for t in timing.get("runs", []))
+    if untimed > 0:  # a sweep records its wall time when it ends: one stopped part-way (killed) left none
+        took += f"{'; ' if took else ''}{untimed} point(s) finished in runs stopped before they recorded their wall time"
     L = [f"**The frontier** (sweep `{sweep.name}`: {headline.get('points_ok', 0)} of {headline.get('points', 0)} "
          f"points finished{'; ' + took if took else ''}). Every point is a full run of stage 02 at one target and "
          f"fine-tuning seed; AP50 on the report split with paired bootstrap intervals; seed means per setting:", ""]
