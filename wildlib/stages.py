@@ -326,7 +326,8 @@ def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, det
 def baseline_scored(run_dir, prefix: str = "wild"):
     """Stage 01's model on the split it reported, from the detections 01 wrote there (no model is
     run), its data registered as ``<prefix>_<split>``: ``(Scored, SHA-256 of the ground truth)``.
-    Detections made on other ground truth than the run's data now holds are refused by name."""
+    Detections whose ``.source.json`` names other ground truth than the run's data now holds are
+    refused by name (an older run without one is taken as it is)."""
     run = resolve(run_dir)
     base = run / BASELINE
     m = read_metrics(base / METRICS_FILE, BASELINE)
