@@ -336,10 +336,11 @@ def baseline_scored(run_dir, prefix: str = "wild"):
     if not dets.is_file():
         raise FileNotFoundError(f"{dets}: not found (stage 01 of {run} wrote no detections)")
     names, alias = classes_for(run)
-    datasets = register(data_dir_for(run), names, prefix=prefix, splits=[split], aliases=alias)
+    data = data_dir_for(run)
+    datasets = register(data, names, prefix=prefix, splits=[split], aliases=alias)
     gt = sha256_file(MetadataCatalog.get(datasets[split]).json_file)
     if source_file(dets).is_file() and read_json(source_file(dets)).get("ground_truth_sha256") != gt:
-        raise ValueError(f"{dets}: made on other ground truth than {split} of {data_dir_for(run)} holds now")
+        raise ValueError(f"{dets}: made on other ground truth than {split} of {data} holds now")
     return scored_from_file(datasets, split, m.bbox, dets, coco_max_dets_of(base)), gt
 
 
