@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from wildlib import report
+from wildlib import records, report
 
 
 def _sweep(folder, within_sparsity=0.7):
@@ -90,8 +90,6 @@ def test_make_report_writes_the_results_file_and_the_readme_headline(tmp_path):
 def test_variant_rows_of_either_schema_read_the_same():
     """Rows written before the keys were one (04 said latency_ms_median, 02/03/05 named the model
     "variant") read as today's Variant rows; unknown keys are left out, measured ones kept."""
-    from wildlib import records
-
     old = {"variants": [{"name": "a", "AP50": 90.0, "latency_ms_median": 10.0, "latency_ms_p90": 12.0, "gmacs": 1},
                         {"variant": "b", "AP50": 80.0, "file": "b.wlc", "file_bytes": 10}], "variant_schema": 1}
     new = {"variants": [records.Variant("a", AP50=90.0, latency_median_ms=10.0, latency_p90_ms=12.0).row(),

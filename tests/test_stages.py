@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wildlib import data, io, modeling, records, speed, stages
+from wildlib import data, fit, io, modeling, records, runner, speed, stages
 from wildlib.config import get_config
 
 
@@ -99,8 +99,6 @@ def test_a_rerun_stage_drops_its_old_record(baseline_stage, voc_dir):
 def test_every_notebook_is_a_registered_stage():
     """A new stage is a notebook plus its entry in stages.STAGE_FOLDERS: the registry and the
     notebooks folder agree, in run order."""
-    from wildlib import runner
-
     assert [nb.stem for nb in runner.list_notebooks()] == list(stages.STAGE_FOLDERS)
 
 
@@ -131,8 +129,6 @@ def test_a_stage_writes_its_own_record_and_reads_it_back_typed(baseline_stage):
 def test_baseline_iterations_follow_the_training_set_unless_given(voc_dir):
     """MAX_ITER = 0 in stage 01: passes over the registered training set (wildlib.fit); a
     number given is kept."""
-    from wildlib import data, fit
-
     names = data.register(voc_dir, ["zebra"], prefix="iters_test")
     assert stages.baseline_iterations(names["train"], 8, 12) == 12
     assert stages.baseline_iterations(names["train"], 8) == fit.training_iterations(2, 8) == fit.MIN_ITER

@@ -158,6 +158,8 @@ def _anchors(wh: np.ndarray, cfg, over: dict, reasons: list) -> None:
 
 def _sampling(mean_boxes: float, max_boxes: int, cfg, over: dict, reasons: list) -> None:
     roi = int(cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE)
+    if mean_boxes <= 0:
+        return  # no boxes: nothing to scale to
     want = 2 ** math.ceil(math.log2(POSITIVES_PER_BOX * mean_boxes / cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION))
     if want > roi:
         over["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = int(min(want, 512))

@@ -311,14 +311,16 @@ def reference_scored(prune_dir, datasets: dict):
 def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, detections_file):
     """Stage 02's baseline: (COCO metrics on valid, :class:`~wildlib.evaluate.Scored` on the
     report split), from what stage 01 wrote where it still holds, without evaluating the same model
-    again: its final evaluation on valid (when 01 evaluated valid in training) and its detections on
+    again: its final evaluation on valid (when 01 evaluated the same valid ground truth in training) and its detections on
     the report split, taken as every stored model's are (:func:`wildlib.evaluate.scored_stored`:
     same ground truth and test-time settings, the reloaded model reproduces them) and copied to
     ``detections_file``; evaluated where they do not (another split or data, an older run).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     m = read_metrics(Path(baseline_dir) / METRICS_FILE, BASELINE)
     in_training = tuple(cfg.DATASETS.TEST) == (datasets["valid"],)  # 01's periodic evaluations were on valid
-    valid = final_eval(m.evals or [], int(cfg.SOLVER.MAX_ITER)) if in_training else None
+    then = Path(baseline_dir) / "coco" / "valid.json"  # the valid ground truth 01 evaluated on
+    same_valid = then.is_file() and sha256_file(then) == sha256_file(MetadataCatalog.get(datasets["valid"]).json_file)
+    valid = final_eval(m.evals or [], int(cfg.SOLVER.MAX_ITER)) if in_training and same_valid else None
     stored = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
     return on_splits(model, cfg, datasets, split, detections_file, valid=valid, stored_detections=stored)
 
