@@ -510,7 +510,8 @@ def dataset_warnings(records_by_split: dict[str, list[dict]], classes: Sequence[
         out.append({"check": "resolution_lost_at_input", "median_downscale": lost, "median_px": float(np.median(sizes)),
                     "message": f"images are shrunk {lost:.1f}x (median) to the {min_size_test}-{max_size_test} px input, "
                                f"leaving the median object {np.median(sizes):.1f} px ({np.median(sizes) * lost:.0f} px "
-                               "in the image): keep the native resolution (stage 00 suggests it) or tile the images"})
+                               "in the image): keep the native resolution (stage 00 suggests it where the images' short side is "
+                               "larger than the input) or tile the images"})
     if big and max(big) > 2:
         out.append({"check": "images_much_larger_than_input", "max_downscale": float(max(big)),
                     "message": f"images are shrunk up to {max(big):.1f}x to the {min_size_test}-{max_size_test} px "
