@@ -1,8 +1,9 @@
 """wildlib.fit: the settings stage 00 fits to the data, one rule at a time, each on data made to
 need it, and none of them on the data the defaults were made for."""
+import numpy as np
 import pytest
 
-from wildlib import config, data, fit
+from wildlib import cluster, config, data, fit
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +61,9 @@ def test_anchors_follow_the_boxes_only_where_the_configs_do_not_fit(cfg):
 
 
 def test_kmeans_finds_the_clusters_in_order():
-    import numpy as np
-
     x = np.r_[np.full(10, 1.0), np.full(10, 5.0), np.full(5, 9.0)]
-    assert fit.kmeans_1d(x, 3) == pytest.approx([1.0, 5.0, 9.0])
+    assert cluster.kmeans_1d(x, 3, init="density")[0] == pytest.approx([1.0, 5.0, 9.0])
+    assert fit.fitted_anchors(np.full((4, 2), 20.0), 3)[0] == [[20.0]] * 3  # one distinct size: repeated
 
 
 def test_sampling_and_proposals_scale_with_boxes_per_image(cfg):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from wildlib import codec, modeling, share
+from wildlib import cluster, codec, modeling, share
 from wildlib import prune as wp
 
 
@@ -15,7 +15,7 @@ def pruned_shared(untrained_model):
     return model, layers
 
 
-@pytest.mark.parametrize("init", share.INITS)
+@pytest.mark.parametrize("init", cluster.INITS)
 def test_kmeans_matches_a_plain_lloyd(init):
     rng = np.random.default_rng(0)
     v = np.concatenate([rng.normal(-1, 0.1, 500), rng.normal(0.5, 0.2, 800), rng.normal(2, 0.05, 200)])

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .cluster import kmeans_1d
 from .data import SMALL_OBJECT_PX, input_scale, sizes_at_input
 
 INPUT_CAP = 800  # the largest short side an input is raised to
@@ -61,25 +62,19 @@ def anchor_coverage(wh: np.ndarray, sizes, ratios, ratio: float = ANCHOR_RATIO) 
     return float((worst.max(1) > 1 / ratio).mean())
 
 
-def kmeans_1d(x: np.ndarray, k: int, iters: int = 50) -> np.ndarray:
-    """Sorted k-means centres of 1-D data, started at its quantiles (deterministic)."""
-    x = np.sort(np.asarray(x, float))
-    centres = np.quantile(x, (np.arange(k) + 0.5) / k)
-    for _ in range(iters):
-        label = np.abs(x[:, None] - centres[None]).argmin(1)
-        new = np.asarray([x[label == j].mean() if (label == j).any() else centres[j] for j in range(k)])
-        if np.allclose(new, centres):
-            break
-        centres = new
-    return np.sort(centres)
+def _centres(x: np.ndarray, k: int) -> np.ndarray:
+    """``k`` sorted k-means centres of 1-D data, started at its quantiles (deterministic); fewer
+    distinct values than ``k`` repeat the largest centre."""
+    c, _ = kmeans_1d(x, k, init="density", iters=50)
+    return np.pad(c.astype(float), (0, k - c.size), mode="edge")
 
 
 def fitted_anchors(wh: np.ndarray, levels: int, n_ratios: int = 3) -> tuple[list, list]:
     """Anchor sizes (one per FPN level, smallest first) and aspect ratios from k-means over the
     boxes' log sizes and log aspect ratios."""
     size = np.sqrt(wh.prod(1))
-    sizes = np.exp(kmeans_1d(np.log(size), levels))
-    ratios = np.exp(kmeans_1d(np.log(wh[:, 1] / wh[:, 0]), n_ratios))
+    sizes = np.exp(_centres(np.log(size), levels))
+    ratios = np.exp(_centres(np.log(wh[:, 1] / wh[:, 0]), n_ratios))
     return [[float(round(s, 1))] for s in sizes], [[float(round(r, 2)) for r in ratios]]
 
 
