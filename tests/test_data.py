@@ -1,9 +1,11 @@
 import json
+import shutil
 
 import pytest
 from PIL import Image
 
 from wildlib import data
+from wildlib.modeling import sha256_file
 from wildlib.classes import CLASSES
 
 from .conftest import voc_xml
@@ -92,6 +94,19 @@ def test_register_makes_catalog_entries_and_coco_files(voc_dir, tmp_path):
     assert json.loads(open(meta.json_file).read())["images"][0]["width"] == 64
     # registering again replaces, not fails
     data.register(voc_dir, prefix="unit", coco_dir=tmp_path / "coco")
+
+
+def test_ground_truth_hash_follows_names_and_boxes_not_the_data_folders_place(voc_dir, tmp_path):
+    moved = tmp_path / "elsewhere" / "voc"
+    shutil.copytree(voc_dir, moved)
+    data.register(voc_dir, prefix="unit", coco_dir=tmp_path / "a", splits=["valid"])
+    data.register(moved, prefix="unit2", coco_dir=tmp_path / "b", splits=["valid"])
+    a, b = (tmp_path / d / "valid.json" for d in ("a", "b"))
+    assert sha256_file(a) != sha256_file(b)  # the COCO file names images by absolute path
+    assert data.ground_truth_sha256(a) == data.ground_truth_sha256(b)
+    (moved / "annotations" / "img3.xml").write_text(voc_xml("img3.jpg", objects=[("zebra", (3, 3, 30, 30))]))
+    data.register(moved, prefix="unit2", coco_dir=tmp_path / "b", splits=["valid"])
+    assert data.ground_truth_sha256(a) != data.ground_truth_sha256(b)  # another box: other ground truth
 
 
 def test_custom_class_list(voc_dir):

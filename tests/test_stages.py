@@ -1,10 +1,11 @@
 """The stage contract (wildlib.stages): what a stage writes, how a later one reads it, and what it
 takes from earlier stages instead of parameters (the data, the seed, the fine-tuning batch)."""
+import shutil
 from pathlib import Path
 
 import pytest
 
-from wildlib import data, fit, io, modeling, records, runner, speed, stages
+from wildlib import data, evaluate, fit, io, modeling, records, runner, speed, stages
 from wildlib.config import get_config
 
 
@@ -166,3 +167,13 @@ def test_paired_baselines_refuses_detections_of_other_ground_truth(tmp_path, voc
     io.write_json(src, {"ground_truth_sha256": "0" * 64, "test_settings": {}})
     with pytest.raises(ValueError, match="baseline.json: made on other ground truth"):
         stages.paired_baselines(a, a)
+
+
+def test_paired_baselines_takes_detections_of_the_same_data_moved_elsewhere(tmp_path, voc_dir, untrained_cfg):
+    moved = tmp_path / "moved"
+    shutil.copytree(voc_dir, moved)
+    a = _run_with_detections(tmp_path / "a", voc_dir, untrained_cfg, [[5, 6, 25, 34]], ap50=100.0)
+    datasets = data.register(moved, prefix="moved", splits=["valid"])
+    src = a / stages.BASELINE / stages.DETECTIONS_DIR / "baseline.source.json"
+    io.write_json(src, evaluate.source_of(untrained_cfg, datasets["valid"]))  # recorded on the moved copy
+    assert stages.paired_baselines(a, a)["AP50"] == 100

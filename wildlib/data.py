@@ -14,6 +14,8 @@ JSON report so that nothing disappears silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,6 +338,18 @@ def check_disjoint(root, records_by_split: dict[str, list[dict]], on_error: str 
     warnings.warn(msg + f"; dropped from {', '.join(later)}", stacklevel=3)
     for split in later:
         records_by_split[split][:] = [r for r in records_by_split[split] if _image_key(r) not in shared]
+
+
+def ground_truth_sha256(json_file) -> str:
+    """SHA-256 of a COCO ground-truth file's content with each image reduced to its file's name:
+    the images (names, ids, order, sizes), their boxes and the classes, wherever the data folder
+    lies.  Its exports name images by absolute path, so a hash of the file's bytes changes when the
+    same data is moved or read from another checkout.  (The pixels are not hashed: a data set is
+    its names and boxes here, as in the COCO file.)"""
+    gt = read_json(json_file)
+    images = [{**im, "file_name": Path(str(im.get("file_name", ""))).name} for im in gt.get("images", [])]
+    canonical = {k: gt.get(k) for k in ("annotations", "categories")} | {"images": images}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def to_coco(records: list[dict], classes: Sequence[str] = CLASSES) -> dict:

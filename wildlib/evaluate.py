@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from . import intervals, tiles
+from .data import ground_truth_sha256
 from .io import copy_file, read_json, write_json
-from .modeling import count_parameters, sha256_file
+from .modeling import count_parameters
 from .records import Variant
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -183,7 +184,8 @@ TEST_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.TILE", "TEST.D
 
 def source_of(cfg, dataset_name: str) -> dict:
     """What detections of a model on a registered dataset depend on besides the model's weights:
-    the ground truth's SHA-256 (the images, their order and boxes) and ``cfg``'s test-time settings."""
+    the ground truth's SHA-256 (:func:`~wildlib.data.ground_truth_sha256`: the images' names, their
+    order and boxes, wherever the data folder lies) and ``cfg``'s test-time settings."""
     from detectron2.data import MetadataCatalog
 
     def get(key):
@@ -192,7 +194,7 @@ def source_of(cfg, dataset_name: str) -> dict:
             node = node.get(part) if hasattr(node, "get") else None
         return list(node) if isinstance(node, (list, tuple)) else node
 
-    return {"ground_truth_sha256": sha256_file(MetadataCatalog.get(dataset_name).json_file),
+    return {"ground_truth_sha256": ground_truth_sha256(MetadataCatalog.get(dataset_name).json_file),
             "test_settings": {k: get(k) for k in TEST_KEYS}}
 
 

@@ -20,7 +20,7 @@ import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .config import get_config
-from .data import alias_map, class_list, register, resolve_data_dir
+from .data import alias_map, class_list, ground_truth_sha256, register, resolve_data_dir
 from .evaluate import LATENCY_WARMUP, against, on_splits, scored_from_file, source_file
 from .fit import training_iterations
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
@@ -319,7 +319,7 @@ def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, det
     m = read_metrics(Path(baseline_dir) / METRICS_FILE, BASELINE)
     in_training = tuple(cfg.DATASETS.TEST) == (datasets["valid"],)  # 01's periodic evaluations were on valid
     then = Path(baseline_dir) / "coco" / "valid.json"  # the valid ground truth 01 evaluated on
-    same_valid = then.is_file() and sha256_file(then) == sha256_file(MetadataCatalog.get(datasets["valid"]).json_file)
+    same_valid = then.is_file() and ground_truth_sha256(then) == ground_truth_sha256(MetadataCatalog.get(datasets["valid"]).json_file)
     valid = final_eval(m.evals or [], int(cfg.SOLVER.MAX_ITER)) if in_training and same_valid else None
     stored = Path(baseline_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS["baseline"]
     return on_splits(model, cfg, datasets, split, detections_file, valid=valid, stored_detections=stored)
@@ -340,8 +340,10 @@ def baseline_scored(run_dir, prefix: str = "wild"):
     names, alias = classes_for(run)
     data = data_dir_for(run)
     datasets = register(data, names, prefix=prefix, splits=[split], aliases=alias)
-    gt = sha256_file(MetadataCatalog.get(datasets[split]).json_file)
-    if source_file(dets).is_file() and read_json(source_file(dets)).get("ground_truth_sha256") != gt:
+    json_file = MetadataCatalog.get(datasets[split]).json_file
+    gt = ground_truth_sha256(json_file)
+    # runs before the hash ignored the data folder's place recorded the COCO file's bytes: taken too
+    if source_file(dets).is_file() and read_json(source_file(dets)).get("ground_truth_sha256") not in (gt, sha256_file(json_file)):
         raise ValueError(f"{dets}: made on other ground truth than {split} of {data} holds now")
     return scored_from_file(datasets, split, m.bbox, dets, coco_max_dets_of(base)), gt
 
