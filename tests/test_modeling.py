@@ -91,6 +91,12 @@ def test_weights_only_file_reloads(untrained_cfg, untrained_model, tmp_path):
         assert torch.equal(v, b.state_dict()[k]), k
 
 
+def test_the_same_weights_make_the_same_bytes_whatever_the_file_is_called(untrained_model, tmp_path):
+    a = modeling.save_weights(untrained_model, tmp_path / "w.pth")
+    b = modeling.save_weights(untrained_model, tmp_path / "a much longer folder name" / "model_final.pth")
+    assert a.read_bytes() == b.read_bytes()  # a file's size is a result: not the temporary name's length
+
+
 def test_unknown_config_name_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="mobilenet_fpn_cpu"):
         config.get_config("nope")

@@ -299,8 +299,19 @@ def save_weights(model, path, extra: dict | None = None) -> Path:
     ``DetectionCheckpointer`` (the state dict sits under the key ``model``).
     Introduced in notebook 01_train_baseline, section "Size and speed"."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"model": state, **(extra or {})}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return save_torch_file({"model": state, **(extra or {})}, path)
+
+
+def save_torch_file(obj, path) -> Path:
+    """``torch.save`` of ``obj`` to ``path``, atomically, through an open file: torch names the
+    records inside its zip archive after a path it is given (here the temporary file's, a name that
+    changes with the process id), but "archive" for a file object, so the same tensors make the
+    same bytes on disk."""
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    return atomic_write(path, write)
 
 
 def no_imagenet_init(cfg):

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from ..config import ConfigError, get_config
-from ..io import atomic_write, copy_file, read_json, write_json, write_text
-from ..modeling import D2_CONFIG_FILE, WeightsError, build_model, sha256_file
+from ..io import copy_file, read_json, write_json, write_text
+from ..modeling import D2_CONFIG_FILE, WeightsError, build_model, save_torch_file, sha256_file
 from .graphs import GRAPHS
 from .lean_parts import lean_config
 from .runtime import OrtGraph, attach
@@ -35,7 +35,7 @@ def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
         if Path(graphs[name]).resolve() != (out / f"{name}.onnx").resolve():
             copy_file(graphs[name], out / f"{name}.onnx")
     state = {k: v.detach().cpu().contiguous() for k, v in model.roi_heads.box_predictor.state_dict().items()}
-    atomic_write(out / PREDICTOR, lambda tmp: torch.save(state, tmp))
+    save_torch_file(state, out / PREDICTOR)
     files = [CONFIG, PREDICTOR] + [f"{g}.onnx" for g in GRAPHS]
     write_json(out / MANIFEST, {"format": "wildlib-deploy", "version": 1, "threads": int(threads),
                                 "files": {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_file(out / f)}
