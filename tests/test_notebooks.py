@@ -176,7 +176,7 @@ def test_04_prune_channels(smoke_run):
     stage = run_dir / "04_prune_channels"
     m = json.loads((stage / "metrics.json").read_text())
     keys = {"name", "AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup", "macs", "params", "file_bytes"}
-    assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 9
+    assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 11
     rows = {v["name"]: v for v in m["variants"]}
     for v in m["variants"]:
         assert v["latency_p90_ms"] >= v["latency_median_ms"] > 0 and v["macs"] > 0 and v["file_bytes"] > 0
@@ -194,16 +194,30 @@ def test_04_prune_channels(smoke_run):
 
     _, model = modeling.load_trained(stage)
     assert sum(p.numel() for p in model.parameters()) == pruned["params"]
-    combined = rows["combined: channel-pruned + int8 + test-time"]
+    combined = rows["combined, one graph (int8, ONNX Runtime)"]
+    assert m["variants"][-1] == combined  # the deployable: the one int8 graph, reloaded in a fresh process
     reloaded = m["reloaded"]
     assert reloaded["AP50"] == pytest.approx(combined["AP50"], abs=1e-6) and reloaded["file_bytes"] == combined["file_bytes"]
+    assert reloaded["pid"] != m["variants"][0].get("pid")
     assert combined["file_bytes"] == fast.deploy_bytes(run_dir / m["deploy_dir"]) < pruned["file_bytes"]
+    assert (run_dir / m["deploy_dir"] / fast.GRAPH_FILE).is_file()
+    # the one graph (fp32) scores what the two-graph model scores, up to float error
+    two = rows["combined: channel-pruned + int8 + test-time (two graphs)"]
+    assert rows["combined, one graph (fp32, ONNX Runtime)"]["macs"] == two["macs"]
+    # ONNX Runtime's settings were chosen on this machine, named with its CPU
+    runtime = pd.read_csv(stage / "runtime_choice.csv")
+    assert len(runtime) == 8 and m["runtime"]["cpu_model"] == runtime["cpu_model"][0]
+    assert m["runtime"]["int8_format"] in ("qdq", "qoperator") and m["runtime"]["median_ms"] == runtime["median_ms"].min()
+    assert m["best_on_test"]["split"] == m["evaluation_split"] and "delta_ap50_ci95" in m["best_on_test"]
+    assert m["best_speedup_non_inferior"] in (0.0, m["best_speedup_within_1ap50"])
+    assert {"backbone", "roi_pooler", "Python around the session"} <= set(m["graph_profile_ms"])
     assert m["test_time"] == {"pre_nms": 100, "post_nms": 50, "detections": 20, "min_size": 208}
     swept = pd.read_csv(stage / "combined_sweep.csv")  # both sizes: the config's (240) and section 2's
     assert sorted(set(swept["min_size"])) == [208, 240] and len(swept) == 4
     assert m["combined_test_time"] in swept[["pre_nms", "post_nms", "detections", "min_size"]].to_dict("records")
     assert m["widths"]["MODEL.ROI_BOX_HEAD.FC_DIM"] == 256
     for f in ("variants.csv", "test_time_sweep.csv", "channel_scan.csv", "combined_sweep.csv", "speed_vs_ap50.png", "channel_scan.png",
+              "graph_profile.csv",
               "test_time_sweep.png", "profile_baseline.png", "detectron2.yaml"):
         assert (stage / f).exists(), f
 

@@ -24,6 +24,11 @@ def test_ratios_from_scan_takes_each_familys_largest_ratio_within():
                          {"family": "rpn", "ratio": 0.25, "AP50": 90.0}, {"family": "rpn", "ratio": 0.5, "AP50": 88.0}])
     assert channels.ratios_from_scan(scan, 90.0, 2.0) == {"m2": 0.5, "fpn": 0.0, "rpn": 0.5}
     assert channels.ratios_from_scan(scan, 90.0, 1.0) == {"m2": 0.25, "fpn": 0.0, "rpn": 0.25}
+    # latency-aware: a ratio that buys no time is not worth its accuracy
+    timed = scan.assign(speedup=[1.01, 1.10, 1.2, 1.3, 1.00, 1.01])
+    assert channels.ratios_from_scan(timed, 90.0, 2.0, min_speedup=1.02) == {"m2": 0.5, "fpn": 0.0, "rpn": 0.0}
+    assert channels.ratios_from_scan(timed, 90.0, 1.0, min_speedup=1.02) == {"m2": 0.0, "fpn": 0.0, "rpn": 0.0}
+    assert channels.ratios_from_scan(scan, 90.0, 2.0, min_speedup=1.02) == {"m2": 0.5, "fpn": 0.0, "rpn": 0.5}
 
 
 def test_ratios_from_sensitivity_keeps_the_largest_ratio_within():

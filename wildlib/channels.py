@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .evaluate import best_within, coco
+from .evaluate import best_within, coco, side_by_side
 from .parts import BACKBONE_STAGES
 from .profile import macs
 from .widths import NUM_BLOCKS, block_parts, default_hidden_widths, hidden_width, narrow_block_, narrow_conv_, narrow_linear_
@@ -314,11 +314,14 @@ def width_table(before, after):
 
 
 def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAMILIES, max_drop: float | None = None,
-                     reference_ap50: float | None = None):
-    """One family pruned at a time (no fine-tuning): AP50, parameters and MACs (on ``image``).
-    Ratios run from small to large; with ``max_drop`` and ``reference_ap50``, a family's larger
-    ratios are skipped once one falls below ``reference_ap50 - max_drop`` (they would only fall
-    further).  Latency is measured on the final model, side by side, not here.
+                     reference_ap50: float | None = None, speed_inputs: list[dict] | None = None,
+                     speed_runs: int = 10):
+    """One family pruned at a time (no fine-tuning): AP50, parameters and MACs (on ``image``), and
+    with ``speed_inputs`` the ``speedup`` over ``model``, side by side (``speed_runs`` passes each,
+    PyTorch fp32: a guide to where time is, not the final measurement).  Ratios run from small to
+    large; with ``max_drop`` and ``reference_ap50``, a family's larger ratios are skipped once one
+    falls below ``reference_ap50 - max_drop``: a clear failure stops the family early (larger
+    ratios would only fall further).
     Introduced in notebook 04_prune_channels, section "3 · Channel pruning: a smaller dense network"."""
     import pandas as pd
 
@@ -327,16 +330,25 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAM
         for r in sorted(ratios):
             pruned = prune(model, {fam: r})
             m = coco(pruned, cfg, dataset, quiet=True)
-            rows.append({"family": fam, "ratio": r, "AP50": m["AP50"], "AP": m["AP"],
-                         "params": sum(p.numel() for p in pruned.parameters()), "macs": macs(pruned, image)})
+            row = {"family": fam, "ratio": r, "AP50": m["AP50"], "AP": m["AP"],
+                   "params": sum(p.numel() for p in pruned.parameters()), "macs": macs(pruned, image)}
+            if speed_inputs:
+                row["speedup"] = side_by_side(model, pruned, speed_inputs, runs=speed_runs, warmup=2)["speedup"]
+            rows.append(row)
             if max_drop is not None and reference_ap50 is not None and m["AP50"] < reference_ap50 - max_drop:
                 break
     return pd.DataFrame(rows)
 
 
-def ratios_from_scan(scan, reference_ap50: float, max_drop: float) -> dict[str, float]:
+def ratios_from_scan(scan, reference_ap50: float, max_drop: float, min_speedup: float | None = None) -> dict[str, float]:
     """Per family, the largest scanned ratio whose AP50 (before fine-tuning) stays within
     ``max_drop`` of ``reference_ap50`` (notebook 04: the unpruned model's own AP50, so that the
-    scan measures what pruning costs); 0 if none does."""
-    return {fam: float((best_within(df, "ratio", reference_ap50, max_drop) or {"ratio": 0.0})["ratio"])
-            for fam, df in scan.groupby("family", sort=False)}
+    scan measures what pruning costs); 0 if none does.  Latency-aware, with ``min_speedup`` (and
+    a ``speedup`` column): a ratio must also buy at least that speedup, else the family is not
+    worth its accuracy and stays whole."""
+    out = {}
+    for fam, df in scan.groupby("family", sort=False):
+        if min_speedup is not None and "speedup" in df:
+            df = df[df["speedup"] >= min_speedup]
+        out[fam] = float((best_within(df, "ratio", reference_ap50, max_drop) or {"ratio": 0.0})["ratio"])
+    return out

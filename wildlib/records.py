@@ -392,7 +392,7 @@ class ChannelsMetrics(ReportedMetrics):
     Written by notebook 04_prune_channels; read by 05."""
 
     NESTED: ClassVar[dict] = {"fine_tuning": TrainingRun, "latency": LatencyProtocol, "reloaded": Variant,
-                              "combined_on_test": Variant}
+                              "combined_on_test": Variant, "best_on_test": Variant}
     LISTS: ClassVar[dict] = {"variants": Variant}
 
     variants: list[Variant] = field(default_factory=list)
@@ -412,6 +412,13 @@ class ChannelsMetrics(ReportedMetrics):
     float_parts: list | None = None
     latency: LatencyProtocol | None = None  # how every row was timed
     profile_ms: dict | None = None  # part -> ms, the baseline's and the combined model's
+    # the best variant (chosen on valid) on the report split, against the reference: its paired
+    # drop interval; best_speedup_non_inferior is its speedup where that drop's 95% upper end is
+    # within the tolerance (else 0)
+    best_on_test: Variant | None = None
+    best_speedup_non_inferior: float | None = None
+    runtime: dict | None = None  # ONNX Runtime settings chosen on this machine (cpu_model beside them)
+    graph_profile_ms: dict | None = None  # part -> ms in the one graph (ONNX Runtime's profiler)
 
 
 @dataclass(kw_only=True)

@@ -324,14 +324,26 @@ def _channel_lines(c: ChannelsMetrics, **_) -> list[str]:
                  ("params", "params", 0),
                  ("file bytes", "file_bytes", 0)])
     r = c.reloaded.row() if c.reloaded else {}
+    if c.runtime:
+        rt = c.runtime
+        L += ["", f"ONNX Runtime settings chosen by a short benchmark on this machine ({rt.get('cpu_model')}): "
+                  f"int8 format {rt.get('int8_format')}, graph optimisation `{rt.get('optimization')}`, "
+                  f"{rt.get('execution')} execution, {rt.get('threads')} threads "
+                  f"({_f(rt.get('median_ms'), 1)} ms median for the one int8 graph)."]
+    if c.graph_profile_ms:
+        parts = ", ".join(f"{k} {_f(v, 1)}" for k, v in sorted(c.graph_profile_ms.items(), key=lambda kv: -kv[1]))
+        L += ["", f"Where the one graph's time goes (ms per image, ONNX Runtime's profiler): {parts}."]
     if c.combined_on_test:
         L += ["", "Chosen on `valid` (the table above); the deployable on the report split: "
               + verdict_line("combined", c.combined_on_test.row()) + "."]
     L += ["", f"Reloaded from `{c.deploy_dir}` in a fresh process: AP50 {_f(r.get('AP50'))}, "
               f"{_f(r.get('latency_median_ms'), 1)} ms median, **{_f(r.get('speedup'))}x**. "
-              f"`best_speedup_within_1ap50` = **{_f(c.best_speedup_within_1ap50, 3)}** ({c.best_variant}).",
-          ""]
-    return L
+              f"`best_speedup_within_1ap50` = **{_f(c.best_speedup_within_1ap50, 3)}** ({c.best_variant})."]
+    if c.best_on_test:
+        L += ["", f"The best variant on the report split: {verdict_line(c.best_variant, c.best_on_test.row())}; "
+                  f"`best_speedup_non_inferior` (its speedup where the drop's 95% upper end is within "
+                  f"{_f(c.ap50_tolerance, 1)} AP50, else 0) = **{_f(c.best_speedup_non_inferior, 3)}**."]
+    return L + [""]
 
 
 _STAGE_LINES = {stages.EXPLORE: _explore_lines, stages.BASELINE: _baseline_lines, stages.PRUNE: _prune_lines,

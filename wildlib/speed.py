@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .data import load_split, register
 from .evaluate import LATENCY_WARMUP, Variant, accuracy_and_speed, best_within, load_inputs
-from .fast import deploy_bytes, load, test_time, test_time_of, with_test_time
-from .io import read_json, write_json
+from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, deploy_bytes, graph_part_of, load, test_time,
+                   test_time_of, with_test_time)
+from .io import cpu_model, read_json, write_json
+from .parts import PART_NAMES
 from .modeling import build_model, load_trained
 from .profile import macs
 
@@ -36,8 +42,12 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     file(s) it is stored in.
     Introduced in notebook 04_prune_channels."""
     m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
-    # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings
-    twin = model if twin is None else test_time(copy.deepcopy(twin), **test_time_of(model))
+    # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings (a one
+    # graph's are baked in: its twin is handed over with them)
+    if twin is None:
+        twin = model
+    elif hasattr(model, "proposal_generator"):
+        twin = test_time(copy.deepcopy(twin), **test_time_of(model))
     x = (variant_inputs or inputs)[0]
     return Variant(name, AP50=m["AP50"], AP50_ci95=m["AP50_ci95"], AP=m["AP"], latency_median_ms=t["variant_ms_median"],
                    latency_p90_ms=t["variant_ms_p90"], baseline_ms_median=t["baseline_ms_median"], speedup=t["speedup"],
@@ -108,6 +118,97 @@ def pick_test_time(sweep, cfg, max_drop: float) -> dict:
             if all(best[k] <= defaults[k] for k in keys):
                 out.update({k: int(best[k]) for k in keys})
     return out
+
+
+# ------------------------------------------------------------- one graph: settings, profile
+
+
+def runtime_candidates(threads: int) -> list[RuntimeSettings]:
+    """The ONNX Runtime settings :func:`choose_runtime` tries, all at ``threads`` intra-op threads
+    (the protocol's: every model measured at the same thread count): each graph optimisation
+    level, sequential, and the fullest level with parallel execution of independent branches.
+    Introduced in notebook 04_prune_channels, section 6."""
+    return [RuntimeSettings(threads=threads, optimization=o) for o in ("basic", "extended", "all")] + [
+        RuntimeSettings(threads=threads, optimization="all", execution="parallel", inter_threads=2)]
+
+
+def choose_runtime(graphs: dict, canvas, pixel_mean, inputs: list[dict], candidates: list[RuntimeSettings],
+                   runs: int = 10, warmup: int = 2):
+    """A short on-machine benchmark: each ONNX file of ``graphs`` (label -> path: the same model
+    quantized in different operator formats, say) under each of ``candidates``, in turns, batch 1
+    on ``inputs``; median and p90 per (file, settings), the CPU model beside them.  Returns
+    (table, the fastest row).  Choose on this machine: the best setting differs between CPUs.
+    Introduced in notebook 04_prune_channels, section 6."""
+    models = {(label, s): OneGraphDetector(OrtGraph(path, settings=s), canvas, pixel_mean)
+              for label, path in graphs.items() for s in candidates}
+    times = {k: [] for k in models}
+    for i in range(warmup + runs):
+        x = [inputs[i % len(inputs)]]
+        for key, model in (list(models.items()) if i % 2 == 0 else list(models.items())[::-1]):
+            t = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times[key].append((time.perf_counter() - t) * 1000)
+    rows = [{"graph": label, **s.to_dict(), "median_ms": float(np.median(ts)), "p90_ms": float(np.percentile(ts, 90)),
+             "runs": runs, "cpu_model": cpu_model()} for (label, s), ts in times.items()]
+    table = pd.DataFrame(rows).sort_values("median_ms").reset_index(drop=True)
+    return table, table.iloc[0].to_dict()
+
+
+def graph_profile(model: OneGraphDetector, inputs: list[dict], runs: int = 10, warmup: int = 2) -> pd.DataFrame:
+    """Where the one graph's time goes, per detector part (:mod:`wildlib.parts`): ONNX Runtime's own
+    profiler times every node of ``runs`` passes (a fresh session of the same file and settings,
+    profiling on), summed per part by the node's name (:func:`wildlib.fast.graph_part_of`), and per
+    part the share in int8 kernels; beside them what Python spends around the session (padding
+    the image, building ``Instances``, rescaling) and ONNX Runtime's own overhead between nodes,
+    each a median per image in ms.
+    Introduced in notebook 04_prune_channels, section 6."""
+    import onnxruntime as ort  # ONNX Runtime: a heavy optional dependency, loaded where used
+
+    so = model.graph.settings.session_options()
+    with tempfile.TemporaryDirectory() as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(model.graph.path.read_bytes(), so, providers=["CPUExecutionProvider"])
+        wall, in_run = [], []
+        for i in range(warmup + runs):
+            x = inputs[i % len(inputs)]
+            t0 = time.perf_counter()
+            feed = model.feed(x)
+            t1 = time.perf_counter()
+            out = session.run(None, feed)
+            t2 = time.perf_counter()
+            model.instances(out, x)
+            wall.append((time.perf_counter() - t0) * 1000)
+            in_run.append((t2 - t1) * 1000)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs_seen = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][warmup:]
+    start = runs_seen[0]["ts"] if runs_seen else 0
+    per_part = {p: [0.0] * runs for p in PART_NAMES}
+    int8 = {p: [0.0] * runs for p in PART_NAMES}
+    bounds = [(r["ts"], r["ts"] + r["dur"]) for r in runs_seen]
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
+            continue
+        run = next((j for j, (a, b) in enumerate(bounds) if a <= e["ts"] <= b), None)
+        if run is None:
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        part = graph_part_of(node)
+        per_part[part][run] += e["dur"] / 1000
+        if e.get("args", {}).get("op_name", "") in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                                                   "QGemm", "QLinearAdd", "DynamicQuantizeMatMul"):
+            int8[part][run] += e["dur"] / 1000
+    rows = [{"part": p, "ms": float(np.median(v)), "int8_ms": float(np.median(int8[p]))} for p, v in per_part.items() if max(v) > 0]
+    nodes_ms = np.sum([v for v in per_part.values()], axis=0)
+    run_ms = np.array([b - a for a, b in bounds]) / 1000
+    rows.append({"part": "ONNX Runtime between nodes", "ms": float(np.median(run_ms - nodes_ms)), "int8_ms": 0.0})
+    rows.append({"part": "Python around the session", "ms": float(np.median(np.array(wall[warmup:])
+                                                                             - np.array(in_run[warmup:]))),
+                 "int8_ms": 0.0})
+    table = pd.DataFrame(rows).set_index("part")
+    table["share"] = table["ms"] / float(np.median(wall[warmup:]))
+    return table
 
 
 # ------------------------------------------------------------------- reloaded, fresh process

@@ -22,7 +22,11 @@ trace Detectron2's FrozenBatchNorm/FPN (data-dependent control flow), PT2E needs
 ONNX Runtime runs the exported fp32 graph about 3x faster than PyTorch eager on this CPU already,
 and its static int8 quantization (QDQ, per-channel weights) uses its int8 convolution kernels.
 
-A deployable model is a folder (:mod:`~wildlib.fast.deployable`).
+The whole detector also goes into **one** ONNX graph (:mod:`~wildlib.fast.one_graph`: ROIAlign as
+ONNX ``RoiAlign``, NMS as ``NonMaxSuppression``), run in one session: no tensor returns to Python
+between the image and the boxes.
+
+A deployable model is a folder (:mod:`~wildlib.fast.deployable`), of either kind.
 
 The package, by part: :mod:`~wildlib.fast.knobs` (test-time settings), :mod:`~wildlib.fast.lean_parts`
 (the leaner float parts), :mod:`~wildlib.fast.graphs` (ONNX export and int8 quantization),
@@ -31,12 +35,16 @@ What is measured with them (speed tables, knob sweeps, a reload in a fresh proce
 experiment: :mod:`wildlib.speed`.  The notebooks call the names below as ``wl.fast.<name>``.
 """
 
-from .deployable import CONFIG, MANIFEST, PREDICTOR, deploy_bytes, load, save
+from .deployable import CONFIG, GRAPH_FILE, MANIFEST, PREDICTOR, deploy_bytes, load, save, save_graph
 from .graphs import CALIB_IMAGES, GRAPHS, calibration_data, export, quantize
 from .knobs import test_time, test_time_of, with_test_time
 from .lean_parts import CachedAnchorGenerator, TopKFirstRPN, lean, lean_config
-from .runtime import FLOAT_PARTS, OrtGraph, attach, check_onnx, read_onnx
+from .one_graph import (GRAPH_PARTS, OneGraphDetector, WholeDetector, canvas_of, export_graph, graph_inputs,
+                        graph_part_of, quantize_graph)
+from .runtime import FLOAT_PARTS, OrtGraph, RuntimeSettings, attach, check_onnx, read_onnx
 
-__all__ = ["CALIB_IMAGES", "CONFIG", "FLOAT_PARTS", "GRAPHS", "MANIFEST", "PREDICTOR", "CachedAnchorGenerator",
-           "OrtGraph", "TopKFirstRPN", "attach", "calibration_data", "check_onnx", "deploy_bytes", "export", "lean",
-           "lean_config", "load", "quantize", "read_onnx", "save", "test_time", "test_time_of", "with_test_time"]
+__all__ = ["CALIB_IMAGES", "CONFIG", "FLOAT_PARTS", "GRAPHS", "GRAPH_FILE", "GRAPH_PARTS", "MANIFEST", "PREDICTOR",
+           "CachedAnchorGenerator", "OneGraphDetector", "OrtGraph", "RuntimeSettings", "TopKFirstRPN", "WholeDetector",
+           "attach", "calibration_data", "canvas_of", "check_onnx", "deploy_bytes", "export", "export_graph",
+           "graph_inputs", "graph_part_of", "lean", "lean_config", "load", "quantize", "quantize_graph", "read_onnx",
+           "save", "save_graph", "test_time", "test_time_of", "with_test_time"]

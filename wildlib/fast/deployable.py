@@ -1,7 +1,13 @@
-"""A deployable model is a folder: ``detectron2.yaml`` (widths, input size and test-time settings),
-the ONNX files of :data:`~wildlib.fast.graphs.GRAPHS`, ``predictor.pth`` (the box predictor's
-weights) and ``manifest.json`` (size and SHA-256 of each file).  Loading checks every file before
-use: nothing in it runs code.  Introduced in notebook 04_prune_channels, section 5."""
+"""A deployable model is a folder of one of two kinds, each with ``detectron2.yaml`` (widths, input
+size and test-time settings) and ``manifest.json`` (size and SHA-256 of each file):
+
+``graphs``     the ONNX files of :data:`~wildlib.fast.graphs.GRAPHS` and ``predictor.pth`` (the box
+               predictor's weights): Detectron2's code runs the float parts (:func:`save`)
+``one-graph``  ``detector.onnx``, the whole detector (:mod:`~wildlib.fast.one_graph`), with its
+               canvas and ONNX Runtime settings in the manifest (:func:`save_graph`)
+
+Loading (:func:`load`, either kind) checks every file before use: nothing in it runs code.
+Introduced in notebook 04_prune_channels, section 5."""
 
 from __future__ import annotations
 
@@ -16,10 +22,12 @@ from ..io import copy_file, read_json, write_json, write_text
 from ..modeling import D2_CONFIG_FILE, WeightsError, build_model, save_torch_file, sha256_file
 from .graphs import GRAPHS
 from .lean_parts import lean_config
-from .runtime import OrtGraph, attach
+from .one_graph import OneGraphDetector
+from .runtime import OrtGraph, RuntimeSettings, attach
 
 MANIFEST = "manifest.json"
 PREDICTOR = "predictor.pth"
+GRAPH_FILE = "detector.onnx"  # a one-graph deployable's ONNX file
 CONFIG = D2_CONFIG_FILE  # a model folder's Detectron2 config
 
 
@@ -43,12 +51,36 @@ def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
     return out
 
 
+def save_graph(out_dir, cfg, graph, canvas, settings: RuntimeSettings) -> Path:
+    """A one-graph deployable folder: ``cfg`` (test input size, widths), the ONNX file ``graph``
+    (:func:`~wildlib.fast.one_graph.export_graph` / ``quantize_graph``, made for ``canvas``) and a
+    manifest with the canvas and ONNX Runtime ``settings`` it is to run with.
+    Introduced in notebook 04_prune_channels, section 6."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG, lean_config(cfg).dump())
+    if Path(graph).resolve() != (out / GRAPH_FILE).resolve():
+        copy_file(graph, out / GRAPH_FILE)
+    files = [CONFIG, GRAPH_FILE]
+    write_json(out / MANIFEST, {"format": "wildlib-deploy", "version": 2, "kind": "one-graph",
+                                "threads": settings.threads, "runtime": settings.to_dict(),
+                                "canvas": [int(v) for v in canvas],
+                                "files": {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_file(out / f)}
+                                          for f in files}})
+    return out
+
+
+def _files_of(kind: str) -> list[str]:
+    return [CONFIG, GRAPH_FILE] if kind == "one-graph" else [CONFIG, PREDICTOR] + [f"{g}.onnx" for g in GRAPHS]
+
+
 def deploy_bytes(folder) -> int:
     """Bytes on disk of everything a deployable folder needs (the manifest included).
 
     Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
     folder = Path(folder)
-    return sum((folder / f).stat().st_size for f in [CONFIG, PREDICTOR, MANIFEST] + [f"{g}.onnx" for g in GRAPHS])
+    kind = "one-graph" if (folder / GRAPH_FILE).is_file() else "graphs"
+    return sum((folder / f).stat().st_size for f in _files_of(kind) + [MANIFEST])
 
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -67,12 +99,23 @@ def _check_manifest(folder: Path) -> dict:
         manifest = read_json(path)
         files = manifest["files"]
         threads = manifest.get("threads", 2)
+        kind = manifest.get("kind", "graphs")
         assert isinstance(files, dict) and all(isinstance(e, dict) for e in files.values())
+        assert kind in ("graphs", "one-graph")
     except Exception:
         raise WeightsError(f"{path}: not a deployable manifest") from None
     if not isinstance(threads, int) or not 1 <= threads <= (os.cpu_count() or 1) * 4:
         raise WeightsError(f"{path}: threads must be an integer from 1 to {(os.cpu_count() or 1) * 4}, not {threads!r}")
-    for name in [CONFIG, PREDICTOR] + [f"{g}.onnx" for g in GRAPHS]:
+    if kind == "one-graph":
+        canvas, runtime = manifest.get("canvas"), manifest.get("runtime")
+        if not (isinstance(canvas, list) and len(canvas) == 2
+                and all(isinstance(v, int) and 32 <= v <= 8192 for v in canvas)):
+            raise WeightsError(f"{path}: canvas must be [height, width], integers from 32 to 8192, not {canvas!r}")
+        try:
+            manifest["settings"] = RuntimeSettings(**runtime)
+        except (TypeError, ValueError):
+            raise WeightsError(f"{path}: not valid ONNX Runtime settings: {runtime!r}") from None
+    for name in _files_of(kind):
         f = folder / name
         entry = files.get(name)
         if entry is None or not f.is_file():
@@ -112,6 +155,12 @@ def load(folder, threads: int | None = None):
     folder = Path(folder)
     manifest = _check_manifest(folder)
     cfg = _deploy_config(folder / CONFIG)
+    if manifest.get("kind") == "one-graph":
+        settings = manifest["settings"]
+        if threads:
+            settings = RuntimeSettings(**{**settings.to_dict(), "threads": int(threads)})
+        graph = OrtGraph(folder / GRAPH_FILE, settings=settings, sha256=manifest["files"][GRAPH_FILE].get("sha256"))
+        return cfg, OneGraphDetector(graph, manifest["canvas"], cfg.MODEL.PIXEL_MEAN)
     try:
         model = build_model(cfg, weights="")
     except (ConfigError, ValueError, KeyError, AssertionError, NotImplementedError) as exc:

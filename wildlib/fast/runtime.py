@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -87,26 +88,63 @@ def check_onnx(path) -> None:
     read_onnx(path)
 
 
-class OrtGraph:
-    """One ONNX file in an ONNX Runtime session: CPU torch tensors in, CPU torch tensors out."""
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """ONNX Runtime's session settings: intra-op ``threads``, graph ``optimization`` (basic |
+    extended | all: which fusions ONNX Runtime applies when it loads the graph), ``execution``
+    (sequential | parallel: independent branches at once, ``inter_threads`` of them).  Which is
+    fastest depends on the CPU: notebook 04 chooses them by a short benchmark
+    (:func:`wildlib.speed.choose_runtime`).  Threads never spin between runs: a spinning thread
+    would steal the CPU from whatever runs next (the PyTorch baseline measured beside it, above all)."""
 
-    def __init__(self, path, threads: int = 2, sha256: str | None = None):
+    threads: int = 2
+    optimization: str = "all"
+    execution: str = "sequential"
+    inter_threads: int = 1
+
+    def __post_init__(self):
+        if self.optimization not in ("basic", "extended", "all") or self.execution not in ("sequential", "parallel"):
+            raise ValueError(f"unknown ONNX Runtime settings: {self}")
+        if not (isinstance(self.threads, int) and isinstance(self.inter_threads, int)
+                and 1 <= self.threads <= 256 and 1 <= self.inter_threads <= 256):
+            raise ValueError(f"threads must be integers from 1 to 256: {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def session_options(self):
+        import onnxruntime as ort  # ONNX Runtime: a heavy optional dependency, loaded where used
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = self.inter_threads
+        so.execution_mode = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+                             "parallel": ort.ExecutionMode.ORT_PARALLEL}[self.execution]
+        so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.optimization]
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return so
+
+
+class OrtGraph:
+    """One ONNX file in an ONNX Runtime session: CPU torch tensors in, CPU torch tensors out.
+    ``settings`` (:class:`RuntimeSettings`), else the defaults at ``threads``."""
+
+    def __init__(self, path, threads: int = 2, sha256: str | None = None, settings: RuntimeSettings | None = None):
         import onnxruntime as ort  # ONNX Runtime: a heavy optional dependency, loaded where used
 
         data = read_onnx(path, sha256)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # no busy-waiting between runs: spinning threads would steal the CPU from whatever runs
-        # next (the PyTorch baseline measured beside it, above all)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        settings = settings or RuntimeSettings(threads=int(threads))
+        so = settings.session_options()
         try:
             self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise WeightsError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {str(exc)[:200]})") from None
         self.path = Path(path)
-        self.threads = int(threads)
+        self.settings = settings
+        self.threads = settings.threads
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [(o.name, o.shape) for o in self.session.get_outputs()]
 
