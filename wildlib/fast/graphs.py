@@ -111,21 +111,26 @@ def calibration_data(model, images: list[dict], max_boxes: int = 512) -> dict[st
     return data
 
 
-def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir, method: str = "minmax",
-             graphs=GRAPHS) -> dict[str, Path]:
-    """Static int8 quantization of each fp32 graph in ``graphs`` (the others are kept fp32) with ONNX
-    Runtime: QDQ format, per-channel int8 weights, uint8 activations whose ranges come from
-    ``calibration`` (``method``: minmax | percentile | entropy).
-    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
-    # ONNX Runtime: a heavy optional dependency, loaded where used
+def quantize_file(src, dst, rows: list[dict], method: str = "minmax", fmt: str = "qdq",
+                  select=None) -> Path:
+    """Static int8 quantization of one fp32 ONNX file with ONNX Runtime: per-channel int8 weights,
+    uint8 activations whose ranges come from the feeds ``rows`` (``method``: minmax | percentile |
+    entropy), in operator format ``fmt`` (qdq: QuantizeLinear/DequantizeLinear pairs ONNX Runtime
+    fuses into int8 kernels; qoperator: QLinearConv, ... directly).  ``select``: (op types, a
+    function of the pre-processed ONNX model giving the node names to quantize), else every node
+    ONNX Runtime can quantize."""
+    import onnx  # ONNX (Runtime): heavy optional dependencies, loaded where used
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    if method not in methods:
-        raise ValueError(f"calibration method must be one of {sorted(methods)}, not {method!r}")
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    if method not in methods or fmt not in formats:
+        raise ValueError(f"calibration method must be one of {sorted(methods)} and format one of {sorted(formats)}, "
+                         f"not {method!r}, {fmt!r}")
+    if not rows:
+        raise ValueError(f"no calibration data for {src}: run the model on some training images first")
 
     class Reader(CalibrationDataReader):
         def __init__(self, rows):
@@ -134,6 +139,27 @@ def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir,
         def get_next(self):
             return next(self.rows, None)
 
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    pre = dst.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    extra = {}
+    if select is not None:
+        ops, nodes_of = select
+        extra = {"op_types_to_quantize": list(ops), "nodes_to_quantize": nodes_of(onnx.load(str(pre)))}
+    try:
+        return atomic_write(dst, lambda tmp: quantize_static(
+            str(pre), tmp, Reader(rows), quant_format=formats[fmt], per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method], **extra))
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir, method: str = "minmax",
+             graphs=GRAPHS) -> dict[str, Path]:
+    """Static int8 quantization of each fp32 graph in ``graphs`` (the others are kept fp32) with ONNX
+    Runtime (:func:`quantize_file`, QDQ format), activation ranges from ``calibration``.
+    Introduced in notebook 04_prune_channels, section "4 · int8 inference with real int8 kernels"."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -143,10 +169,5 @@ def quantize(fp32: dict[str, Path], calibration: dict[str, list[dict]], out_dir,
             continue
         if not calibration.get(name):
             raise ValueError(f"no calibration data for {name}: run calibration_data on some images first")
-        pre = out_dir / f"{name}.pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        paths[name] = atomic_write(out_dir / f"{name}.onnx", lambda tmp, pre=pre, name=name: quantize_static(
-            str(pre), tmp, Reader(calibration[name]), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method]))
-        pre.unlink()
+        paths[name] = quantize_file(src, out_dir / f"{name}.onnx", calibration[name], method)
     return paths

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..io import atomic_write
 from ..parts import OTHER
+from .graphs import quantize_file
 from .runtime import OrtGraph, RuntimeSettings
 
 INPUTS = ("image", "image_size")
@@ -287,39 +288,12 @@ def quantize_graph(fp32, calibration: list[dict], path, method: str = "minmax", 
     ONNX Runtime fuses into int8 kernels) or ``qoperator`` (QLinearConv, ... directly).  Box
     arithmetic, ROIAlign, NMS and the predictor stay float.
     Introduced in notebook 04_prune_channels, section 6."""
-    import onnx  # ONNX (Runtime): heavy optional dependencies, loaded where used
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
+    def nodes(proto):
+        return [n.name for n in proto.graph.node if n.op_type in QUANTIZED_OPS and n.name.startswith(QUANTIZED_PARTS)]
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
-    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
-    if method not in methods or fmt not in formats:
-        raise ValueError(f"method must be one of {sorted(methods)} and fmt one of {sorted(formats)}")
     if not calibration:
         raise ValueError("no calibration data: graph_inputs of some training images first")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, rows):
-            self.rows = iter(rows)
-
-        def get_next(self):
-            return next(self.rows, None)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pre = path.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    nodes = [n.name for n in onnx.load(str(pre)).graph.node
-             if n.op_type in QUANTIZED_OPS and n.name.startswith(QUANTIZED_PARTS)]
-    try:
-        atomic_write(path, lambda tmp: quantize_static(
-            str(pre), tmp, Reader(calibration), quant_format=formats[fmt], per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
-            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes))
-    finally:
-        pre.unlink(missing_ok=True)
-    return path
+    return quantize_file(fp32, path, calibration, method, fmt, select=(QUANTIZED_OPS, nodes))
 
 
 class OneGraphDetector(nn.Module):
