@@ -230,7 +230,9 @@ def pad_to(image: torch.Tensor, canvas, fill: torch.Tensor) -> np.ndarray:
                          "test size (or export a graph for a larger canvas)")
     out = np.empty((1, c, H, W), dtype=np.float32)
     out[0] = fill.numpy().reshape(c, 1, 1)
-    out[0, :, :h, :w] = image.numpy()
+    # numpy casts the uint8 image as it copies: torch's .float() took 7.9 ms of a 20 ms inference
+    # here (2 busy cores), this 0.02 ms
+    out[0, :, :h, :w] = image.detach().cpu().numpy()
     return out
 
 
@@ -277,7 +279,7 @@ def graph_inputs(images: list[dict], canvas, pixel_mean) -> list[dict]:
     """The graph's feeds (name -> array) for Detectron2 model inputs: what calibration reads.
     Introduced in notebook 04_prune_channels, section 6."""
     fill = pixel_mean.detach().cpu().view(-1).float()
-    return [{"image": pad_to(x["image"].float(), canvas, fill),
+    return [{"image": pad_to(x["image"], canvas, fill),
              "image_size": np.array(x["image"].shape[-2:], dtype=np.float32)} for x in images]
 
 
@@ -316,7 +318,7 @@ class OneGraphDetector(nn.Module):
     def feed(self, x: dict) -> dict:
         """The graph's inputs for one Detectron2 input: the image on the canvas, its size."""
         image = x["image"]
-        return {"image": pad_to(image.float(), self.canvas, self.fill),
+        return {"image": pad_to(image, self.canvas, self.fill),
                 "image_size": np.array(image.shape[-2:], dtype=np.float32)}
 
     @staticmethod
