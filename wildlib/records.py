@@ -392,7 +392,7 @@ class ChannelsMetrics(ReportedMetrics):
     Written by notebook 04_prune_channels; read by 05."""
 
     NESTED: ClassVar[dict] = {"fine_tuning": TrainingRun, "latency": LatencyProtocol, "reloaded": Variant,
-                              "combined_on_test": Variant, "best_on_test": Variant}
+                              "combined_on_test": Variant, "best_on_test": Variant, "best_reloaded": Variant}
     LISTS: ClassVar[dict] = {"variants": Variant}
 
     variants: list[Variant] = field(default_factory=list)
@@ -417,6 +417,7 @@ class ChannelsMetrics(ReportedMetrics):
     # within the tolerance (else 0)
     best_on_test: Variant | None = None
     best_speedup_non_inferior: float | None = None
+    best_reloaded: Variant | None = None  # the best variant reloaded in a fresh process (where it is a deployable)
     runtime: dict | None = None  # ONNX Runtime settings chosen on this machine (cpu_model beside them)
     graph_profile_ms: dict | None = None  # part -> ms in the one graph (ONNX Runtime's profiler)
 
