@@ -176,7 +176,7 @@ def test_04_prune_channels(smoke_run):
     stage = run_dir / "04_prune_channels"
     m = json.loads((stage / "metrics.json").read_text())
     keys = {"name", "AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup", "macs", "params", "file_bytes"}
-    assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 11
+    assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 12
     rows = {v["name"]: v for v in m["variants"]}
     for v in m["variants"]:
         assert v["latency_p90_ms"] >= v["latency_median_ms"] > 0 and v["macs"] > 0 and v["file_bytes"] > 0
@@ -210,6 +210,10 @@ def test_04_prune_channels(smoke_run):
     assert m["runtime"]["int8_format"] in ("qdq", "qoperator") and m["runtime"]["median_ms"] == runtime["median_ms"].min()
     assert m["best_on_test"]["split"] == m["evaluation_split"] and "delta_ap50_ci95" in m["best_on_test"]
     assert m["best_speedup_non_inferior"] in (0.0, m["best_speedup_within_1ap50"])
+    if "one graph" in m["best_variant"]:  # the best one graph was reloaded in a fresh process and measured again
+        assert m["best_reloaded"]["AP50"] == pytest.approx(rows[m["best_variant"]]["AP50"], abs=1e-6)
+    dense_graph = rows["dense + test-time, one graph (int8, ONNX Runtime)"]
+    assert dense_graph["params"] == rows["baseline (fp32, PyTorch)"]["params"]
     assert {"backbone", "roi_pooler", "Python around the session"} <= set(m["graph_profile_ms"])
     assert m["test_time"] == {"pre_nms": 100, "post_nms": 50, "detections": 20, "min_size": 208}
     swept = pd.read_csv(stage / "combined_sweep.csv")  # both sizes: the config's (240) and section 2's
