@@ -16,8 +16,9 @@ EXPECTED = {  # the data (DATA_DIR, CLASSES, ALIASES) is given to stage 00 alone
     "03_weight_sharing": {"RUN_DIR", "BITS_SWEEP", "INIT_BITS", "CONV_BITS", "FC_BITS", "FT_ITER", "FT_LR",
                           "IMS_PER_BATCH", "DEVICE", "NUM_THREADS"},
     "04_prune_channels": {"RUN_DIR", "PROPOSALS", "COMBINED_PROPOSALS", "DETECTIONS", "INPUT_SIZES", "KNOB_DROP",
-                          "SCAN_FAMILIES", "SCAN_RATIOS", "SCAN_DROP", "FT_ITER", "FT_LR", "CALIBRATION",
-                          "LATENCY_RUNS", "DEVICE", "NUM_THREADS"},
+                          "SCAN_FAMILIES", "SCAN_RATIOS", "SCAN_DROP", "SCAN_MIN_SPEEDUP", "FT_ITER", "FT_LR",
+                          "CALIBRATION", "COMBINED_DROP", "INT8_FORMATS", "RUNTIME_RUNS", "LATENCY_RUNS", "DEVICE",
+                          "NUM_THREADS"},
     "05_evaluate": {"RUN_DIR", "LATENCY_RUNS", "NUM_THREADS", "N_SHOW"},
 }
 

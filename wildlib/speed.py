@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 
 from .data import load_split, register
-from .evaluate import LATENCY_WARMUP, Variant, accuracy_and_speed, best_within, load_inputs
-from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, deploy_bytes, graph_part_of, load, test_time,
-                   test_time_of, with_test_time)
+from .evaluate import LATENCY_WARMUP, Variant, accuracy_and_speed, against, best_within, load_inputs, scored
+from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, deploy_bytes, graph_part_of, load, save_graph,
+                   test_time, test_time_of, with_test_time)
 from .io import cpu_model, read_json, write_json
 from .parts import PART_NAMES
 from .modeling import build_model, load_trained
@@ -209,6 +209,32 @@ def graph_profile(model: OneGraphDetector, inputs: list[dict], runs: int = 10, w
     table = pd.DataFrame(rows).set_index("part")
     table["share"] = table["ms"] / float(np.median(wall[warmup:]))
     return table
+
+
+def best_on_split(best: dict, models: dict, datasets: dict, split: str, reference, max_dets: int | None,
+                  known: dict | None = None) -> dict | None:
+    """The chosen ``best`` row's model (``models``: name -> (model, cfg)) scored on ``split`` against
+    ``reference`` (:func:`wildlib.evaluate.against`: the paired interval of the difference); a
+    verdict already made (``known``: name -> verdict) is taken as it is; None for a row with no model.
+    Introduced in notebook 04_prune_channels, section "Summary"."""
+    if best["name"] in (known or {}):
+        return known[best["name"]]
+    if best["name"] not in models:
+        return None
+    model, cfg = models[best["name"]]
+    return against(scored(model, cfg, datasets, split, max_dets_per_image=max_dets), reference)
+
+
+def reload_one_graph(entry, folder, settings: RuntimeSettings, spec_of, work_dir) -> dict | None:
+    """A one-graph model (``entry``: (model, cfg)) saved as a deployable folder of its own and measured
+    again in a fresh process (``spec_of``: folder -> the spec :func:`in_fresh_process` needs); None
+    for any other kind of model.
+    Introduced in notebook 04_prune_channels, section "Summary"."""
+    model, cfg = entry
+    if not isinstance(model, OneGraphDetector):
+        return None
+    folder = save_graph(folder, cfg, model.graph.path, model.canvas, settings)
+    return in_fresh_process(spec_of(folder), work_dir)
 
 
 # ------------------------------------------------------------------- reloaded, fresh process
