@@ -187,3 +187,11 @@ def test_runtime_choice_and_graph_profile(setup):
     assert (prof["ms"] >= 0).all() and prof.loc["backbone", "int8_ms"] > 0 and prof.loc["roi_pooler", "int8_ms"] == 0
     with pytest.raises(ValueError, match="unknown ONNX Runtime settings"):
         fast.RuntimeSettings(optimization="reckless")
+
+
+def test_the_best_rows_verdict_and_reload_helpers_take_what_is_known():
+    verdict = {"split": "test", "non_inferior": True}
+    assert speed.best_on_split({"name": "a"}, {}, {}, "test", None, None, known={"a": verdict}) is verdict
+    assert speed.best_on_split({"name": "b"}, {}, {}, "test", None, None, known={"a": verdict}) is None
+    # only a one graph is a deployable of its own: anything else is not saved nor reloaded
+    assert speed.reload_one_graph((torch.nn.Linear(1, 1), None), "unused", fast.RuntimeSettings(), None, "unused") is None
