@@ -21,11 +21,11 @@ import torch
 
 from .data import load_split, register
 from .evaluate import LATENCY_WARMUP, Variant, accuracy_and_speed, against, best_within, load_inputs, scored
-from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, deploy_bytes, graph_part_of, load, save_graph,
-                   test_time, test_time_of, with_test_time)
+from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, deploy_bytes, graph_part_of, load, read_onnx,
+                   save_graph, test_time, test_time_of, with_test_time)
 from .io import cpu_model, read_json, write_json
-from .parts import PART_NAMES
 from .modeling import build_model, load_trained
+from .parts import PART_NAMES
 from .profile import macs
 
 LATENCY_IMAGES = 20  # validation images the latency runs cycle through (notebooks 04 and 05)
@@ -169,7 +169,7 @@ def graph_profile(model: OneGraphDetector, inputs: list[dict], runs: int = 10, w
     with tempfile.TemporaryDirectory() as tmp:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(model.graph.path.read_bytes(), so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(read_onnx(model.graph.path), so, providers=["CPUExecutionProvider"])
         wall, in_run = [], []
         for i in range(warmup + runs):
             x = inputs[i % len(inputs)]
@@ -199,7 +199,8 @@ def graph_profile(model: OneGraphDetector, inputs: list[dict], runs: int = 10, w
         if e.get("args", {}).get("op_name", "") in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
                                                    "QGemm", "QLinearAdd", "DynamicQuantizeMatMul"):
             int8[part][run] += e["dur"] / 1000
-    rows = [{"part": p, "ms": float(np.median(v)), "int8_ms": float(np.median(int8[p]))} for p, v in per_part.items() if max(v) > 0]
+    rows = [{"part": p, "ms": float(np.median(v)), "int8_ms": float(np.median(int8[p]))}
+            for p, v in per_part.items() if max(v) > 0]
     nodes_ms = np.sum([v for v in per_part.values()], axis=0)
     run_ms = np.array([b - a for a, b in bounds]) / 1000
     rows.append({"part": "ONNX Runtime between nodes", "ms": float(np.median(run_ms - nodes_ms)), "int8_ms": 0.0})

@@ -63,7 +63,7 @@ def save_graph(out_dir, cfg, graph, canvas, settings: RuntimeSettings) -> Path:
         copy_file(graph, out / GRAPH_FILE)
     files = [CONFIG, GRAPH_FILE]
     write_json(out / MANIFEST, {"format": "wildlib-deploy", "version": 2, "kind": "one-graph",
-                                "threads": settings.threads, "runtime": settings.to_dict(),
+                                "runtime": settings.to_dict(),  # its threads too
                                 "canvas": [int(v) for v in canvas],
                                 "files": {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_file(out / f)}
                                           for f in files}})

@@ -18,7 +18,8 @@ standard ROI heads) with operators ONNX has, reusing the model's own modules and
 The anchors are constants of the graph: a graph is made for one canvas (padded input size, a
 multiple of the backbone's size divisibility), as a camera's fixed-size stream needs.  An image
 smaller than the canvas is padded to it (its features near the right and bottom edges then see
-the pad through a few more layers than Detectron2's own padding: tolerance stated in the tests).
+the pad through a few more layers than Detectron2's own padding: the tests hold the graph to the
+PyTorch model's boxes on images that fill the canvas, and only check that smaller ones run).
 
 :func:`quantize_graph` makes the convolutions and FC layers int8 (QDQ, per channel) and leaves the
 box arithmetic, ROIAlign and NMS in float; :class:`OneGraphDetector` runs the file in one ONNX
@@ -275,12 +276,16 @@ def _name_by_scope(path: Path) -> Path:
     return path
 
 
+def _feed(image: torch.Tensor, canvas, fill: torch.Tensor) -> dict:
+    """The graph's inputs (name -> array) for one image at the test size: it on the canvas, its size."""
+    return {"image": pad_to(image, canvas, fill), "image_size": np.array(image.shape[-2:], dtype=np.float32)}
+
+
 def graph_inputs(images: list[dict], canvas, pixel_mean) -> list[dict]:
     """The graph's feeds (name -> array) for Detectron2 model inputs: what calibration reads.
     Introduced in notebook 04_prune_channels, section 6."""
     fill = pixel_mean.detach().cpu().view(-1).float()
-    return [{"image": pad_to(x["image"], canvas, fill),
-             "image_size": np.array(x["image"].shape[-2:], dtype=np.float32)} for x in images]
+    return [_feed(x["image"], canvas, fill) for x in images]
 
 
 def quantize_graph(fp32, calibration: list[dict], path, method: str = "minmax", fmt: str = "qdq") -> Path:
@@ -317,9 +322,7 @@ class OneGraphDetector(nn.Module):
 
     def feed(self, x: dict) -> dict:
         """The graph's inputs for one Detectron2 input: the image on the canvas, its size."""
-        image = x["image"]
-        return {"image": pad_to(image, self.canvas, self.fill),
-                "image_size": np.array(image.shape[-2:], dtype=np.float32)}
+        return _feed(x["image"], self.canvas, self.fill)
 
     @staticmethod
     def instances(outputs, x: dict) -> Instances:
