@@ -195,3 +195,26 @@ def test_the_best_rows_verdict_and_reload_helpers_take_what_is_known():
     assert speed.best_on_split({"name": "b"}, {}, {}, "test", None, None, known={"a": verdict}) is None
     # only a one graph is a deployable of its own: anything else is not saved nor reloaded
     assert speed.reload_one_graph((torch.nn.Linear(1, 1), None), "unused", fast.RuntimeSettings(), None, "unused") is None
+
+
+def test_instances_as_detector_postprocess():
+    """OneGraphDetector.instances does in numpy what Detectron2's detector_postprocess does: scale
+    to the original size, clip, drop empty boxes (out-of-image and zero-width boxes included)."""
+    from detectron2.modeling.postprocessing import detector_postprocess
+    from detectron2.structures import Boxes, Instances
+
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(-30, 350, (40, 4)).astype(np.float32)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] - 5)  # some empty, some crossing the edges
+    boxes[3] = [400, 10, 420, 30]  # wholly outside: empty once clipped
+    scores = rng.uniform(0, 1, 40).astype(np.float32)
+    classes = rng.integers(0, 5, 40).astype(np.int64)
+    x = {"image": torch.zeros(3, 240, 320, dtype=torch.uint8), "height": 480, "width": 640}
+    got = fast.OneGraphDetector.instances((boxes, scores, classes), x)
+    ref = Instances((240, 320), pred_boxes=Boxes(torch.from_numpy(boxes.copy())), scores=torch.from_numpy(scores),
+                    pred_classes=torch.from_numpy(classes))
+    want = detector_postprocess(ref, 480, 640)
+    assert got.image_size == want.image_size and len(got) == len(want) < 40
+    assert torch.allclose(got.pred_boxes.tensor, want.pred_boxes.tensor, atol=1e-4)
+    assert torch.equal(got.scores, want.scores) and torch.equal(got.pred_classes, want.pred_classes)
+

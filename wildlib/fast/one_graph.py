@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
@@ -83,32 +82,78 @@ def _nonempty(boxes, scores, threshold: float = 0.0):
     return keep
 
 
+def _upsample2x(x):
+    """Nearest-neighbour 2x upsampling (the FPN's top-down path) as Unsqueeze, Concat and Reshape,
+    which ONNX Runtime runs on int8 tensors faster than its generic ``Resize``."""
+    n, c, h, w = x.shape
+    x = torch.cat([x.unsqueeze(-1), x.unsqueeze(-1)], dim=-1).reshape(n, c, h, 2 * w)
+    return torch.cat([x.unsqueeze(3), x.unsqueeze(3)], dim=3).reshape(n, c, 2 * h, 2 * w)
+
+
+class TopDown(nn.Module):
+    """Detectron2's ``FPN`` forward (sum fusion) with its own modules, registered under the same
+    names (``bottom_up``, ``fpn_lateral*``, ``fpn_output*``, ``top_block``), upsampling with
+    :func:`_upsample2x`: the same features."""
+
+    def __init__(self, fpn):
+        super().__init__()
+        if getattr(fpn, "_fuse_type", "sum") != "sum":
+            raise ValueError("one graph re-states the FPN with sum fusion only")
+        for name, child in fpn.named_children():
+            self.add_module(name, child)
+        self.lateral, self.output = list(fpn.lateral_convs), list(fpn.output_convs)
+        self.in_features, self.out_features = list(fpn.in_features), list(fpn._out_features)
+        self.size_divisibility = fpn.size_divisibility
+
+    def forward(self, x):
+        bottom_up = self.bottom_up(x)
+        prev = self.lateral[0](bottom_up[self.in_features[-1]])
+        results = [self.output[0](prev)]
+        for idx in range(1, len(self.lateral)):
+            prev = self.lateral[idx](bottom_up[self.in_features[-idx - 1]]) + _upsample2x(prev)
+            results.insert(0, self.output[idx](prev))
+        if self.top_block is not None:
+            block = self.top_block
+            source = (bottom_up[block.in_feature] if block.in_feature in bottom_up
+                      else results[self.out_features.index(block.in_feature)])
+            results.extend(block(source))
+        return dict(zip(self.out_features, results))
+
+
 class ProposalSelection(nn.Module):
     """The RPN's test-time selection: per level the ``pre_nms`` best anchors, decoded, clipped,
     empty ones dropped, NMS across levels, the best ``post_nms`` kept (``find_top_rpn_proposals``)."""
 
-    def __init__(self, rpn, anchors, span: float):
+    def __init__(self, rpn, anchors, shapes, span: float):
         super().__init__()
         self.transform = rpn.box2box_transform
         self.pre_nms, self.post_nms = int(rpn.pre_nms_topk[False]), int(rpn.post_nms_topk[False])
         self.nms, self.min_box_size, self.span = float(rpn.nms_thresh), float(rpn.min_box_size), span
-        for i, a in enumerate(anchors):  # the anchors of the canvas: constants of the graph
-            self.register_buffer(f"anchors_{i}", a.detach().clone())
+        self.cells = []  # per level: H * W
+        for i, (a, (h, w)) in enumerate(zip(anchors, shapes)):
+            # the anchors of the canvas, constants of the graph, in the order of the head's outputs
+            # as they come, (A, H, W): no transpose of the logits or deltas in the graph
+            # (Detectron2 orders them (H, W, A): the same anchors, permuted)
+            a = a.detach().reshape(h, w, -1, 4).permute(2, 0, 1, 3).reshape(-1, 4).clone()
+            self.register_buffer(f"anchors_{i}", a)
+            self.cells.append(int(h * w))
         self.n_levels = len(anchors)
 
     def forward(self, logits, deltas, size):
-        boxes, scores, levels = [], [], []
+        picked, kept, scores, levels = [], [], [], []
         for i, (lg, d) in enumerate(zip(logits, deltas)):
-            anchors = getattr(self, f"anchors_{i}")
-            lg = lg.permute(0, 2, 3, 1).reshape(-1)  # Detectron2's order: (H, W, A)
-            d = d.view(1, d.shape[1] // 4, 4, d.shape[-2], d.shape[-1]).permute(0, 3, 4, 1, 2).reshape(-1, 4)
+            anchors, cells = getattr(self, f"anchors_{i}"), self.cells[i]
             k = min(self.pre_nms, anchors.shape[0])
-            top, idx = lg.topk(k)
-            boxes.append(self.transform.apply_deltas(d[idx], anchors[idx]))
+            top, idx = lg.reshape(-1).topk(k)  # index a * H * W + cell
+            # anchor a's 4 deltas sit H * W apart, from (a * 4) * H * W + cell on
+            first = idx + torch.div(idx, cells, rounding_mode="floor") * (3 * cells)
+            picked.append(d.reshape(-1)[first[:, None] + torch.arange(4) * cells])
+            kept.append(anchors[idx])
             scores.append(top)
             levels.append(torch.full((k,), i, dtype=torch.int64))
-        boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
-        boxes = _clip(boxes, size)
+        # decoded once for all levels (the same arithmetic, a fifth of the graph's nodes)
+        boxes = _clip(self.transform.apply_deltas(torch.cat(picked), torch.cat(kept)), size)
+        scores, levels = torch.cat(scores), torch.cat(levels)
         keep = _nonempty(boxes, scores, self.min_box_size)
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
         keep = _batched_nms(boxes, scores, levels, self.nms, self.span)
@@ -187,11 +232,15 @@ class WholeDetector(nn.Module):
         span = float(max(self.canvas) + 1)
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, -1, 1, 1))
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1))
-        self.backbone, self.rpn_head, self.levels = model.backbone, rpn.rpn_head, list(rpn.in_features)
+        backbone = model.backbone
+        if type(backbone).__name__ == "FPN":
+            backbone = TopDown(backbone)
+        self.backbone, self.rpn_head, self.levels = backbone, rpn.rpn_head, list(rpn.in_features)
         with torch.no_grad():
             features = self.backbone(torch.zeros(1, 3, *self.canvas))
-            anchors = [a.tensor for a in rpn.anchor_generator([features[f] for f in self.levels])]
-        self.rpn_select = ProposalSelection(rpn, anchors, span)
+            maps = [features[f] for f in self.levels]
+            anchors = [a.tensor for a in rpn.anchor_generator(maps)]
+        self.rpn_select = ProposalSelection(rpn, anchors, [m.shape[-2:] for m in maps], span)
         self.pooler = LevelPooler(heads.box_pooler, heads.box_in_features)
         self.box_head, self.predictor = heads.box_head, heads.box_predictor
         self.detections = Detections(heads.box_predictor, span)
@@ -326,14 +375,20 @@ class OneGraphDetector(nn.Module):
 
     @staticmethod
     def instances(outputs, x: dict) -> Instances:
-        """The graph's outputs as Detectron2's ``Instances``, in the original image's pixels."""
+        """The graph's outputs as Detectron2's ``Instances``, in the original image's pixels: what
+        ``detector_postprocess`` does (scale, clip, drop empty boxes), in numpy on three arrays
+        (Detectron2's own took 0.6 ms of a 10 ms inference here)."""
         boxes, scores, classes = outputs
         h, w = x["image"].shape[-2:]
-        r = Instances((h, w))
-        r.pred_boxes = Boxes(torch.from_numpy(boxes))
-        r.scores = torch.from_numpy(scores)
-        r.pred_classes = torch.from_numpy(classes)
-        return detector_postprocess(r, x.get("height", h), x.get("width", w))
+        height, width = int(x.get("height", h)), int(x.get("width", w))
+        boxes = boxes * np.array([width / w, height / h, width / w, height / h], dtype=np.float32)
+        np.clip(boxes, 0, np.array([width, height, width, height], dtype=np.float32), out=boxes)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        r = Instances((height, width))
+        r.pred_boxes = Boxes(torch.from_numpy(np.ascontiguousarray(boxes[keep])))
+        r.scores = torch.from_numpy(scores[keep])
+        r.pred_classes = torch.from_numpy(classes[keep])
+        return r
 
     def forward(self, batched_inputs):
         return [{"instances": self.instances(self.graph.session.run(None, self.feed(x)), x)} for x in batched_inputs]
