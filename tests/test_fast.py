@@ -190,8 +190,10 @@ def test_side_by_side_alternates_and_divides_medians():
     fake = Fake
 
     out = evaluate.side_by_side(fake("a"), fake("b"), [{"image": None}], runs=4, warmup=1)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    # warm-up in turns, then each turn: the model twice (the second pass timed), the order alternating
+    assert calls == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b", "b", "b", "a", "a"]
     assert out["speedup"] == pytest.approx(out["baseline_ms_median"] / out["variant_ms_median"])
+    assert out["speedup_cold"] == pytest.approx(out["baseline_cold_ms_median"] / out["variant_cold_ms_median"])
     assert out["runs"] == 4 and out["baseline_ms_p90"] >= out["baseline_ms_median"]
 
 
@@ -259,3 +261,22 @@ def test_cached_anchors_follow_the_input_size_and_are_copies(setup):
         assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(got, want))
         got[0].tensor.zero_()  # a caller clipping in place must not change the next call's anchors
     assert torch.equal(gen(feats)[0].tensor, ref(feats)[0].tensor)
+
+
+def test_grid_settings_put_the_configs_own_first_once():
+    cfg = config.get_config("mobilenet_fpn_cpu")
+    grid = speed.grid_settings(cfg, [[500, 300], [100, 100]], [240, 208])
+    keys = [(s["pre_nms"], s["post_nms"], s["min_size"]) for s in grid]
+    assert keys[0] == (500, 300, int(cfg.INPUT.MIN_SIZE_TEST)) == (500, 300, 240)
+    assert sorted(keys[1:]) == [(100, 100, 208), (100, 100, 240), (500, 300, 208)]  # no duplicate of the first
+    assert {s["detections"] for s in grid} == {int(cfg.TEST.DETECTIONS_PER_IMAGE)}
+
+
+def test_fastest_non_inferior_takes_only_non_inferior_settings():
+    sweep = pd.DataFrame([
+        {"pre_nms": 500, "post_nms": 300, "detections": 100, "min_size": 240, "latency_median_ms": 40.0, "non_inferior": True},
+        {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240, "latency_median_ms": 30.0, "non_inferior": True},
+        {"pre_nms": 100, "post_nms": 50, "detections": 100, "min_size": 208, "latency_median_ms": 20.0, "non_inferior": False},
+    ])
+    assert speed.fastest_non_inferior(sweep) == {"pre_nms": 100, "post_nms": 100, "detections": 100, "min_size": 240}
+    assert speed.fastest_non_inferior(sweep.assign(non_inferior=False)) is None

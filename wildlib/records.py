@@ -132,6 +132,7 @@ class Variant(Verdict):
     latency_p90_ms: float | None = None
     baseline_ms_median: float | None = None  # the row's own baseline, measured beside it
     speedup: float | None = None
+    speedup_cold: float | None = None  # timed right after the other model ran (wildlib.evaluate.side_by_side)
     threads: int | None = None
     macs: float | None = None
     params: int | None = None
@@ -252,6 +253,7 @@ class LatencyProtocol(_Part):
     threads: int
     images: int
     threads_apply_to: str | None = None
+    timed_pass: str | None = None  # which pass of each turn is timed (wildlib.evaluate.side_by_side)
 
 
 @dataclass(kw_only=True)
@@ -412,12 +414,13 @@ class ChannelsMetrics(ReportedMetrics):
     float_parts: list | None = None
     latency: LatencyProtocol | None = None  # how every row was timed
     profile_ms: dict | None = None  # part -> ms, the baseline's and the combined model's
-    # the best variant (chosen on valid) on the report split, against the reference: its paired
-    # drop interval; best_speedup_non_inferior is its speedup where that drop's 95% upper end is
-    # within the tolerance (else 0)
+    # the fastest variant non-inferior on valid (paired with the reference there) on the report
+    # split, against the reference: its paired drop interval; best_speedup_non_inferior is its
+    # speedup where that drop's 95% upper end is within the tolerance there too (else 0)
+    best_non_inferior_variant: str | None = None
     best_on_test: Variant | None = None
     best_speedup_non_inferior: float | None = None
-    best_reloaded: Variant | None = None  # the best variant reloaded in a fresh process (where it is a deployable)
+    best_reloaded: Variant | None = None  # that variant reloaded in a fresh process (where it is a deployable)
     runtime: dict | None = None  # ONNX Runtime settings chosen on this machine (cpu_model beside them)
     graph_profile_ms: dict | None = None  # part -> ms in the one graph (ONNX Runtime's profiler)
 

@@ -34,8 +34,8 @@ GOALS = {
     "max_sparsity_within_1ap50": (">=", 0.90, "sparsity within 1 AP50 of the reference"),
     "best_compression_ratio_within_1ap50": (">=", 40.0, "compression within 1 AP50 of the reference"),
     "best_speedup_within_1ap50": (">=", 3.0, "measured CPU speedup within 1 AP50 of the reference"),
-    "best_speedup_non_inferior": (">=", 4.0, "measured CPU speedup of 04's best variant, non-inferior on `test` "
-                                             "(the drop's 95% upper end within 1 AP50)"),
+    "best_speedup_non_inferior": (">=", 4.0, "measured CPU speedup of 04's fastest variant non-inferior on `valid`, "
+                                             "non-inferior on `test` too (the drop's 95% upper end within 1 AP50)"),
     "make_run_seconds": ("<=", 1800.0, "`make run`, 00 -> 05"),
 }
 
@@ -342,9 +342,14 @@ def _channel_lines(c: ChannelsMetrics, **_) -> list[str]:
               f"{_f(r.get('latency_median_ms'), 1)} ms median, **{_f(r.get('speedup'))}x**. "
               f"`best_speedup_within_1ap50` = **{_f(c.best_speedup_within_1ap50, 3)}** ({c.best_variant})."]
     if c.best_on_test:
-        L += ["", f"The best variant on the report split: {verdict_line(c.best_variant, c.best_on_test.row())}; "
-                  f"`best_speedup_non_inferior` (its speedup where the drop's 95% upper end is within "
-                  f"{_f(c.ap50_tolerance, 1)} AP50, else 0) = **{_f(c.best_speedup_non_inferior, 3)}**."]
+        name = c.best_non_inferior_variant or c.best_variant  # before the rule of its own: the point-rule best
+        b = c.best_reloaded.row() if c.best_reloaded else {}
+        again = (f" Reloaded in a fresh process: {_f(b.get('latency_median_ms'), 1)} ms median, "
+                 f"{_f(b.get('speedup'))}x." if b else "")
+        L += ["", f"The fastest variant non-inferior on `valid`, on the report split: "
+                  f"{verdict_line(name, c.best_on_test.row())}; `best_speedup_non_inferior` (its speedup where the "
+                  f"drop's 95% upper end is within {_f(c.ap50_tolerance, 1)} AP50 there too, else 0) = "
+                  f"**{_f(c.best_speedup_non_inferior, 3)}**.{again}"]
     return L + [""]
 
 
@@ -354,7 +359,7 @@ _STAGE_LINES = {stages.EXPLORE: _explore_lines, stages.BASELINE: _baseline_lines
 GOAL_STAGES = {"plateau_gain_ap50": stages.BASELINE, "max_sparsity_within_1ap50": stages.PRUNE,
                "best_speedup_within_1ap50": stages.EVALUATE,  # 04's choice, reported on test by 05
                "best_compression_ratio_within_1ap50": stages.EVALUATE,
-               "best_speedup_non_inferior": stages.CHANNELS}  # 04's best variant (chosen on valid), on test
+               "best_speedup_non_inferior": stages.CHANNELS}  # 04's choice (non-inferior on valid), on test
 
 
 def _platform(m) -> str:

@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 
 from .data import load_split, register
-from .evaluate import LATENCY_WARMUP, Variant, accuracy_and_speed, against, best_within, load_inputs, scored
-from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, deploy_bytes, graph_part_of, load, read_onnx,
-                   save_graph, test_time, test_time_of, with_test_time)
+from .evaluate import (LATENCY_WARMUP, Scored, Variant, accuracy_and_speed, against, best_within, load_inputs, scored,
+                       side_by_side)
+from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, canvas_of, deploy_bytes, export_graph, graph_inputs,
+                   graph_part_of, load, quantize_graph, read_onnx, save_graph, test_time, test_time_of, with_test_time)
 from .io import cpu_model, read_json, write_json
 from .modeling import build_model, load_trained
 from .parts import PART_NAMES
@@ -33,15 +34,25 @@ LATENCY_IMAGES = 20  # validation images the latency runs cycle through (noteboo
 
 def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *, file_bytes: int,
             variant_inputs: list[dict] | None = None, twin=None, runs: int = 30, warmup: int = LATENCY_WARMUP,
-            count_macs: bool = True) -> dict:
+            count_macs: bool = True, reference: Scored | None = None) -> dict:
     """One row of the speed table: COCO AP50/AP of ``model`` on ``dataset`` (``cfg``'s test input
     size), its latency measured side by side with ``baseline`` (:func:`wildlib.evaluate.side_by_side`;
     PyTorch and ONNX Runtime at the same thread count), MACs and parameters (of ``twin``, the
     PyTorch model an ONNX Runtime one was exported from; MACs depend on the proposals its weights
     keep, so ``count_macs=False`` where the twin has no trained weights) and the bytes of the
-    file(s) it is stored in.
+    file(s) it is stored in.  ``reference``: the reference scored on ``dataset``'s split
+    (:func:`wildlib.evaluate.scored`): the row also holds the paired drop against it, its interval
+    and both verdicts (:func:`wildlib.evaluate.against`), from the same detections.
     Introduced in notebook 04_prune_channels."""
-    m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
+    if reference is None:
+        m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
+        verdict = {}
+    else:
+        s = scored(model, cfg, {reference.split: dataset}, reference.split)
+        verdict = against(s, reference)
+        m = {**s.metrics, "AP50_ci95": verdict["AP50_ci95"]}
+        verdict = {k: v for k, v in verdict.items() if k not in ("AP50", "AP50_ci95", "split")}
+        t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
     # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings (a one
     # graph's are baked in: its twin is handed over with them)
     if twin is None:
@@ -51,8 +62,9 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     x = (variant_inputs or inputs)[0]
     return Variant(name, AP50=m["AP50"], AP50_ci95=m["AP50_ci95"], AP=m["AP"], latency_median_ms=t["variant_ms_median"],
                    latency_p90_ms=t["variant_ms_p90"], baseline_ms_median=t["baseline_ms_median"], speedup=t["speedup"],
-                   threads=t["threads"], macs=macs(twin, x) if count_macs else None,
-                   params=int(sum(p.numel() for p in twin.parameters())), file_bytes=int(file_bytes)).row()
+                   speedup_cold=t["speedup_cold"], threads=t["threads"], macs=macs(twin, x) if count_macs else None,
+                   params=int(sum(p.numel() for p in twin.parameters())), file_bytes=int(file_bytes),
+                   **verdict).row()
 
 
 def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
@@ -74,21 +86,45 @@ def knob_settings(cfg, proposals, detections, input_sizes) -> list[dict]:
 
 
 def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inputs: list[dict], settings,
-                    runs: int = 30, warmup: int = LATENCY_WARMUP, twin=None):
+                    runs: int = 30, warmup: int = LATENCY_WARMUP, twin=None, reference: Scored | None = None):
     """AP50 and side-by-side latency of ``model`` at each test-time setting (see :func:`knob_settings`);
-    ``twin``: the PyTorch model whose MACs an ONNX Runtime ``model`` has.
+    ``twin``: the PyTorch model whose MACs an ONNX Runtime ``model`` has; ``reference``: also the
+    paired drop against it and its verdicts (:func:`measure`).
     Introduced in notebook 04_prune_channels, section "2 · Test-time knobs before surgery"."""
 
+    keys = ("AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup", "macs")
+    if reference is not None:
+        keys += ("delta_ap50", "delta_ap50_ci95", "non_inferior")
     rows = []
     for s in settings:
         c = with_test_time(cfg, s["pre_nms"], s["post_nms"], s["detections"], s["min_size"])
         m = test_time(copy.deepcopy(model), s["pre_nms"], s["post_nms"], s["detections"])
         xs = load_inputs(c, records[:len(inputs)]) if s["min_size"] != cfg.INPUT.MIN_SIZE_TEST else inputs
         row = measure("", m, c, dataset, baseline, inputs, variant_inputs=xs, file_bytes=0, runs=runs, warmup=warmup,
-                      twin=twin)
-        rows.append({**s, **{k: row.get(k) for k in ("AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup",
-                                                      "macs")}})
+                      twin=twin, reference=reference)
+        rows.append({**s, **{k: row.get(k) for k in keys}})
     return pd.DataFrame(rows)
+
+
+def grid_settings(cfg, proposals, input_sizes, detections: int | None = None) -> list[dict]:
+    """Every (proposals, input size) pair, ``detections`` (else ``cfg``'s) kept: the settings a
+    search for the fastest non-inferior one measures, ``cfg``'s own first (once).
+    Introduced in notebook 04_prune_channels, section 6."""
+    det = int(detections or cfg.TEST.DETECTIONS_PER_IMAGE)
+    out = [{"knob": "grid", "pre_nms": int(a), "post_nms": int(b), "detections": det, "min_size": int(size)}
+           for size in input_sizes for a, b in proposals]
+    own = {"knob": "grid", "pre_nms": int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST),
+           "post_nms": int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST), "detections": det, "min_size": int(cfg.INPUT.MIN_SIZE_TEST)}
+    return [own] + [s for s in out if s != own]
+
+
+def fastest_non_inferior(sweep) -> dict | None:
+    """The setting (row of :func:`sweep_test_time` with a reference) with the lowest measured
+    latency among those non-inferior to the reference (the paired drop's 95% upper end within the
+    tolerance); None if none is.
+    Introduced in notebook 04_prune_channels, section 6."""
+    row = best_within(sweep, "latency_median_ms", verdict="non_inferior", lowest=True)
+    return {k: int(row[k]) for k in ("pre_nms", "post_nms", "detections", "min_size")} if row else None
 
 
 def fastest_within(sweep, reference_ap50: float, tolerance: float) -> dict | None:
@@ -153,6 +189,23 @@ def choose_runtime(graphs: dict, canvas, pixel_mean, inputs: list[dict], candida
              "runs": runs, "cpu_model": cpu_model()} for (label, s), ts in times.items()]
     table = pd.DataFrame(rows).sort_values("median_ms").reset_index(drop=True)
     return table, table.iloc[0].to_dict()
+
+
+def int8_graph(model, cfg, setting: dict, calib_records: list[dict], folder, name: str, *, method: str, fmt: str,
+               settings: RuntimeSettings) -> tuple[OneGraphDetector, object, object, Path]:
+    """``model`` at the test-time ``setting`` (pre_nms, post_nms, detections, min_size) as one int8
+    graph (:func:`wildlib.fast.export_graph`, :func:`wildlib.fast.quantize_graph`: calibrated on
+    ``calib_records`` at that input size, ``method``, operator format ``fmt``) on the canvas of that
+    size, written to ``folder`` as ``<name>_fp32.onnx`` and ``<name>_int8.onnx`` -> (the graph in an
+    ONNX Runtime session with ``settings``, its config, its PyTorch twin, the int8 file).
+    Introduced in notebook 04_prune_channels, section 6."""
+    c = with_test_time(cfg, setting["pre_nms"], setting["post_nms"], setting["detections"], setting["min_size"])
+    twin = test_time(copy.deepcopy(model), setting["pre_nms"], setting["post_nms"], setting["detections"])
+    canvas = canvas_of(c)
+    fp32 = export_graph(twin, canvas, Path(folder) / f"{name}_fp32.onnx")
+    calib = graph_inputs(load_inputs(c, calib_records), canvas, model.pixel_mean)
+    int8 = quantize_graph(fp32, calib, Path(folder) / f"{name}_int8.onnx", method=method, fmt=fmt)
+    return OneGraphDetector.from_file(int8, canvas, model.pixel_mean, settings=settings), c, twin, int8
 
 
 def graph_profile(model: OneGraphDetector, inputs: list[dict], runs: int = 10, warmup: int = 2) -> pd.DataFrame:

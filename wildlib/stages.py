@@ -308,6 +308,16 @@ def reference_scored(prune_dir, datasets: dict):
                             Path(prune_dir) / DETECTIONS_DIR / REFERENCE_DETECTIONS[m.reference], coco_max_dets_of(prune_dir))
 
 
+def load_reference(run_dir) -> tuple[str, object]:
+    """(name, model) of stage 02's reference, the better of the baseline and the dense control on
+    valid, rebuilt from its weights: what a variant that must lose nothing starts from.
+    Introduced in notebook 04_prune_channels, section 6."""
+    m = load_stage(Path(run_dir) / PRUNE).metrics
+    if m.reference == "baseline":
+        return m.reference, load_trained(Path(run_dir) / BASELINE)[1]
+    return m.reference, load_trained(Path(run_dir) / PRUNE, DENSE_CONTROL_FILE)[1]
+
+
 def baseline_on_splits(baseline_dir, model, cfg, datasets: dict, split: str, detections_file):
     """Stage 02's baseline: (COCO metrics on valid, :class:`~wildlib.evaluate.Scored` on the
     report split), from what stage 01 wrote where it still holds, without evaluating the same model
