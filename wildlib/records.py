@@ -421,6 +421,7 @@ class ChannelsMetrics(ReportedMetrics):
     best_on_test: Variant | None = None
     best_speedup_non_inferior: float | None = None
     best_reloaded: Variant | None = None  # that variant reloaded in a fresh process (where it is a deployable)
+    best_deploy_dir: str | None = None  # ... its deployable folder (relative to the run), which 05 evaluates
     runtime: dict | None = None  # ONNX Runtime settings chosen on this machine (cpu_model beside them)
     graph_profile_ms: dict | None = None  # part -> ms in the one graph (ONNX Runtime's profiler)
 

@@ -266,17 +266,19 @@ def graph_profile(model: OneGraphDetector, inputs: list[dict], runs: int = 10, w
 
 
 def best_on_split(best: dict, models: dict, datasets: dict, split: str, reference, max_dets: int | None,
-                  known: dict | None = None) -> dict | None:
+                  known: dict | None = None, detections_file=None) -> dict | None:
     """The chosen ``best`` row's model (``models``: name -> (model, cfg)) scored on ``split`` against
     ``reference`` (:func:`wildlib.evaluate.against`: the paired interval of the difference); a
     verdict already made (``known``: name -> verdict) is taken as it is; None for a row with no model.
+    ``detections_file``: its detections are written there (stage 05 takes them).
     Introduced in notebook 04_prune_channels, section "Summary"."""
     if best["name"] in (known or {}):
         return known[best["name"]]
     if best["name"] not in models:
         return None
     model, cfg = models[best["name"]]
-    return against(scored(model, cfg, datasets, split, max_dets_per_image=max_dets), reference)
+    return against(scored(model, cfg, datasets, split, max_dets_per_image=max_dets, detections_file=detections_file),
+                   reference)
 
 
 def reload_one_graph(entry, folder, settings: RuntimeSettings, spec_of, work_dir) -> dict | None:

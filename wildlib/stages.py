@@ -27,6 +27,7 @@ from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, writ
 from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
 from .records import (BaselineMetrics, ChannelsMetrics, DenseControl, EvaluateMetrics, ExploreMetrics, PruneMetrics,
                       RecordError, ShareMetrics, StageMetrics)
+from . import fast
 from .speed import LATENCY_IMAGES
 from .tiles import ensure_registered
 from .train import final_eval, train, unwrap
@@ -276,6 +277,8 @@ def load_stage(stage_path, model_file: str | None = None) -> Record:
     return Record(stage_path, config_of(stage_path), read_metrics(metrics_file, stage_path.name), cfg, model)
 
 
+NON_INFERIOR_NAME = "fastest non-inferior one graph (04)"  # 05's name for 04's goal variant, where it is one
+NON_INFERIOR_DETECTIONS = "non_inferior"  # ... and its detections on the report split (04/detections/)
 DETECTIONS_DIR = "detections"  # a stage's reported models' detections on the report split (paired intervals)
 REFERENCE_DETECTIONS = {"baseline": "baseline.json", "dense control": "dense_control.json"}
 
@@ -291,9 +294,28 @@ def stored_detections(run, oneshot_name: str | None = None) -> dict[str, Path]:
     reference = {name: at(PRUNE, Path(f).stem) for name, f in REFERENCE_DETECTIONS.items()}
     out = {**reference,
            "gradual pruning + FT": at(PRUNE, "gradual"), "pruned + shared + FT": at(SHARE, "shared"),
-           "int8": at(SHARE, "int8"), "channel-pruned + int8 + test-time (04)": at(CHANNELS, "combined")}
+           "int8": at(SHARE, "int8"), DEPLOYED_NAME: at(CHANNELS, "combined"),
+           NON_INFERIOR_NAME: at(CHANNELS, NON_INFERIOR_DETECTIONS)}
     if oneshot_name:
         out[oneshot_name] = at(PRUNE, slug(oneshot_name))
+    return out
+
+
+DEPLOYED_NAME = "channel-pruned + int8 + test-time (04)"  # 05's name for 04's deployable
+
+
+def deployables(run_dir, threads: int) -> dict[str, tuple]:
+    """Stage 04's deployable folders by the names stage 05 gives them -> (cfg, model, folder, twin),
+    each loaded and checked file by file (:func:`wildlib.fast.load`): the deployable (its twin: 04's
+    channel-pruned model) and, where it has a folder of its own, 04's goal variant (its twin: stage
+    02's reference, which it was made from).
+    Introduced in notebook 05_evaluate, section "The variants and their files"."""
+    m = metrics_of(run_dir, CHANNELS)
+    folder = Path(run_dir) / m.deploy_dir
+    out = {DEPLOYED_NAME: (*fast.load(folder, threads=threads), folder, load_trained(Path(run_dir) / CHANNELS)[1])}
+    if m.best_deploy_dir not in (None, m.deploy_dir):
+        folder = Path(run_dir) / m.best_deploy_dir
+        out[NON_INFERIOR_NAME] = (*fast.load(folder, threads=threads), folder, load_reference(run_dir)[1])
     return out
 
 
