@@ -441,7 +441,8 @@ def side_by_side(baseline, variant, inputs: list[dict], variant_inputs: list[dic
     buffers in the caches.  The first pass, right after the other model ran and evicted them, is
     kept too (``*_cold_ms_median``, ``speedup_cold``): that cost falls on a small model more than
     on a large one (1.3-2 ms of a 10 ms int8 graph beside a 45 ms baseline, docs/speed.md), so a
-    protocol timing only such passes understates a small model's speedup on a stream."""
+    protocol timing only such passes understates a small model's speedup on a stream.
+    Introduced in notebook 04_prune_channels (every speed table: notebooks 04 and 05)."""
     if threads:
         torch.set_num_threads(threads)
     vin = variant_inputs or inputs
