@@ -314,15 +314,20 @@ def _channel_lines(c: ChannelsMetrics, **_) -> list[str]:
     ratios = ", ".join(f"{k} {v:.0%}" for k, v in (c.channel_ratios or {}).items() if v)
     L = [f"* **Speed** (`04_prune_channels`): end to end, batch 1, {lat and lat.threads} threads, median of "
          f"{lat and lat.runs} runs after {lat and lat.warmup} warm-up runs, each variant in turns with the dense fp32 "
-         f"baseline in one process (each row beside its own baseline median). Test-time "
+         f"baseline in one process (each row beside its own baseline median)"
+         f"{'; timed: ' + lat.timed_pass if lat and lat.timed_pass else ''}. Test-time "
          f"setting of the baseline's knob sweep: {setting(tt)}; of the combined model: {setting(ct)}. "
          f"Channels removed: {ratios or 'none'}; "
          f"then {ft and ft.iterations} fine-tuning iterations at batch {ft and ft.ims_per_batch} (within the dense "
          f"control's budget).", ""]
-    L += _table([{**v, "gmacs": v["macs"] / 1e9 if v.get("macs") else None} for v in _variant_rows(c)],
+    drop = lambda v: (f"{-v['delta_ap50']:.2f} [{-v['delta_ap50_ci95'][1]:.2f}, {-v['delta_ap50_ci95'][0]:.2f}]"  # noqa: E731
+                      if v.get("delta_ap50_ci95") else None)  # on valid, paired (rows of runs before it: none)
+    L += _table([{**v, "gmacs": v["macs"] / 1e9 if v.get("macs") else None, "drop": drop(v)} for v in _variant_rows(c)],
                 [("variant", "name", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
+                 ("drop vs reference [95%]", "drop", None), ("non-inferior", "non_inferior", None),
                  ("latency ms (median)", "latency_median_ms", 1), ("p90", "latency_p90_ms", 1),
-                 ("its baseline ms", "baseline_ms_median", 1), ("speedup", "speedup", 2), ("GMACs", "gmacs", 2),
+                 ("its baseline ms", "baseline_ms_median", 1), ("speedup", "speedup", 2),
+                 ("cold", "speedup_cold", 2), ("GMACs", "gmacs", 2),
                  ("params", "params", 0),
                  ("file bytes", "file_bytes", 0)])
     r = c.reloaded.row() if c.reloaded else {}
