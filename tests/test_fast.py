@@ -190,8 +190,9 @@ def test_side_by_side_alternates_and_divides_medians():
     fake = Fake
 
     out = evaluate.side_by_side(fake("a"), fake("b"), [{"image": None}], runs=4, warmup=1)
-    # warm-up in turns, then each turn: the model twice (the second pass timed), the order alternating
-    assert calls == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b", "b", "b", "a", "a"]
+    # warm-up in turns, then each turn: the baseline twice, the variant twice (the second pass
+    # timed): every first pass follows the other model's
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 4
     assert out["speedup"] == pytest.approx(out["baseline_ms_median"] / out["variant_ms_median"])
     assert out["speedup_cold"] == pytest.approx(out["baseline_cold_ms_median"] / out["variant_cold_ms_median"])
     assert out["runs"] == 4 and out["baseline_ms_p90"] >= out["baseline_ms_median"]

@@ -218,3 +218,10 @@ def test_instances_as_detector_postprocess():
     assert torch.allclose(got.pred_boxes.tensor, want.pred_boxes.tensor, atol=1e-4)
     assert torch.equal(got.scores, want.scores) and torch.equal(got.pred_classes, want.pred_classes)
 
+
+
+def test_upsample_is_nearest_interpolation():
+    """The one graph's 2x upsampling (Concat + Reshape) is the FPN's F.interpolate(nearest)."""
+    x = torch.randn(1, 3, 5, 7)
+    want = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert torch.equal(fast.one_graph._upsample2x(x), want)

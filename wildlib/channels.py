@@ -317,8 +317,9 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAM
                      reference_ap50: float | None = None, speed_inputs: list[dict] | None = None,
                      speed_runs: int = 10):
     """One family pruned at a time (no fine-tuning): AP50, parameters and MACs (on ``image``), and
-    with ``speed_inputs`` the ``speedup`` over ``model``, side by side (``speed_runs`` passes each,
-    PyTorch fp32: a guide to where time is, not the final measurement).  Ratios run from small to
+    with ``speed_inputs`` the ``speedup`` over ``model``, side by side (``speed_runs`` turns of two
+    passes each, the second timed: :func:`wildlib.evaluate.side_by_side`; PyTorch fp32: a guide to
+    where time is, not the final measurement).  Ratios run from small to
     large; with ``max_drop`` and ``reference_ap50``, a family's larger ratios are skipped once one
     falls below ``reference_ap50 - max_drop``: a clear failure stops the family early (larger
     ratios would only fall further).

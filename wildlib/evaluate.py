@@ -434,14 +434,14 @@ def side_by_side(baseline, variant, inputs: list[dict], variant_inputs: list[dic
                  warmup: int = LATENCY_WARMUP, threads: int | None = None) -> dict:
     """Batch-1 latency of ``variant`` against ``baseline``, measured in turns in this process, same
     threads, after ``warmup`` untimed passes of each: median and p90 of ``runs`` timed passes, and
-    ``speedup`` = baseline median / variant median.  The order alternates turn to turn.
+    ``speedup`` = baseline median / variant median.
 
-    Each turn runs its model twice on the same image, back to back, as on a stream of frames: the
+    Each turn runs the baseline twice, then the variant twice, on two consecutive images: the
     second pass is the timed one (``*_ms_median``, ``speedup``), with the model's own weights and
-    buffers in the caches.  The first pass, right after the other model ran and evicted them, is
-    kept too (``*_cold_ms_median``, ``speedup_cold``): that cost falls on a small model more than
-    on a large one (1.3-2 ms of a 10 ms int8 graph beside a 45 ms baseline, docs/speed.md), so a
-    protocol timing only such passes understates a small model's speedup on a stream.
+    buffers in the caches, as on a stream of frames.  The first pass, which always follows the
+    other model's (the order within a turn is fixed for that), is kept too
+    (``*_cold_ms_median``, ``speedup_cold``): the cost of running right after another model falls
+    on a small model more than on a large one (docs/speed.md).
     Introduced in notebook 04_prune_channels (every speed table: notebooks 04 and 05)."""
     if threads:
         torch.set_num_threads(threads)
@@ -452,11 +452,10 @@ def side_by_side(baseline, variant, inputs: list[dict], variant_inputs: list[dic
         variant([vin[i % len(vin)]])
     times = {"baseline": [], "variant": [], "baseline_cold": [], "variant_cold": []}
     for i in range(runs):
-        pair = (("baseline", baseline, inputs), ("variant", variant, vin))
-        for name, model, xs in pair if i % 2 == 0 else pair[::-1]:
-            for key in (f"{name}_cold", name):
+        for name, model, xs in (("baseline", baseline, inputs), ("variant", variant, vin)):
+            for j, key in ((i, f"{name}_cold"), (i + 1, name)):
                 t = time.perf_counter()
-                model([xs[i % len(xs)]])
+                model([xs[j % len(xs)]])
                 times[key].append(time.perf_counter() - t)
     out = {"runs": runs, "warmup": warmup, "threads": torch.get_num_threads()}
     for name, ts in times.items():

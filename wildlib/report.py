@@ -294,7 +294,7 @@ def _evaluate_lines(ev: EvaluateMetrics, **_) -> list[str]:
     L += _table(_variant_rows(ev), [("variant", "name", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
                                  ("nonzero params", "nonzero", 0), ("file bytes", "file_bytes", 0),
                                  ("ratio", "ratio", 1), ("latency ms (median)", "latency_median_ms", 1),
-                                 ("p90", "latency_p90_ms", 1), ("speedup", "speedup", 2)])
+                                 ("p90", "latency_p90_ms", 1), ("speedup", "speedup", 2), ("cold", "speedup_cold", 2)])
     return L + ["", f"`best_compression_ratio_within_1ap50` = **{_f(ev.best_compression_ratio_within_1ap50, 1)}** "
                     f"({ev.best_variant}); `best_speedup_within_1ap50` = "
                     f"**{_f(ev.best_speedup_within_1ap50, 3)}** ({ev.fastest_variant}).", ""]
@@ -505,7 +505,7 @@ def evaluation_report(data_dir, table, per_class, paper_side, reference_ap50: fl
     the paper's one-shot table beside ours."""
     where = f"`{split}`" + ("" if split == "test" else " (no test split: chosen and reported on one split)")
     cols = ["AP50", "AP50_ci95", "delta_ap50", "delta_ap50_ci95", "within_1ap50", "non_inferior", "file_bytes",
-            "ratio", "latency_median_ms", "latency_p90_ms", "baseline_ms_median", "speedup"]
+            "ratio", "latency_median_ms", "latency_p90_ms", "baseline_ms_median", "speedup", "speedup_cold"]
     shown = table[[c for c in cols if c in table]].copy()
     for c in ("AP50_ci95", "delta_ap50_ci95"):
         if c in shown:

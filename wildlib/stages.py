@@ -27,8 +27,8 @@ from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, writ
 from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
 from .records import (BaselineMetrics, ChannelsMetrics, DenseControl, EvaluateMetrics, ExploreMetrics, PruneMetrics,
                       RecordError, ShareMetrics, StageMetrics)
-from . import fast
-from .speed import LATENCY_IMAGES
+from .fast import load as load_deployable
+from .speed import LATENCY_IMAGES, twin_of
 from .tiles import ensure_registered
 from .train import final_eval, train, unwrap
 
@@ -277,7 +277,8 @@ def load_stage(stage_path, model_file: str | None = None) -> Record:
     return Record(stage_path, config_of(stage_path), read_metrics(metrics_file, stage_path.name), cfg, model)
 
 
-NON_INFERIOR_NAME = "fastest non-inferior one graph (04)"  # 05's name for 04's goal variant, where it is one
+DEPLOYED_NAME = "channel-pruned + int8 + test-time (04)"  # 05's name for 04's deployable
+NON_INFERIOR_NAME = "04's pick (non-inferior on valid), one graph"  # 05's name for 04's goal variant, where it is one
 NON_INFERIOR_DETECTIONS = "non_inferior"  # ... and its detections on the report split (04/detections/)
 DETECTIONS_DIR = "detections"  # a stage's reported models' detections on the report split (paired intervals)
 REFERENCE_DETECTIONS = {"baseline": "baseline.json", "dense control": "dense_control.json"}
@@ -301,21 +302,25 @@ def stored_detections(run, oneshot_name: str | None = None) -> dict[str, Path]:
     return out
 
 
-DEPLOYED_NAME = "channel-pruned + int8 + test-time (04)"  # 05's name for 04's deployable
-
-
 def deployables(run_dir, threads: int) -> dict[str, tuple]:
     """Stage 04's deployable folders by the names stage 05 gives them -> (cfg, model, folder, twin),
-    each loaded and checked file by file (:func:`wildlib.fast.load`): the deployable (its twin: 04's
-    channel-pruned model) and, where it has a folder of its own, 04's goal variant (its twin: stage
-    02's reference, which it was made from).
+    each loaded and checked file by file (:func:`wildlib.fast.load`): the deployable and, where it
+    has a folder of its own, 04's goal variant.  ``twin``: the trained PyTorch model whose
+    architecture the folder's config builds (04's channel-pruned model or stage 02's reference),
+    what 05 counts parameters on.
     Introduced in notebook 05_evaluate, section "The variants and their files"."""
     m = metrics_of(run_dir, CHANNELS)
-    folder = Path(run_dir) / m.deploy_dir
-    out = {DEPLOYED_NAME: (*fast.load(folder, threads=threads), folder, load_trained(Path(run_dir) / CHANNELS)[1])}
+    candidates = [load_trained(Path(run_dir) / CHANNELS)[1], load_reference(run_dir)[1]]
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+
+    def entry(folder):
+        cfg, model = load_deployable(folder, threads=threads)
+        n = count(twin_of(cfg))
+        return cfg, model, folder, next((c for c in candidates if count(c) == n), candidates[-1])
+
+    out = {DEPLOYED_NAME: entry(Path(run_dir) / m.deploy_dir)}
     if m.best_deploy_dir not in (None, m.deploy_dir):
-        folder = Path(run_dir) / m.best_deploy_dir
-        out[NON_INFERIOR_NAME] = (*fast.load(folder, threads=threads), folder, load_reference(run_dir)[1])
+        out[NON_INFERIOR_NAME] = entry(Path(run_dir) / m.best_deploy_dir)
     return out
 
 
@@ -332,8 +337,9 @@ def reference_scored(prune_dir, datasets: dict):
 
 def load_reference(run_dir) -> tuple[str, object]:
     """(name, model) of stage 02's reference, the better of the baseline and the dense control on
-    valid, rebuilt from its weights: what a variant that must lose nothing starts from.
-    Introduced in notebook 04_prune_channels, section 6."""
+    valid, rebuilt from its weights: what every row of 04 is paired with on valid, and what a
+    variant that must lose nothing starts from.
+    Introduced in notebook 04_prune_channels (its set-up cell; section 6 makes it fast)."""
     m = load_stage(Path(run_dir) / PRUNE).metrics
     if m.reference == "baseline":
         return m.reference, load_trained(Path(run_dir) / BASELINE)[1]
