@@ -24,7 +24,8 @@ from .data import alias_map, class_list, ground_truth_sha256, register, resolve_
 from .evaluate import LATENCY_WARMUP, against, on_splits, scored_from_file, source_file
 from .fit import training_iterations
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
-from .modeling import D2_CONFIG_FILE, MODEL_FILE, load_trained, no_imagenet_init, resolve_weights, save_weights, sha256_file
+from .modeling import (D2_CONFIG_FILE, MODEL_FILE, count_parameters, load_trained, no_imagenet_init, resolve_weights,
+                       save_weights, sha256_file)
 from .records import (BaselineMetrics, ChannelsMetrics, DenseControl, EvaluateMetrics, ExploreMetrics, PruneMetrics,
                       RecordError, ShareMetrics, StageMetrics)
 from .fast import load as load_deployable
@@ -311,7 +312,7 @@ def deployables(run_dir, threads: int) -> dict[str, tuple]:
     Introduced in notebook 05_evaluate, section "The variants and their files"."""
     m = metrics_of(run_dir, CHANNELS)
     candidates = [load_trained(Path(run_dir) / CHANNELS)[1], load_reference(run_dir)[1]]
-    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    count = lambda model: count_parameters(model)["params"]  # noqa: E731
 
     def entry(folder):
         cfg, model = load_deployable(folder, threads=threads)
