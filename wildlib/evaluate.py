@@ -507,14 +507,6 @@ def predictions_to_json(preds: list[dict], inputs: list[dict]) -> list[dict]:
             for p, x in zip(preds, inputs)]
 
 
-def accuracy_and_speed(model, cfg, dataset: str, baseline, inputs: list[dict], variant_inputs=None,
-                       runs: int = 30, warmup: int = LATENCY_WARMUP) -> tuple[dict, dict]:
-    """(COCO metrics of ``model`` on ``dataset``, its latency side by side with ``baseline``): what
-    every row of a speed or evaluation table measures (notebooks 04 and 05)."""
-    return coco_with_interval(model, cfg, dataset), side_by_side(baseline, model, inputs, variant_inputs,
-                                                                  runs=runs, warmup=warmup)
-
-
 def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baseline, inputs: list[dict], reference: Scored,
                 *, twin=None, variant_inputs: list[dict] | None = None, runs: int = 20, warmup: int = LATENCY_WARMUP,
                 dense_bytes=None, file_bytes: int | None = None, max_dets_per_image: int | None = None,

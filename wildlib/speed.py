@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from .data import load_split, register
-from .evaluate import (LATENCY_WARMUP, Scored, Variant, accuracy_and_speed, against, best_within, load_inputs, scored,
-                       side_by_side)
+from .evaluate import (LATENCY_WARMUP, Scored, Variant, against, best_within, load_inputs, scored, side_by_side,
+                       with_interval)
 from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, canvas_of, deploy_bytes, export_graph, graph_inputs,
                    graph_part_of, load, quantize_graph, read_onnx, save_graph, test_time, test_time_of, with_test_time)
 from .io import cpu_model, read_json, write_json
@@ -44,15 +44,12 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     (:func:`wildlib.evaluate.scored`): the row also holds the paired drop against it, its interval
     and both verdicts (:func:`wildlib.evaluate.against`), from the same detections.
     Introduced in notebook 04_prune_channels."""
-    if reference is None:
-        m, t = accuracy_and_speed(model, cfg, dataset, baseline, inputs, variant_inputs, runs, warmup)
-        verdict = {}
-    else:
-        s = scored(model, cfg, {reference.split: dataset}, reference.split)
-        verdict = against(s, reference)
-        m = {**s.metrics, "AP50_ci95": verdict["AP50_ci95"]}
-        verdict = {k: v for k, v in verdict.items() if k not in ("AP50", "AP50_ci95", "split")}
-        t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
+    split = reference.split if reference is not None else "valid"  # a name: the split of ``dataset``
+    s = scored(model, cfg, {split: dataset}, split)
+    m = {**s.metrics, **with_interval(s)}
+    verdict = {} if reference is None else {k: v for k, v in against(s, reference).items()
+                                            if k not in ("AP50", "AP50_ci95", "AP50_se", "split")}
+    t = side_by_side(baseline, model, inputs, variant_inputs, runs=runs, warmup=warmup)
     # an ONNX Runtime model's MACs are its PyTorch twin's, at the same test-time settings (a one
     # graph's are baked in: its twin is handed over with them)
     if twin is None:
