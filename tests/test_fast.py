@@ -75,6 +75,23 @@ def test_int8_graphs_hold_int8_weights_and_stay_close(setup):
         assert c > 0.95, (k, float(c))
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_every_calibration_method_takes_rows_of_different_shapes(method, tmp_path):
+    # a box head sees as many proposals as each image kept: ONNX Runtime's histogram calibrators
+    # stack the rows' tensors and failed on that ("inhomogeneous shape") before quantize_file
+    # collected them one row at a time
+    import onnx
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).eval()
+    src = tmp_path / "net.onnx"
+    torch.onnx.export(net, torch.zeros(1, 3, 8, 8), str(src), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    g = torch.Generator().manual_seed(0)
+    rows = [{"x": torch.randn(n, 3, 8, 8, generator=g).numpy()} for n in (1, 3, 2, 5)]
+    out = fast.graphs.quantize_file(src, tmp_path / f"{method}.onnx", rows, method=method)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+
+
 def test_deployable_folder_reloads_to_the_same_predictions(setup):
     cfg, model, images, _, int8, out = setup
     mem = fast.test_time(fast.attach(model, int8, threads=1), 100, 50, 20)

@@ -134,19 +134,29 @@ def quantize_file(src, dst, rows: list[dict], method: str = "minmax", fmt: str =
 
     class Reader(CalibrationDataReader):
         def __init__(self, rows):
-            self.rows = iter(rows)
+            self.rows = list(rows)
+            self.set_range(0, len(self.rows))
+
+        def __len__(self):
+            return len(self.rows)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.next = iter(self.rows[start_index:end_index])
 
         def get_next(self):
-            return next(self.rows, None)
+            return next(self.next, None)
 
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    extra = {}
+    # the histogram methods stack every row's intermediate tensors into one array, which fails where
+    # their shapes differ between images (proposals per image, image sizes): one row per collection
+    # step (ONNX Runtime's strided calibration; its histograms merge across steps)
+    extra = {} if method == "minmax" else {"extra_options": {"CalibStridedMinMax": 1}}
     if select is not None:
         ops, nodes_of = select
-        extra = {"op_types_to_quantize": list(ops), "nodes_to_quantize": nodes_of(onnx.load(str(pre)))}
+        extra |= {"op_types_to_quantize": list(ops), "nodes_to_quantize": nodes_of(onnx.load(str(pre)))}
     try:
         return atomic_write(dst, lambda tmp: quantize_static(
             str(pre), tmp, Reader(rows), quant_format=formats[fmt], per_channel=True,
