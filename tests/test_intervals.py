@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import math
 
 import numpy as np
 import pytest
@@ -133,3 +134,51 @@ def test_verdicts_state_their_rule():
     d = {"delta": -0.5, "ci95": [-2.9, 0.5]}
     assert intervals.verdicts(d, 1.0) == {"within_tolerance": True, "non_inferior": False}
     assert intervals.verdicts({"delta": -0.2, "ci95": [-0.9, 0.4]}, 1.0)["non_inferior"]
+
+
+def test_resamples_with_more_samples_extend_the_fewer():
+    # non_inferiority draws again with more samples: the first draws stay, the bound only sharpens
+    assert np.array_equal(intervals.resamples(30, 40), intervals.resamples(30, 160)[:40])
+
+
+@pytest.mark.parametrize("n", [1000, 16000])
+def test_quantile_mcse_matches_the_normal_theory(n):
+    # the 2.5% quantile of n standard normal draws: its standard error is sqrt(q(1-q)/n) / density
+    q, z = 0.025, 1.959964
+    theory = math.sqrt(q * (1 - q) / n) / (math.exp(-z * z / 2) / math.sqrt(2 * math.pi))
+    spread = np.std([np.quantile(np.random.default_rng(s).normal(size=n), q) for s in range(300)])
+    estimates = [intervals.quantile_mcse(np.random.default_rng(1000 + s).normal(size=n), q) for s in range(50)]
+    assert np.median(estimates) == pytest.approx(theory, rel=0.25)
+    assert spread == pytest.approx(theory, rel=0.25)  # and theory is what the draws actually do
+
+
+def test_a_bound_at_the_tolerance_is_drawn_again_until_clear_or_spent():
+    calls = []
+
+    def draw(bound, mcse_at_1000):
+        def f(n):
+            calls.append(n)  # the Monte Carlo error shrinks as 1/sqrt(samples)
+            return {"delta": -0.3, "ci95": [bound, 0.4], "ci95_mcse": [mcse_at_1000 * math.sqrt(1000 / n), 0.0],
+                    "samples": n}
+        return f
+
+    v = intervals.non_inferiority(draw(-0.5, 0.03), 1.0)  # far from -1: one draw
+    assert calls == [1000] and v["samples"] == 1000 and v["bound_clear"] and v["non_inferior"]
+    calls.clear()
+    v = intervals.non_inferiority(draw(-1.05, 0.036), 1.0)  # 0.05 off: clear at 4,000 (2 x 0.018 < 0.05)
+    assert calls == [1000, 4000] and v["bound_clear"] and not v["non_inferior"]
+    calls.clear()
+    v = intervals.non_inferiority(draw(-1.001, 0.036), 1.0, max_samples=16000)  # at the tolerance: all spent
+    assert calls == [1000, 4000, 16000] and not v["bound_clear"] and v["samples"] == 16000
+    calls.clear()
+    assert intervals.non_inferiority(draw(-1.0, 0.0), 1.0)["bound_clear"] and calls == [1000]  # identical models
+
+
+def test_paired_records_its_samples_and_the_ends_monte_carlo_error():
+    gt = _gt(n_images=60)
+    a = intervals.match(gt, _detections(gt, seed=1, jitter=4.0))
+    b = intervals.match(gt, _detections(gt, seed=2, jitter=6.0))
+    small, large = intervals.paired(a, b, samples=250), intervals.paired(a, b, samples=4000)
+    assert small["samples"] == 250 and large["samples"] == 4000
+    assert all(m > 0 for m in small["ci95_mcse"])
+    assert large["ci95_mcse"][0] < small["ci95_mcse"][0]  # 16x the samples: about a quarter of the error

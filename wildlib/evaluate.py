@@ -384,14 +384,16 @@ def with_interval(s: Scored) -> dict:
 def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANCE) -> dict:
     """A variant against the reference on the same split: its AP50 with interval, the paired
     ``delta_ap50`` (variant - reference) with interval, and both verdicts (``within_1ap50``:
-    point estimate of the drop <= tolerance; ``non_inferior``: the drop's 95% upper end <= it).
+    point estimate of the drop <= tolerance; ``non_inferior``: the drop's 95% upper end <= it, with
+    as many bootstrap samples as it takes to clear the draws' own noise,
+    :func:`wildlib.intervals.non_inferiority`: ``delta_ap50_samples``, ``delta_ap50_bound_mcse``).
     Introduced in notebook 02_prune_magnitude, section "4 · Gradual pruning while fine-tuning"."""
     if variant.split != reference.split:
         raise ValueError(f"a variant on {variant.split} cannot be compared with a reference on {reference.split}")
-    d = intervals.paired(variant.matched, reference.matched)
-    v = intervals.verdicts(d, tolerance)
-    return {**with_interval(variant), "reference_ap50": reference.ap50, "delta_ap50": d["delta"],
-            "delta_ap50_ci95": d["ci95"], "delta_ap50_se": d["se"], "within_1ap50": v["within_tolerance"],
+    v = intervals.non_inferiority(lambda n: intervals.paired(variant.matched, reference.matched, samples=n), tolerance)
+    return {**with_interval(variant), "reference_ap50": reference.ap50, "delta_ap50": v["delta"],
+            "delta_ap50_ci95": v["ci95"], "delta_ap50_se": v["se"], "delta_ap50_bound_mcse": v["ci95_mcse"][0],
+            "delta_ap50_samples": v["samples"], "within_1ap50": v["within_tolerance"],
             "non_inferior": v["non_inferior"], "tolerance": tolerance}
 
 

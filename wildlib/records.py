@@ -111,6 +111,8 @@ class Verdict(_Part):
     delta_ap50: float | None = None
     delta_ap50_ci95: list | None = None
     delta_ap50_se: float | None = None
+    delta_ap50_bound_mcse: float | None = None  # Monte Carlo error of the drop's upper end (the bootstrap's draws)
+    delta_ap50_samples: int | None = None       # bootstrap samples behind the paired interval
     within_1ap50: bool | None = None
     non_inferior: bool | None = None
     tolerance: float | None = None
