@@ -172,6 +172,11 @@ def test_a_bound_at_the_tolerance_is_drawn_again_until_clear_or_spent():
     assert calls == [1000, 4000, 16000] and not v["bound_clear"] and v["samples"] == 16000
     calls.clear()
     assert intervals.non_inferiority(draw(-1.0, 0.0), 1.0)["bound_clear"] and calls == [1000]  # identical models
+    calls.clear()
+    assert intervals.non_inferiority(draw(-1.0, float("nan")), 1.0)["bound_clear"] and calls == [1000]  # no interval
+    calls.clear()
+    assert not intervals.non_inferiority(draw(-1.0, 0.03), 1.0, samples=2000, max_samples=500)["bound_clear"]
+    assert calls == [2000]  # already past the most: one draw, the verdict marked not clear
 
 
 def test_paired_records_its_samples_and_the_ends_monte_carlo_error():

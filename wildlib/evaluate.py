@@ -386,7 +386,8 @@ def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANC
     ``delta_ap50`` (variant - reference) with interval, and both verdicts (``within_1ap50``:
     point estimate of the drop <= tolerance; ``non_inferior``: the drop's 95% upper end <= it, with
     as many bootstrap samples as it takes to clear the draws' own noise,
-    :func:`wildlib.intervals.non_inferiority`: ``delta_ap50_samples``, ``delta_ap50_bound_mcse``).
+    :func:`wildlib.intervals.non_inferiority`: ``delta_ap50_samples``, ``delta_ap50_bound_mcse``;
+    ``non_inferior_clear`` False where even the most samples left the bound that near the line).
     Introduced in notebook 02_prune_magnitude, section "4 · Gradual pruning while fine-tuning"."""
     if variant.split != reference.split:
         raise ValueError(f"a variant on {variant.split} cannot be compared with a reference on {reference.split}")
@@ -394,7 +395,7 @@ def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANC
     return {**with_interval(variant), "reference_ap50": reference.ap50, "delta_ap50": v["delta"],
             "delta_ap50_ci95": v["ci95"], "delta_ap50_se": v["se"], "delta_ap50_bound_mcse": v["ci95_mcse"][0],
             "delta_ap50_samples": v["samples"], "within_1ap50": v["within_tolerance"],
-            "non_inferior": v["non_inferior"], "tolerance": tolerance}
+            "non_inferior": v["non_inferior"], "non_inferior_clear": v["bound_clear"], "tolerance": tolerance}
 
 
 def per_class(metrics: dict):

@@ -193,8 +193,9 @@ def non_inferiority(draw, tolerance: float, samples: int = SAMPLES, max_samples:
     """A paired difference and both verdicts, the non-inferiority bound resolved against the draws'
     own noise: ``draw(samples)`` (:func:`paired` or :func:`paired_mean` with that many samples) is
     called again with 4x the samples while the bound (the delta's lower end) lies within
-    ``MARGIN_MCSE`` Monte Carlo errors of ``-tolerance``, up to ``max_samples``.  The draws extend
-    the earlier ones (:func:`resamples` draws row by row), so the bound only sharpens.
+    ``MARGIN_MCSE`` Monte Carlo errors of ``-tolerance``, up to ``max_samples``.  The earlier draws
+    are the first rows of the later ones (:func:`resamples` draws row by row): more draws shrink
+    the bound's Monte Carlo error (the bound itself may move either way), and each call draws anew.
     ``{**draw, **verdicts, "bound_clear"}``: ``bound_clear`` False when ``max_samples`` still left
     the bound within that margin (the verdict then is the best estimate, not a clear one)."""
     while True:

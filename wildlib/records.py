@@ -115,6 +115,7 @@ class Verdict(_Part):
     delta_ap50_samples: int | None = None       # bootstrap samples behind the paired interval
     within_1ap50: bool | None = None
     non_inferior: bool | None = None
+    non_inferior_clear: bool | None = None  # False: the bound within 2 Monte Carlo errors of the line at the most samples
     tolerance: float | None = None
 
 

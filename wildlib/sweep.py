@@ -435,7 +435,7 @@ def seed_summary(folder: Path, rows, by: list[str], tolerance: float) -> list[di
                     "delta_mean": mean["delta"], "delta_lo": mean["ci95"][0], "delta_hi": mean["ci95"][1],
                     "delta_seed_sd": df["delta_vs_reference"].std(ddof=1) if len(df) > 1 else math.nan,
                     "bootstrap_samples": mean["samples"], "within_1ap50": mean["within_tolerance"],
-                    "non_inferior": mean["non_inferior"],
+                    "non_inferior": mean["non_inferior"], "non_inferior_clear": mean["bound_clear"],
                     "compression_ratio": (df["dense_bytes"] / df["sparse_bytes"]).mean()})
         out.append(row)
     return pd.DataFrame(out)
