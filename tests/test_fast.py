@@ -57,7 +57,7 @@ def test_fp32_graphs_compute_what_the_modules_compute(setup):
 
 
 def test_int8_graphs_hold_int8_weights_and_stay_close(setup):
-    import onnx
+    import onnx  # heavy optional dependency (ONNX Runtime's), loaded where used as in wildlib.fast
 
     _, model, images, fp32, int8, _ = setup
     for name in fast.GRAPHS:
@@ -80,7 +80,7 @@ def test_every_calibration_method_takes_rows_of_different_shapes(method, tmp_pat
     # a box head sees as many proposals as each image kept: ONNX Runtime's histogram calibrators
     # stack the rows' tensors and failed on that ("inhomogeneous shape") before quantize_file
     # collected them one row at a time
-    import onnx
+    import onnx  # heavy optional dependency (ONNX Runtime's), loaded where used as in wildlib.fast
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).eval()
     src = tmp_path / "net.onnx"
@@ -173,7 +173,7 @@ def test_onnx_file_of_another_model_is_refused(setup, tmp_path):
 
 
 def test_onnx_with_external_data_or_foreign_ops_is_refused(setup, tmp_path):
-    import onnx
+    import onnx  # heavy optional dependency (ONNX Runtime's), loaded where used as in wildlib.fast
     from onnx import helper
 
     _, _, _, fp32, _, _ = setup

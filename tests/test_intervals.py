@@ -137,7 +137,7 @@ def test_verdicts_state_their_rule():
 
 
 def test_resamples_with_more_samples_extend_the_fewer():
-    # non_inferiority draws again with more samples: the first draws stay, the bound only sharpens
+    # non_inferiority draws again with more samples: the first draws stay among them
     assert np.array_equal(intervals.resamples(30, 40), intervals.resamples(30, 160)[:40])
 
 
