@@ -115,3 +115,18 @@ def test_scaling_table_puts_the_layouts_side_by_side(tmp_path):
     assert rows == ["| scaling-1x2 | 1 worker(s) x 2 thread(s) | 4 (0) | 13.3 | 3.3 | Test CPU (2 cores) | 2026-11-30 19:00 UTC |",
                     "| scaling-2x1 | 2 worker(s) x 1 thread(s) | 4 (0) | 10.3 | 2.6 | Test CPU (2 cores) | 2026-11-30 19:00 UTC |"]
     assert report.scaling_lines([tmp_path / "nothing"]) == []
+
+
+def test_a_verdict_drawn_again_says_so_with_its_monte_carlo_error():
+    row = {"name": "pick", "AP50": 92.7, "AP50_ci95": [91.0, 94.3], "split": "test", "delta_ap50": -0.31,
+           "delta_ap50_ci95": [-1.03, 0.36], "reference_ap50": 93.02, "within_1ap50": True, "non_inferior": False,
+           "tolerance": 1.0, "delta_ap50_samples": 1000, "delta_ap50_bound_mcse": 0.03}
+    assert "bootstrap samples" not in report.verdict_line("pick", row)  # the usual draws: nothing to add
+    line = report.verdict_line("pick", {**row, "delta_ap50_samples": 16000, "delta_ap50_bound_mcse": 0.007,
+                                        "non_inferior_clear": True})
+    assert line.endswith("(16,000 bootstrap samples, the bound near the line; its Monte Carlo error 0.007)")
+    older = {k: v for k, v in row.items() if k != "delta_ap50_bound_mcse"}  # a record without the error
+    assert "bootstrap samples" not in report.verdict_line("pick", {**older, "delta_ap50_samples": 16000})
+    line = report.verdict_line("pick", {**row, "delta_ap50_samples": 16000, "delta_ap50_bound_mcse": 0.008,
+                                        "non_inferior_clear": False})
+    assert line.endswith("error 0.008; still within two of them of the line)")

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import stages
 from .evaluate import AP50_TOLERANCE
+from .intervals import SAMPLES
 from .io import copy_file, resolve, write_text
 from .paper import ONE_SHOT_AP50
 from .parts import current_names
@@ -69,7 +70,18 @@ def verdict_line(name: str, row: dict) -> str:
     return (f"{name}: AP50 {_f(row['AP50'])} {interval(row.get('AP50_ci95'))} on {row.get('split')}, "
             f"delta {row['delta_ap50']:+.2f} {interval(row.get('delta_ap50_ci95'))} against the reference "
             f"{_f(row.get('reference_ap50'))}; within {row.get('tolerance', AP50_TOLERANCE):g} AP50 (point estimate): "
-            f"{yes[row['within_1ap50']]}, non-inferior (95% upper end of the drop): {yes[row['non_inferior']]}")
+            f"{yes[row['within_1ap50']]}, non-inferior (95% upper end of the drop): {yes[row['non_inferior']]}"
+            + _drawn_again(row))
+
+
+def _drawn_again(row: dict) -> str:
+    """Where the bound was near the line and drawn again (wildlib.intervals.non_inferiority): how
+    many samples it took, the Monte Carlo error left, and whether that still leaves it at the line."""
+    n, mcse = row.get("delta_ap50_samples"), row.get("delta_ap50_bound_mcse")
+    if not n or n <= SAMPLES or mcse is None:
+        return ""
+    unclear = "; still within two of them of the line" if row.get("non_inferior_clear") is False else ""
+    return f" ({n:,} bootstrap samples, the bound near the line; its Monte Carlo error {mcse:.3f}{unclear})"
 
 
 def variants_on_split(rows: list[dict], split: str, ref_name: str, reference: dict) -> str:
