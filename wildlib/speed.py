@@ -188,21 +188,31 @@ def choose_runtime(graphs: dict, canvas, pixel_mean, inputs: list[dict], candida
     return table, table.iloc[0].to_dict()
 
 
-def int8_graph(model, cfg, setting: dict, calib_records: list[dict], folder, name: str, *, method: str, fmt: str,
-               settings: RuntimeSettings) -> tuple[OneGraphDetector, object, object, Path]:
-    """``model`` at the test-time ``setting`` (pre_nms, post_nms, detections, min_size) as one int8
-    graph (:func:`wildlib.fast.export_graph`, :func:`wildlib.fast.quantize_graph`: calibrated on
-    ``calib_records`` at that input size, ``method``, operator format ``fmt``) on the canvas of that
-    size, written to ``folder`` as ``<name>_fp32.onnx`` and ``<name>_int8.onnx`` -> (the graph in an
-    ONNX Runtime session with ``settings``, its config, its PyTorch twin, the int8 file).
+def graph_files(model, cfg, setting: dict, calib_records: list[dict], folder, name: str, *, method: str,
+                fmts=("qdq",)) -> tuple[object, object, tuple[int, int], Path, dict[str, Path]]:
+    """``model`` at the test-time ``setting`` (pre_nms, post_nms, detections, min_size) as one graph
+    on the canvas of that size (:func:`wildlib.fast.export_graph`), quantized in each int8 operator
+    format of ``fmts`` (:func:`wildlib.fast.quantize_graph`: calibrated on ``calib_records`` at that
+    input size, ``method``), written to ``folder`` as ``<name>_fp32.onnx`` and
+    ``<name>_int8_<fmt>.onnx`` -> (its config, its PyTorch twin, the canvas, the fp32 file, format ->
+    int8 file).
     Introduced in notebook 04_prune_channels, section 6."""
     c = with_test_time(cfg, setting["pre_nms"], setting["post_nms"], setting["detections"], setting["min_size"])
     twin = test_time(copy.deepcopy(model), setting["pre_nms"], setting["post_nms"], setting["detections"])
     canvas = canvas_of(c)
     fp32 = export_graph(twin, canvas, Path(folder) / f"{name}_fp32.onnx")
     calib = graph_inputs(load_inputs(c, calib_records), canvas, model.pixel_mean)
-    int8 = quantize_graph(fp32, calib, Path(folder) / f"{name}_int8.onnx", method=method, fmt=fmt)
-    return OneGraphDetector.from_file(int8, canvas, model.pixel_mean, settings=settings), c, twin, int8
+    int8 = {f: quantize_graph(fp32, calib, Path(folder) / f"{name}_int8_{f}.onnx", method=method, fmt=f) for f in fmts}
+    return c, twin, canvas, fp32, int8
+
+
+def int8_graph(model, cfg, setting: dict, calib_records: list[dict], folder, name: str, *, method: str, fmt: str,
+               settings: RuntimeSettings) -> tuple[OneGraphDetector, object, object, Path]:
+    """:func:`graph_files` in one operator format ``fmt`` -> (the int8 graph in an ONNX Runtime
+    session with ``settings``, its config, its PyTorch twin, the int8 file).
+    Introduced in notebook 04_prune_channels, section 6."""
+    c, twin, canvas, _, int8 = graph_files(model, cfg, setting, calib_records, folder, name, method=method, fmts=(fmt,))
+    return OneGraphDetector.from_file(int8[fmt], canvas, model.pixel_mean, settings=settings), c, twin, int8[fmt]
 
 
 def graph_profile(model: OneGraphDetector, inputs: list[dict], runs: int = 10, warmup: int = 2) -> pd.DataFrame:
