@@ -4,7 +4,7 @@ AP50 near 0, where every picker passes everything)."""
 import pandas as pd
 import pytest
 
-from wildlib import channels, evaluate, prune, speed
+from wildlib import channels, evaluate, intervals, prune, speed
 
 
 def test_one_shot_pick_takes_the_sparsest_within_and_the_mildest_otherwise():
@@ -56,12 +56,24 @@ def test_best_within_uses_the_named_verdict():
     assert evaluate.best_within(rows[2:], "speedup", verdict="within_1ap50") is None
 
 
-@pytest.mark.parametrize("ap50s, expected", [((95.0, 96.4), "dense control"), ((96.0, 95.5), "baseline")])
-def test_the_reference_is_chosen_on_valid(ap50s, expected):
-    # the test-split scores are the other way round: the choice must not look at them
-    cands = {"baseline": ({"AP50": ap50s[0]}, "base-on-test"), "dense control": ({"AP50": ap50s[1]}, "ctrl-on-test")}
-    name, scored = evaluate.pick_reference(cands)
-    assert name == expected and scored == cands[expected][1]
+def test_the_verdict_is_against_the_reference_and_the_baseline_only_beside_it():
+    from tests.test_intervals import _detections, _gt
+
+    gt = _gt()
+    good = intervals.match(gt, _detections(gt, jitter=2.0, miss=0.05))
+    bad = intervals.match(gt, _detections(gt, jitter=10.0, miss=0.4))
+    on = lambda split, m: evaluate.Scored(split, {"AP50": intervals.ap50(m)}, m)  # noqa: E731
+    # the variant is the baseline's twin: nothing lost against it, a real drop against the reference
+    v = evaluate.against(on("test", bad), on("test", good), baseline=on("test", bad))
+    assert v["baseline_delta_ap50"] == 0.0 and v["baseline_delta_ap50_ci95"] == [0.0, 0.0]
+    assert v["delta_ap50"] < -1.0 and v["non_inferior"] is False and v["reference_ap50"] == intervals.ap50(good)
+    # the reference's twin passes, whatever the baseline scored
+    w = evaluate.against(on("test", good), on("test", good), baseline=on("test", bad))
+    assert w["delta_ap50"] == 0.0 and w["non_inferior"] is True and w["baseline_delta_ap50"] > 1.0
+    assert "baseline_delta_ap50" not in evaluate.against(on("test", good), on("test", good))
+    with pytest.raises(ValueError, match="baseline on valid"):
+        evaluate.against(on("test", good), on("test", good), baseline=on("valid", bad))
+    assert evaluate.REFERENCE == "dense control"  # fixed, never chosen on valid
 
 
 def test_best_within_never_picks_a_nan():

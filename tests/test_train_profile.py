@@ -22,9 +22,7 @@ def test_plateau_gain_and_learning_curve():
                                                                          for e in evals]
 
 
-def test_reference_and_best_within():
-    assert evaluate.reference_ap50(90.0, 95.5) == 95.5
-    assert evaluate.reference_ap50(90.0, float("nan")) == 90.0
+def test_best_within_takes_the_largest_within_the_tolerance():
     rows = [{"AP50": 95.0, "s": 0.5}, {"AP50": 94.4, "s": 0.9}, {"AP50": 94.6, "s": 0.8}]
     assert evaluate.best_within(rows, "s", 95.5) == rows[2]  # 94.4 is 1.1 below the reference
     assert evaluate.best_within(rows, "s", 99.0) is None

@@ -21,18 +21,12 @@ from .modeling import count_parameters
 from .records import Variant
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# "Within 1 AP50": every such claim in the project is against one reference AP50 (the better of
-# the baseline and a dense control trained as long as the compressed model), with this tolerance.
+# "Within 1 AP50": every such claim in the project is against one reference, fixed before anything
+# is measured (never chosen on valid): the dense control, trained as long as the compressed model.
+REFERENCE = "dense control"
 AP50_TOLERANCE = 1.0
 RELOAD_CHECK_IMAGES = 8  # images on which a reloaded model must reproduce its stored detections
 LATENCY_WARMUP = 5  # untimed passes of each model before a side-by-side latency measurement
-
-
-def reference_ap50(baseline_ap50: float, dense_control_ap50: float | None = None) -> float:
-    """The AP50 a compressed model is held to: the better of the baseline and the dense control
-    (the baseline trained further on exactly the compressed model's schedule, uncompressed)."""
-    vals = [v for v in (baseline_ap50, dense_control_ap50) if v is not None and not math.isnan(v)]
-    return max(vals)
 
 
 def best_within(rows, key: str, reference: float | None = None, tolerance: float = AP50_TOLERANCE, *,
@@ -365,14 +359,6 @@ def on_splits(model, cfg, datasets: dict, split: str, detections_file=None, max_
     return valid or coco(model, cfg, datasets["valid"], quiet=True, max_dets_per_image=max_dets_per_image), s
 
 
-def pick_reference(candidates: dict) -> tuple[str, Scored]:
-    """``{name: (metrics on valid, Scored on the report split)}`` -> (name, Scored) of the one
-    with the best AP50 on ``valid``: the reference is chosen on valid, reported on its split.
-    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
-    name = max(candidates, key=lambda k: candidates[k][0]["AP50"])
-    return name, candidates[name][1]
-
-
 def with_interval(s: Scored) -> dict:
     """``{"split", "AP50", "AP50_ci95", "AP50_se"}``: AP50 with its image-level bootstrap interval.
 
@@ -381,13 +367,15 @@ def with_interval(s: Scored) -> dict:
     return {"split": s.split, "AP50": s.ap50, "AP50_ci95": iv["ci95"], "AP50_se": iv["se"]}
 
 
-def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANCE) -> dict:
+def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANCE, baseline: Scored | None = None) -> dict:
     """A variant against the reference on the same split: its AP50 with interval, the paired
     ``delta_ap50`` (variant - reference) with interval, and both verdicts (``within_1ap50``:
     point estimate of the drop <= tolerance; ``non_inferior``: the drop's 95% upper end <= it, with
     as many bootstrap samples as it takes to clear the draws' own noise,
     :func:`wildlib.intervals.non_inferiority`: ``delta_ap50_samples``, ``delta_ap50_bound_mcse``;
     ``non_inferior_clear`` False where even the most samples left the bound that near the line).
+    With ``baseline``, the paired difference to it too (``baseline_delta_ap50`` with its interval):
+    shown beside the verdict, never a verdict (the baseline had less training than the variant).
     Introduced in notebook 02_prune_magnitude, section "4 · Gradual pruning while fine-tuning"."""
     if variant.split != reference.split:
         raise ValueError(f"a variant on {variant.split} cannot be compared with a reference on {reference.split}")
@@ -395,7 +383,17 @@ def against(variant: Scored, reference: Scored, tolerance: float = AP50_TOLERANC
     return {**with_interval(variant), "reference_ap50": reference.ap50, "delta_ap50": v["delta"],
             "delta_ap50_ci95": v["ci95"], "delta_ap50_se": v["se"], "delta_ap50_bound_mcse": v["ci95_mcse"][0],
             "delta_ap50_samples": v["samples"], "within_1ap50": v["within_tolerance"],
-            "non_inferior": v["non_inferior"], "non_inferior_clear": v["bound_clear"], "tolerance": tolerance}
+            "non_inferior": v["non_inferior"], "non_inferior_clear": v["bound_clear"], "tolerance": tolerance,
+            **(beside_baseline(variant, baseline) if baseline is not None else {})}
+
+
+def beside_baseline(variant: Scored, baseline: Scored) -> dict:
+    """``baseline_delta_ap50`` (variant - baseline, on the same images) with its paired 95% interval.
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
+    if variant.split != baseline.split:
+        raise ValueError(f"a variant on {variant.split} cannot be compared with a baseline on {baseline.split}")
+    d = intervals.paired(variant.matched, baseline.matched)
+    return {"baseline_delta_ap50": d["delta"], "baseline_delta_ap50_ci95": d["ci95"]}
 
 
 def per_class(metrics: dict):

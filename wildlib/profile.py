@@ -194,6 +194,32 @@ def _training_runs(model, loader_iter, optimizer, warmup, runs, results, data_ms
             opt_ms.append(opt * 1e3)
 
 
+def step_seconds(model, loader_iter, runs: int = 5, warmup: int = 1) -> float:
+    """Median wall time (s) of one plain training step (next batch, forward, backward, SGD step)
+    on a copy of ``model``, without the profiler: the probe a training's own steps are held
+    against (:mod:`wildlib.contention`), taken right after it trained, in the same process.
+    Introduced in notebook 01_train_baseline, section "Training"."""
+    import copy
+
+    from detectron2.utils.events import EventStorage
+
+    work = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD([p for p in work.parameters() if p.requires_grad], lr=0.0)
+    sync = torch.cuda.synchronize if next(work.parameters()).is_cuda else (lambda: None)
+    times = []
+    with EventStorage(0):
+        for i in range(warmup + runs):
+            t = time.perf_counter()
+            losses = work(next(loader_iter))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    return float(statistics.median(times))
+
+
 class _AsTensors(nn.Module):
     """What fvcore can trace: image tensor(s) in, tensors out."""
     def __init__(self, model, batch: list[dict]):

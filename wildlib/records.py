@@ -117,6 +117,8 @@ class Verdict(_Part):
     non_inferior: bool | None = None
     non_inferior_clear: bool | None = None  # False: the bound within 2 Monte Carlo errors of the line at the most samples
     tolerance: float | None = None
+    baseline_delta_ap50: float | None = None  # beside the verdict: the paired difference to the baseline (no verdict)
+    baseline_delta_ap50_ci95: list | None = None
 
 
 @dataclass
@@ -265,6 +267,7 @@ class StageMetrics(_Record):
     (``extra``).  Which stage folder writes which record: :data:`wildlib.stages.STAGE_RECORDS`."""
 
     environment: dict | None = None  # the machine it ran on (wildlib.io.environment), where a stage records it
+    machine: dict | None = None  # how busy it was over the stage, its trainings, contended or not (wildlib.contention)
 
     def to_json(self) -> dict:
         body = super().to_json()
@@ -341,13 +344,15 @@ class PruneMetrics(ReportedMetrics):
     """Stage 02: the reference, one-shot sweeps, the sensitivity scan, gradual pruning, sizes.
     Written by notebook 02_prune_magnitude; read by 03-05."""
 
-    NESTED: ClassVar[dict] = {"dense_control": DenseControl, "gradual": GradualRun, "best_variant": Variant}
+    NESTED: ClassVar[dict] = {"dense_control": DenseControl, "gradual": GradualRun, "best_variant": Variant,
+                              "baseline_against_reference": Verdict}
     LISTS: ClassVar[dict] = {"variants": Variant}
 
     baseline: dict  # COCO metrics on the report split
     baseline_valid_AP50: float | None = None
     dense_control: DenseControl
-    reference: str  # "baseline" or "dense control": the better on valid
+    reference: str  # "dense control" (runs before the fixed reference: "baseline" where it scored higher on valid)
+    baseline_against_reference: Verdict | None = None  # the baseline paired with the reference on the report split
     reference_ap50: float
     reference_ap50_ci95: list | None = None
     reference_ap50_valid: float | None = None

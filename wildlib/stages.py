@@ -19,6 +19,7 @@ from typing import NamedTuple
 import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from . import contention
 from .config import get_config
 from .data import alias_map, class_list, ground_truth_sha256, register, resolve_data_dir
 from .evaluate import LATENCY_WARMUP, against, on_splits, scored_from_file, source_file
@@ -65,18 +66,27 @@ class Stage(NamedTuple):
     datasets: dict
 
 
+def begin_stage(run_dir, name: str, threads: int | None = None) -> Path:
+    """``RUN_DIR/<name>/`` (made if missing), its previous ``metrics.json`` removed (a re-run that stops
+    half-way leaves no stale record for later stages), and the machine watched from now until
+    :func:`save_stage` (:mod:`wildlib.contention`: load, steal, other processes, its trainings).
+    Introduced in notebook 00_explore_data."""
+    folder = stage_dir(resolve(run_dir), name)
+    (folder / METRICS_FILE).unlink(missing_ok=True)
+    contention.begin(folder, threads)
+    return folder
+
+
 def open_stage(run_dir, name: str, data_dir: str = "", classes=(), aliases=None, threads: int | None = None) -> Stage:
-    """Create ``RUN_DIR/<name>/``, register the data stage 00 explored (or ``data_dir``, ``classes``,
-    ``aliases`` if given) with Detectron2, and set PyTorch's thread count.  The stage's previous
-    ``metrics.json`` is removed: a re-run that stops half-way leaves no stale record for later stages.
+    """Begin the stage (:func:`begin_stage`), register the data stage 00 explored (or ``data_dir``,
+    ``classes``, ``aliases`` if given) with Detectron2, and set PyTorch's thread count.
     Introduced in notebook 01_train_baseline."""
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
     run = resolve(run_dir)
-    folder = stage_dir(run, name)
-    (folder / METRICS_FILE).unlink(missing_ok=True)
+    folder = begin_stage(run, name, threads)
     data = data_dir_for(run, data_dir)
     names, alias = classes_for(run, classes, aliases)
     return Stage(run, folder, data, names, alias, register(data, names, aliases=alias, coco_dir=folder / "coco"))
@@ -159,14 +169,16 @@ def require_baseline(ap50: float, floor: float = AP50_FLOOR, where: str = "the b
 
 def save_stage(stage: Path, config: dict | str, metrics: StageMetrics, cfg=None) -> None:
     """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string), ``metrics.json`` (the
-    stage's record, :mod:`wildlib.records`, with its schema version) and, with ``cfg``, the
-    model's Detectron2 config ``detectron2.yaml``.
+    stage's record, :mod:`wildlib.records`, with its schema version, and ``machine``: how busy the
+    machine was since :func:`begin_stage`) and, with ``cfg``, the model's Detectron2 config ``detectron2.yaml``.
     Introduced in notebook 00_explore_data, section "The split"."""
     stage = Path(stage)
     want = STAGE_RECORDS.get(stage.name)
     if want is not None and not isinstance(metrics, want):
         raise TypeError(f"{stage / METRICS_FILE}: stage {stage.name} writes a wildlib.records.{want.__name__}, "
                         f"not a {type(metrics).__name__}")
+    if metrics.machine is None:
+        metrics = dataclasses.replace(metrics, machine=contention.end(stage))
     if cfg is not None:
         write_text(stage / D2_CONFIG_FILE, cfg.dump())
     write_text(stage / CONFIG_FILE, config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
@@ -326,7 +338,8 @@ def deployables(run_dir, threads: int) -> dict[str, tuple]:
 
 
 def reference_scored(prune_dir, datasets: dict):
-    """Stage 02's reference (the better of the baseline and the dense control on valid) on the
+    """Stage 02's reference (the dense control; in runs before it was fixed, the better of it and
+    the baseline on valid) on the
     report split, rebuilt from the detections stage 02 wrote: later stages pair their variants
     with it (:func:`wildlib.evaluate.against`) without evaluating it again.
     Introduced in notebook 03_weight_sharing, section "int8: the paper's "8 bits", done plainly"."""
@@ -337,8 +350,8 @@ def reference_scored(prune_dir, datasets: dict):
 
 
 def load_reference(run_dir) -> tuple[str, object]:
-    """(name, model) of stage 02's reference, the better of the baseline and the dense control on
-    valid, rebuilt from its weights: what every row of 04 is paired with on valid, and what a
+    """(name, model) of stage 02's reference (the dense control; in older runs possibly the
+    baseline), rebuilt from its weights: what every row of 04 is paired with on valid, and what a
     variant that must lose nothing starts from.
     Introduced in notebook 04_prune_channels (its set-up cell; section 6 makes it fast)."""
     m = load_stage(Path(run_dir) / PRUNE).metrics

@@ -14,10 +14,11 @@ from detectron2.engine import DefaultTrainer, HookBase, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import JSONWriter
 
-from . import tiles
+from . import contention, tiles
 from .io import read_json, write_json
 from .modeling import SafeCheckpointer, build_model, save_weights, with_memory_format
 from .evaluate import max_dets
+from .profile import step_seconds
 
 
 class ProgressBar(HookBase):
@@ -113,6 +114,7 @@ class Trainer(DefaultTrainer):
         return hooks + [self.recorder, ProgressBar()]
 
 
+PROBE_STEPS = 5  # training steps timed right after a training, to hold its own steps against
 HISTORY_FILE = "history.json"   # what a training run hands back, next to its checkpoints
 TRAINED_FILE = "model_trained.pth"  # its final weights, with hooks' finishing touches applied
 
@@ -133,16 +135,20 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
     trainer.register_hooks(extra)
     trainer.resume_or_load(resume=resume)
     t0 = time.perf_counter()
-    trainer.train()
+    with contention.Watch(torch.get_num_threads()) as watch:
+        trainer.train()
     wall = time.perf_counter() - t0
     iters = cfg.SOLVER.MAX_ITER - trainer.start_iter
     model = unwrap(trainer.model)
+    # the same step again, right after: a training far slower than this was slowed by something else
+    probe = step_seconds(model, trainer._trainer._data_loader_iter, runs=PROBE_STEPS) if iters > 0 else None
     for h in extra:
         if hasattr(h, "finalize"):
             h.finalize(model)
     history = {"losses": trainer.recorder.rows, "evals": trainer.recorder.evals, "train_seconds": wall,
                "iterations_run": iters, "start_iter": trainer.start_iter,
                "s_per_iter": wall / iters if iters > 0 else math.nan,
+               "step_s": mean_step(trainer.recorder.rows), "probe_step_s": probe, "machine": watch.summary,
                "hook_states": [h.state() if hasattr(h, "state") else {} for h in extra],
                "world_size": comm.get_world_size()}
     if comm.is_main_process():
@@ -170,14 +176,29 @@ def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=()) -> dict:
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     hooks = list(hooks or ())
     if num_gpus <= 1:
-        return _train_worker(cfg, resume, hooks)
+        return _noted(cfg, _train_worker(cfg, resume, hooks))
     try:
         pickle.dumps(hooks)
     except Exception as exc:
         raise TypeError(f"hooks must be picklable factories (a class or functools.partial), not {hooks!r}: "
                         f"launch sends them to each GPU's process ({exc})") from None
     launch(_train_worker, num_gpus, args=(cfg, resume, hooks))
-    return load_result(cfg)
+    return _noted(cfg, load_result(cfg))
+
+
+def _noted(cfg, result: dict) -> dict:
+    """``result``, after telling the stage being watched (wildlib.contention) how this training went."""
+    contention.note_training(contention.training_entry(
+        Path(cfg.OUTPUT_DIR).name, result.get("step_s"), result.get("probe_step_s"), result.get("s_per_iter"),
+        result.get("machine")))
+    return result
+
+
+def mean_step(rows: list[dict]) -> float | None:
+    """The mean of Detectron2's per-iteration ``time`` (data, forward, backward, optimizer: the
+    periodic evaluations and checkpoints excluded), or None where none was recorded."""
+    times = [r["time"] for r in rows if isinstance(r.get("time"), (int, float))]
+    return sum(times) / len(times) if times else None
 
 
 def load_result(cfg) -> dict:

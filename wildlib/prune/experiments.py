@@ -80,16 +80,17 @@ def from_pick(model, pick: dict):
     return pruned_copy(model, pick["scope"], pick["ratio"], pick.get("ranking", "l1"))
 
 
-def reported_rows(models: dict, cfg, datasets: dict, split: str, reference, detections_dir, scored=None) -> list[dict]:
+def reported_rows(models: dict, cfg, datasets: dict, split: str, reference, detections_dir, scored=None,
+                  baseline=None) -> list[dict]:
     """:func:`reported_row` of each of ``models`` (name -> model), scored on ``split`` (reusing
     ``scored``: name -> :class:`wildlib.evaluate.Scored` already measured) and compared with the
-    ``reference``'s Scored; each model's detections are written to ``detections_dir``.
+    ``reference``'s Scored (and, beside it, ``baseline``'s); each model's detections are written to ``detections_dir``.
     Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     scored = dict(scored or {})
     rows = []
     for name, m in models.items():
         s = scored.get(name) or score_model(m, cfg, datasets, split, detections_file=Path(detections_dir) / f"{slug(name)}.json")
-        rows.append(reported_row(name, sparsity(m), against(s, reference)))
+        rows.append(reported_row(name, sparsity(m), against(s, reference, baseline=baseline)))
     return rows
 
 
