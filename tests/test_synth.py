@@ -12,7 +12,7 @@ def _digest(folder, skip=(), test_split=True):
     split's files too unless ``test_split``)."""
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        held_out = p.name == "test.txt" or p.name.startswith("sav_test_")
+        held_out = p.name == "test.txt" or p.name.startswith("sav_test")
         if p.is_file() and p.name not in skip and (test_split or not held_out):
             h.update(p.relative_to(folder).as_posix().encode())
             h.update(p.read_bytes())
@@ -39,12 +39,13 @@ def test_groups_hold_exact_counts():
 
 
 def test_rendering_is_deterministic(tmp_path):
-    cfg = synth.SynthConfig(seed=5, scale=0.02)
+    cfg = synth.SynthConfig(seed=5, scale=0.02, test_images=400, test_stream=1)  # the retired test split's knobs
     a = synth.generate(tmp_path / "a", cfg, progress=False)
     b = synth.generate(tmp_path / "b", cfg, progress=False)
     assert a == b
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
-    c = synth.generate(tmp_path / "c", synth.SynthConfig(seed=6, scale=0.02), progress=False)
+    c = synth.generate(tmp_path / "c", synth.SynthConfig(seed=6, scale=0.02, test_images=400, test_stream=1),
+                       progress=False)
     assert _digest(tmp_path / "c") != _digest(tmp_path / "a") and c["instances"] == a["instances"]
     # the bytes the generator wrote before it became a package (wildlib/synth.py, commit 6054aa5):
     # a refactoring that changes one pixel or one annotation changes this digest.  The test split
@@ -53,8 +54,24 @@ def test_rendering_is_deterministic(tmp_path):
     assert _digest(tmp_path / "a", skip=("synth.json",)) == GOLDEN_SEED5_SCALE002_WITH_TEST
 
 
+def test_the_new_test_stream_shares_no_scene_with_the_retired_one(tmp_path):
+    old = synth.generate(tmp_path / "old", synth.SynthConfig(seed=0, scale=0.02, test_stream=1), progress=False)
+    new = synth.generate(tmp_path / "new", synth.SynthConfig(seed=0, scale=0.02), progress=False)
+    assert synth.SynthConfig().test_stream == 2 and synth.SynthConfig().test_images == 1600
+    assert old["images"]["test"] == new["images"]["test"] == 32  # 1600 x 0.02
+    assert old["images"]["train"] == new["images"]["train"] and old["instances"] == new["instances"]
+    ids = lambda d: (tmp_path / d / "test.txt").read_text().split()  # noqa: E731
+    assert all(i.startswith("sav_test2_") for i in ids("new")) and all(i.startswith("sav_test_") for i in ids("old"))
+    pixels = lambda d, split: {hashlib.sha256((tmp_path / d / "images" / f"{i}.jpg").read_bytes()).hexdigest()  # noqa: E731
+                               for i in (tmp_path / d / f"{split}.txt").read_text().split()}
+    assert not pixels("new", "test") & (pixels("old", "test") | pixels("new", "train") | pixels("new", "valid"))
+    assert pixels("new", "train") == pixels("old", "train")  # train and valid are untouched
+    with pytest.raises(ValueError, match="test stream"):
+        synth.SynthConfig(test_stream=3)
+
+
 def test_held_out_split_is_disjoint_sized_and_has_the_class_mix(tmp_path):
-    cfg = synth.SynthConfig(seed=1, scale=0.25)
+    cfg = synth.SynthConfig(seed=1, scale=0.25, test_images=400)  # the default stream, fewer scenes
     summary = synth.generate(tmp_path / "d", cfg, progress=False)
     assert summary["images"]["test"] == round(400 * 0.25)
     assert summary["instances"] == cfg.counts()  # the paper's table stays train + valid
