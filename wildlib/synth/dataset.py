@@ -4,10 +4,13 @@ renders it only if missing or stale."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -239,8 +242,35 @@ def _images(cfg: SynthConfig, index: int, image_id: str, group):
     return [(f"{image_id}_r{r}c{c}", px, objs) for r, c, px, objs in tiles_of(pixels, objects)]
 
 
-def generate(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
-    """Render the whole set into ``out_dir`` (replaced atomically). Returns a summary dict."""
+def _render_scene(job) -> list[tuple[str, list[str]]]:
+    """Render one scene's image(s) into ``tmp`` (pixels and VOC file); (image id, its boxes' classes)
+    of each.  A scene depends on its seed alone, so scenes can render in any process, in any order."""
+    cfg, tmp, index, scene_id, group = job
+    q = int(np.random.default_rng([cfg.seed, index, 7]).integers(*cfg.jpeg_quality))
+    out = []
+    for image_id, pixels, objects in _images(cfg, index, scene_id, group):
+        Image.fromarray(pixels).save(tmp / "images" / f"{image_id}.jpg", quality=q)
+        h, w = pixels.shape[:2]
+        (tmp / "annotations" / f"{image_id}.xml").write_bytes(voc_xml(image_id, w, h, objects))
+        out.append((image_id, [o[0] for o in objects]))
+    return out
+
+
+def _pool(workers: int | None, jobs: int):
+    """A pool of ``workers`` processes (default: one per core, for 64 scenes or more), or none (one).
+    Spawned, not forked: a notebook's kernel holds PyTorch's thread pools, which a fork would copy
+    half-made."""
+    if workers is None:
+        workers = (os.cpu_count() or 1) if jobs >= 64 else 1
+    if workers <= 1:
+        return contextlib.nullcontext(None)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def generate(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progress: bool = True,
+             workers: int | None = None) -> dict:
+    """Render the whole set into ``out_dir`` (replaced atomically), with ``workers`` processes
+    (default: one per core; 1: in this process): the same bytes either way.  Returns a summary dict."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -260,15 +290,15 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig(), progr
         (tmp / "images").mkdir()
         ids = {"train": [], "valid": [], "test": []}
         counts = {"train": dict.fromkeys(CLASSES, 0), "valid": dict.fromkeys(CLASSES, 0), "test": dict.fromkeys(CLASSES, 0)}
-        for index, scene_id, group, split in tqdm(scenes, desc="rendering", disable=not progress):
-            q = int(np.random.default_rng([cfg.seed, index, 7]).integers(*cfg.jpeg_quality))
-            for image_id, pixels, objects in _images(cfg, index, scene_id, group):
-                Image.fromarray(pixels).save(tmp / "images" / f"{image_id}.jpg", quality=q)
-                h, w = pixels.shape[:2]
-                (tmp / "annotations" / f"{image_id}.xml").write_bytes(voc_xml(image_id, w, h, objects))
-                ids[split].append(image_id)
-                for o in objects:
-                    counts[split][o[0]] += 1
+        jobs = [(cfg, tmp, index, scene_id, group) for index, scene_id, group, _ in scenes]
+        with _pool(workers, len(jobs)) as pool:
+            done = pool.map(_render_scene, jobs, chunksize=16) if pool else map(_render_scene, jobs)
+            for (_, _, _, split), images in tqdm(zip(scenes, done), total=len(scenes), desc="rendering",
+                                                 disable=not progress):
+                for image_id, names in images:
+                    ids[split].append(image_id)
+                    for name in names:
+                        counts[split][name] += 1
         for split, names in ids.items():
             if names:
                 (tmp / f"{split}.txt").write_text("\n".join(names) + "\n")
