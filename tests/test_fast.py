@@ -4,6 +4,7 @@ are refused with their name."""
 import copy
 import json
 import shutil
+import types
 
 import pandas as pd
 import pytest
@@ -191,8 +192,15 @@ def test_onnx_with_external_data_or_foreign_ops_is_refused(setup, tmp_path):
         fast.check_onnx(tmp_path / "foreign.onnx")
 
 
-def test_side_by_side_alternates_and_divides_medians():
+def test_side_by_side_times_the_second_pass_of_each_turn_on_consecutive_images(monkeypatch):
+    """A fake clock that only the fake models move: every pass costs a known time, more when it
+    follows the other model (cold caches), so the medians, p90s and speedups are known in advance,
+    and each model's images are recorded to check the documented protocol."""
+    now = [0.0]
+    monkeypatch.setattr(evaluate, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     calls = []
+    # ms per pass: (after the other model, after itself); the variant's image "v2" costs 5 ms more
+    cost = {"base": (30.0, 10.0), "var": (20.0, 4.0)}
 
     class Fake:
         def __init__(self, name):
@@ -202,17 +210,32 @@ def test_side_by_side_alternates_and_divides_medians():
             return self
 
         def __call__(self, batch):
-            calls.append(self.name)
+            (x,) = batch
+            cold = not calls or calls[-1][0] != self.name
+            calls.append((self.name, x["image"]))
+            now[0] += (cost[self.name][0 if cold else 1] + (5.0 if x["image"] == "v2" else 0.0)) / 1000
 
-    fake = Fake
-
-    out = evaluate.side_by_side(fake("a"), fake("b"), [{"image": None}], runs=4, warmup=1)
-    # warm-up in turns, then each turn: the baseline twice, the variant twice (the second pass
-    # timed): every first pass follows the other model's
-    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 4
-    assert out["speedup"] == pytest.approx(out["baseline_ms_median"] / out["variant_ms_median"])
-    assert out["speedup_cold"] == pytest.approx(out["baseline_cold_ms_median"] / out["variant_cold_ms_median"])
-    assert out["runs"] == 4 and out["baseline_ms_p90"] >= out["baseline_ms_median"]
+    inputs = [{"image": k} for k in (0, 1, 2)]
+    own = [{"image": f"v{k}"} for k in (0, 1, 2)]
+    out = evaluate.side_by_side(Fake("base"), Fake("var"), inputs, variant_inputs=own, runs=4, warmup=2)
+    # warm-up: one pass each in turns on image i; turn i: the baseline on images i, i+1, then the
+    # variant on its own images i, i+1 (every first pass follows the other model's)
+    assert calls == [("base", 0), ("var", "v0"), ("base", 1), ("var", "v1"),
+                     ("base", 0), ("base", 1), ("var", "v0"), ("var", "v1"),
+                     ("base", 1), ("base", 2), ("var", "v1"), ("var", "v2"),
+                     ("base", 2), ("base", 0), ("var", "v2"), ("var", "v0"),
+                     ("base", 0), ("base", 1), ("var", "v0"), ("var", "v1")]
+    # the timed (second) passes: baseline 10 ms each; variant 4, 9 (on v2), 4, 4 ms
+    assert out["baseline_ms_median"] == pytest.approx(10.0) and out["baseline_ms_p90"] == pytest.approx(10.0)
+    assert out["variant_ms_median"] == pytest.approx(4.0)
+    assert out["variant_ms_p90"] == pytest.approx(7.5)  # 4 + 0.7 x 5: numpy's linear p90 of [4, 4, 4, 9]
+    assert out["speedup"] == pytest.approx(2.5)
+    # the first passes: baseline 30 ms each; variant 20, 20, 25 (on v2), 20 ms
+    assert out["baseline_cold_ms_median"] == pytest.approx(30.0)
+    assert out["variant_cold_ms_median"] == pytest.approx(20.0)
+    assert out["variant_cold_ms_p90"] == pytest.approx(23.5)
+    assert out["speedup_cold"] == pytest.approx(1.5)
+    assert (out["runs"], out["warmup"]) == (4, 2)
 
 
 def test_pick_test_time_takes_the_cheapest_setting_within_the_drop():

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from wildlib import channels, config, fast, modeling, speed
+from wildlib import channels, config, data, evaluate, fast, modeling, speed
 from wildlib.modeling import WeightsError
 
 from .test_channels import _randomised
+from .test_own_data import grid_boxes, make_voc
+from .test_stored_detections import NoisyOracle
 
 CANVAS = (128, 160)
 BOX_TOL = 1e-3   # pixels: the fp32 graph against the PyTorch model
@@ -189,12 +191,74 @@ def test_runtime_choice_and_graph_profile(setup):
         fast.RuntimeSettings(optimization="reckless")
 
 
-def test_the_best_rows_verdict_and_reload_helpers_take_what_is_known():
+@pytest.fixture(scope="module")
+def oracle_split(tmp_path_factory):
+    """A registered 12-image split and two stand-in detectors with known, different boxes on it."""
+    from detectron2.data import DatasetCatalog
+
+    tmp = tmp_path_factory.mktemp("best")
+    size = (320, 240)
+    images = {f"i{k}": grid_boxes("seal", 3 + k % 4, 16, size) + [("rock", (200, 150, 240 + k, 200))]
+              for k in range(14)}
+    root = make_voc(tmp / "voc", images, size, {"train": ["i0"], "valid": ["i1"], "test": list(images)[2:]})
+    names = data.register(root, ["seal", "rock"], prefix="onegraph_best", coco_dir=tmp / "coco")
+    records = DatasetCatalog.get(names["test"])
+    cfg = config.get_config("mobilenet_fpn_cpu")
+    return cfg, {"test": names["test"]}, NoisyOracle(records, seed=0), NoisyOracle(records, seed=1)
+
+
+def test_best_on_split_scores_the_chosen_rows_own_model_unless_its_verdict_is_known(oracle_split, tmp_path):
+    cfg, datasets, a, b = oracle_split
+    reference = evaluate.scored(a, cfg, datasets, "test")
+    models = {"a": (a, cfg), "b": (b, cfg)}
+    # the row of the reference's own model: the same detections, no difference on any draw
+    same = speed.best_on_split({"name": "a"}, models, datasets, "test", reference, None)
+    assert same["delta_ap50"] == 0.0 and same["delta_ap50_ci95"] == [0.0, 0.0] and same["non_inferior"]
+    assert same["AP50"] == same["reference_ap50"] == reference.ap50
+    # the row of b: b's detections, written where asked, scored as they are
+    other = speed.best_on_split({"name": "b"}, models, datasets, "test", reference, None,
+                                detections_file=tmp_path / "b.json")
+    dets = json.loads((tmp_path / "b.json").read_text())
+    assert dets == evaluate.score(b, cfg, datasets["test"], quiet=True)[1]
+    assert other["AP50"] == pytest.approx(evaluate.coco_metrics(datasets["test"], dets)["AP50"], abs=1e-9)
+    assert other["AP50"] != reference.ap50 and other["delta_ap50"] == pytest.approx(other["AP50"] - reference.ap50)
+    assert other["delta_ap50_ci95"][0] < other["delta_ap50"] < other["delta_ap50_ci95"][1]
+    # a verdict already made is taken as it is, model or not; a row without a model has none
     verdict = {"split": "test", "non_inferior": True}
-    assert speed.best_on_split({"name": "a"}, {}, {}, "test", None, None, known={"a": verdict}) is verdict
-    assert speed.best_on_split({"name": "b"}, {}, {}, "test", None, None, known={"a": verdict}) is None
-    # only a one graph is a deployable of its own: anything else is not saved nor reloaded
-    assert speed.reload_one_graph((torch.nn.Linear(1, 1), None), "unused", fast.RuntimeSettings(), None, "unused") is None
+    known = {"b": verdict}
+    assert speed.best_on_split({"name": "b"}, models, datasets, "test", reference, None, known=known) is verdict
+    assert speed.best_on_split({"name": "c"}, models, datasets, "test", reference, None, known=known) is None
+
+
+def test_reload_one_graph_saves_the_graph_with_the_settings_given_and_measures_that_folder(setup, tmp_path,
+                                                                                          monkeypatch):
+    cfg, model, _, int8, _, _ = setup
+    one = fast.OneGraphDetector.from_file(int8, CANVAS, model.pixel_mean, settings=fast.RuntimeSettings(threads=1))
+    settings = fast.RuntimeSettings(threads=1, optimization="basic")  # not the session's own
+    seen = {}
+
+    def fresh(spec, work_dir):  # stands in for the new process: what it would load and measure
+        seen.update(spec=spec, work_dir=work_dir)
+        return {"median_ms": 1.0}
+
+    monkeypatch.setattr(speed, "in_fresh_process", fresh)
+    folder = tmp_path / "reload"
+    out = speed.reload_one_graph((one, cfg), folder, settings, lambda f: {"deploy": str(f)}, tmp_path / "w")
+    assert out == {"median_ms": 1.0} and seen == {"spec": {"deploy": str(folder)}, "work_dir": tmp_path / "w"}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["runtime"] == settings.to_dict() and manifest["canvas"] == list(CANVAS)
+    # the folder is a deployable of its own: the same graph, reloaded with those settings
+    _, again = fast.load(folder)
+    assert again.graph.settings == settings
+    assert (folder / fast.deployable.GRAPH_FILE).read_bytes() == int8.read_bytes()
+    want = fast.OneGraphDetector.from_file(int8, CANVAS, model.pixel_mean, settings=settings)
+    with torch.no_grad():
+        for im in _images(2):
+            _same(want([im])[0]["instances"], again([im])[0]["instances"])
+    # only a one graph is a deployable of its own: anything else is not saved nor measured
+    seen.clear()
+    assert speed.reload_one_graph((torch.nn.Linear(1, 1), None), tmp_path / "no", settings, None, "unused") is None
+    assert not seen and not (tmp_path / "no").exists()
 
 
 def test_instances_as_detector_postprocess():

@@ -1,5 +1,6 @@
-"""wildlib.sweep: specs checked before anything runs, and a tiny sweep through a real Dask
-LocalCluster (two points that share one dense control, one point that fails), resumed."""
+"""wildlib.sweep: specs checked before anything runs, a tiny sweep through a real Dask
+LocalCluster (two points that share one dense control, one point that fails), resumed, and a
+sweep stopped by Ctrl-C."""
 
 import json
 
@@ -98,3 +99,95 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     assert {p: (out / p / "point.json").stat().st_mtime_ns for p in ok.index} == before
     assert [r["status"] for r in again] == ["ok", "ok", "failed"]
     assert [t["points_run"] for t in json.loads((out / "timing.json").read_text())["runs"]] == [2, 0]
+
+
+FAKE_POINTS = '''
+"""What each point of the Ctrl-C test runs on the Dask worker instead of the notebooks: the first
+point finishes at once (with the results a dense control leaves); any other starts a stand-in
+papermill in a session of its own, as runner.run_notebook does, writes its pid and waits."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from wildlib import runner, sweep
+
+
+def run_all(folder, only=(), overrides=None, timeout=None, echo=True):
+    folder = Path(folder)
+    if folder.name.startswith("t-target_sparsity0.3-"):
+        (folder / "02_prune").mkdir()
+        (folder / "02_prune" / "metrics.json").write_text("{}")
+        return
+    kernel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    (folder / "kernel.pid").write_text(str(kernel.pid))
+    time.sleep(300)
+
+
+def run_point(*args):
+    runner.run_all, sweep.STAGGER_S = run_all, 0.0
+    return sweep.run_point(*args)
+'''
+
+
+@pytest.mark.slow  # a LocalCluster started and stopped: about 25 s
+def test_ctrl_c_stops_the_sweep_its_worker_and_the_points_kernels_and_keeps_what_finished(tmp_path):
+    """Ctrl-C during a sweep on a LocalCluster (the points' notebooks replaced by the stand-ins
+    above): exit status 130 with a message, the nanny, its worker and the running point's papermill
+    (in a session of its own) stopped, the finished point kept as done, the unfinished ones not,
+    and the invocation recorded in timing.json.  SIGINT goes to the sweep's process alone: whatever
+    stops, the sweep stopped it (a terminal's would reach the workers too)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from wildlib.modeling import sha256_file
+
+    base = tmp_path / "base"
+    for stage in sweep.SHARED_STAGES:
+        (base / stage).mkdir(parents=True)
+        (base / stage / "metrics.json").write_text("{}")
+    (base / "01_baseline" / "model_final.pth").write_bytes(b"a baseline")
+    path = _spec(tmp_path, [{"name": "t", "grid": {"TARGET_SPARSITY": [0.3, 0.5, 0.7]}, "seeds": [0]}])
+    (tmp_path / "fake_points.py").write_text(FAKE_POINTS)
+    code = ("import signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as started from a terminal
+            "import fake_points\nfrom wildlib import sweep\n"
+            "sweep.run_point = fake_points.run_point\n"
+            f"sys.exit(sweep.main([{str(path)!r}, '--out-root', {str(tmp_path / 'out')!r}, '--base-run', {str(base)!r},"
+            " '--workers', '1', '--threads', '1']))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, env=env,
+                                start_new_session=True)  # its own process group, as a shell gives a foreground job
+    folder = tmp_path / "out" / "tiny"
+    pid_file = folder / "t-target_sparsity0.5-seed0" / "kernel.pid"
+    deadline = time.time() + 120
+    # Ctrl-C once the first point is recorded as done (the progress bar at 1/3) and the second runs
+    while not (pid_file.exists() and pid_file.read_text() and "| 1/3 " in (tmp_path / "stderr").read_text()):
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "stderr").read_text()[-3000:]
+        time.sleep(0.2)
+    kernel = int(pid_file.read_text())
+    tree = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    assert kernel in tree and len(tree) >= 3  # the nanny, its worker, the point's papermill
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    time.sleep(1)
+    left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"still running after Ctrl-C: {left}"
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert ("[sweep] interrupted: stopping 2 unfinished point(s): "
+            "['t-target_sparsity0.5-seed0', 't-target_sparsity0.7-seed0']") in stdout
+    assert "[sweep] stopped; finished points are kept and skipped on the next run" in stderr
+    # the finished point counts as done on the next run; the stopped and the unstarted ones do not
+    spec = sweep.load_spec(path, tmp_path / "out", base_run=str(base))
+    for p in spec.points:
+        p.base = sha256_file(base / "01_baseline" / "model_final.pth")[:16]
+    status = [sweep.point_status(folder / p.id, p) for p in spec.points]
+    assert status[0] == "ok" and "ok" not in status[1:], status  # stopped: no record, or "failed"
+    timing = json.loads((folder / "timing.json").read_text())["runs"]
+    assert [(t["points_run"], t["points_failed"], t["points_left"]) for t in timing] == [(1, 0, 2)]
