@@ -114,3 +114,16 @@ def test_the_report_flags_a_stage_whose_training_shared_the_cpu(smoke_data, tmp_
     lines = report.machine_lines(m)
     assert "**Contended**" in lines[0] and "training train:" in lines[0]
     assert report.contended_stages(m) == {stages.BASELINE: machine["reasons"]}
+
+
+def test_a_stage_run_again_in_its_folder_is_counted_and_reported(tmp_path):
+    folder = stages.begin_stage(tmp_path, stages.EXPLORE)
+    record = records.ExploreMetrics(images={"train": 1}, instances={"train": 1}, classes=["zebra"])
+    stages.save_stage(folder, {}, record)
+    assert stages.metrics_of(tmp_path, stages.EXPLORE).reruns == 0
+    for expected in (1, 2):  # each run after a finished one counts
+        stages.save_stage(stages.begin_stage(tmp_path, stages.EXPLORE), {}, record)
+        assert stages.metrics_of(tmp_path, stages.EXPLORE).reruns == expected
+    m = {stages.EXPLORE: stages.metrics_of(tmp_path, stages.EXPLORE)}
+    assert report.rerun_lines(m)[0] == "Re-run after earlier results were seen: 00 (2 earlier finished runs)."
+    assert report.rerun_lines({stages.EXPLORE: record}) == []

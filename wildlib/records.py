@@ -268,6 +268,7 @@ class StageMetrics(_Record):
 
     environment: dict | None = None  # the machine it ran on (wildlib.io.environment), where a stage records it
     machine: dict | None = None  # how busy it was over the stage, its trainings, contended or not (wildlib.contention)
+    reruns: int | None = None  # times this stage had already finished in this run folder: its results could be seen
 
     def to_json(self) -> dict:
         body = super().to_json()

@@ -72,9 +72,24 @@ def begin_stage(run_dir, name: str, threads: int | None = None) -> Path:
     :func:`save_stage` (:mod:`wildlib.contention`: load, steal, other processes, its trainings).
     Introduced in notebook 00_explore_data."""
     folder = stage_dir(resolve(run_dir), name)
+    _reruns[str(folder)] = _finished_before(folder)
     (folder / METRICS_FILE).unlink(missing_ok=True)
     contention.begin(folder, threads)
     return folder
+
+
+_reruns: dict = {}  # stage folder -> times it had finished before this run of it (begin_stage)
+
+
+def _finished_before(folder: Path) -> int:
+    """How many times the stage in ``folder`` had finished before: its record's ``reruns`` + 1, or 0."""
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        return 0
+    try:
+        return int(read_json(path).get("reruns") or 0) + 1
+    except (ValueError, OSError):
+        return 1
 
 
 def open_stage(run_dir, name: str, data_dir: str = "", classes=(), aliases=None, threads: int | None = None) -> Stage:
@@ -169,8 +184,8 @@ def require_baseline(ap50: float, floor: float = AP50_FLOOR, where: str = "the b
 
 def save_stage(stage: Path, config: dict | str, metrics: StageMetrics, cfg=None) -> None:
     """``config.yaml`` (a dict, or a Detectron2 ``cfg.dump()`` string), ``metrics.json`` (the
-    stage's record, :mod:`wildlib.records`, with its schema version, and ``machine``: how busy the
-    machine was since :func:`begin_stage`) and, with ``cfg``, the model's Detectron2 config ``detectron2.yaml``.
+    stage's record, :mod:`wildlib.records`, with its schema version, ``machine``: how busy the
+    machine was since :func:`begin_stage`, and ``reruns``: how often the stage had finished here before) and, with ``cfg``, the model's Detectron2 config ``detectron2.yaml``.
     Introduced in notebook 00_explore_data, section "The split"."""
     stage = Path(stage)
     want = STAGE_RECORDS.get(stage.name)
@@ -179,6 +194,8 @@ def save_stage(stage: Path, config: dict | str, metrics: StageMetrics, cfg=None)
                         f"not a {type(metrics).__name__}")
     if metrics.machine is None:
         metrics = dataclasses.replace(metrics, machine=contention.end(stage))
+    if metrics.reruns is None and str(stage) in _reruns:
+        metrics = dataclasses.replace(metrics, reruns=_reruns[str(stage)])
     if cfg is not None:
         write_text(stage / D2_CONFIG_FILE, cfg.dump())
     write_text(stage / CONFIG_FILE, config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
