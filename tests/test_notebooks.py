@@ -123,7 +123,11 @@ def test_02_prune(smoke_run):
     assert lo <= m["reference_ap50"] <= hi
     g = m["gradual"]
     assert g["split"] == "test" and len(g["delta_ap50_ci95"]) == 2
-    assert g["delta_ap50"] == pytest.approx(g["AP50"] - m["reference_ap50"])
+    # the drop, from the detection files by pycocotools itself (not the library's matching)
+    ap50 = {f: _pycocotools_ap50(stage / "coco" / "test.json", stage / "detections" / f)
+            for f in ("gradual.json", "dense_control.json", "baseline.json")}
+    assert g["delta_ap50"] == pytest.approx(ap50["gradual.json"] - ap50["dense_control.json"], abs=1e-6)
+    assert g["baseline_delta_ap50"] == pytest.approx(ap50["gradual.json"] - ap50["baseline.json"], abs=1e-6)
     for v in m["variants"]:
         assert v["within_1ap50"] == (v["delta_ap50"] >= -1.0) and v["non_inferior"] == (v["delta_ap50_ci95"][0] >= -1.0)
     within = [v["sparsity_all"] for v in m["variants"] if v["within_1ap50"]]
@@ -138,6 +142,24 @@ def test_02_prune(smoke_run):
     assert (stage / "model_dense_control.pth").exists()
     for fig in ("one_shot_sweep.png", "sensitivity.png", "gradual_schedule.png"):
         assert (stage / fig).exists(), fig
+
+
+def _pycocotools_ap50(gt_file, detections_file) -> float:
+    """AP50 of a detections file by pycocotools' COCOeval (100 detections per image), or NaN."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dets = json.loads(detections_file.read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        if not dets:
+            return float("nan")
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    return 100 * ev.stats[1]
 
 
 def test_03_weight_sharing(smoke_run):
@@ -183,7 +205,9 @@ def test_04_prune_channels(smoke_run):
     rows = {v["name"]: v for v in m["variants"]}
     for v in m["variants"]:
         assert v["latency_p90_ms"] >= v["latency_median_ms"] > 0 and v["macs"] > 0 and v["file_bytes"] > 0
-        assert v["speedup"] == pytest.approx(v["baseline_ms_median"] / v["latency_median_ms"])
+    # the baseline timed side by side with itself: a fair protocol finds no speedup (a generous band
+    # for 3 smoke turns; a protocol that timed the two models' passes differently lands outside it)
+    assert 0.5 < rows["baseline (fp32, PyTorch)"]["speedup"] < 2.0
     assert m["baseline_latency_ms_median"] == m["variants"][0]["baseline_ms_median"]
     within = [v["speedup"] for v in m["variants"] if v["AP50"] >= m["reference_ap50"] - 1.0]
     assert m["best_speedup_within_1ap50"] == pytest.approx(max(within) if within else 0.0)
@@ -204,9 +228,10 @@ def test_04_prune_channels(smoke_run):
     assert reloaded["pid"] != m["variants"][0].get("pid")
     assert combined["file_bytes"] == fast.deploy_bytes(run_dir / m["deploy_dir"]) < pruned["file_bytes"]
     assert (run_dir / m["deploy_dir"] / fast.GRAPH_FILE).is_file()
-    # the one graph (fp32) scores what the two-graph model scores, up to float error
+    # the one graph is the combined model's architecture (its MACs counted on the same PyTorch twin);
+    # that it computes the same boxes is tests/test_one_graph.py's (against detector_postprocess)
     two = rows["combined: channel-pruned + int8 + test-time (two graphs)"]
-    assert rows["combined, one graph (fp32, ONNX Runtime)"]["macs"] == two["macs"]
+    assert rows["combined, one graph (fp32, ONNX Runtime)"]["macs"] == two["macs"] < rows["baseline (fp32, PyTorch)"]["macs"]
     # ONNX Runtime's settings were chosen on this machine, named with its CPU
     runtime = pd.read_csv(stage / "runtime_choice.csv")
     assert len(runtime) == 8 and m["runtime"]["cpu_model"] == runtime["cpu_model"][0]
@@ -217,7 +242,9 @@ def test_04_prune_channels(smoke_run):
     assert m["best_non_inferior_variant"] == (max(ni, key=lambda v: v["speedup"])["name"] if ni else "none")
     if ni:
         assert m["best_on_test"]["split"] == m["evaluation_split"] and "delta_ap50_ci95" in m["best_on_test"]
-        assert m["best_speedup_non_inferior"] in (0.0, rows[m["best_non_inferior_variant"]]["speedup"])
+        # the goal's number is the pick's speedup exactly when its test verdict is non-inferior
+        expected = rows[m["best_non_inferior_variant"]]["speedup"] if m["best_on_test"]["non_inferior"] else 0.0
+        assert m["best_speedup_non_inferior"] == expected
     if "one graph" in m["best_non_inferior_variant"]:  # reloaded in a fresh process and measured again
         assert m["best_reloaded"]["AP50"] == pytest.approx(rows[m["best_non_inferior_variant"]]["AP50"], abs=1e-6)
     # the reference's own grid: cfg's setting first, every row paired with the reference on valid
@@ -266,7 +293,7 @@ def test_05_evaluate(smoke_run):
     for r in rows.values():
         assert r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"]
         assert r["file_bytes"] > 0 and r["nonzero"] <= r["params"]
-        assert r["speedup"] > 0
+    assert 0.5 < rows["baseline"]["speedup"] < 2.0  # the baseline side by side with itself: no speedup
     within = [r["speedup"] for r in rows.values() if r["AP50"] >= m["reference_ap50"] - 1.0]
     assert m["best_speedup_within_1ap50"] == pytest.approx(max(within) if within else 0.0)
     assert rows["channel-pruned + int8 + test-time (04)"]["file_bytes"] == channel_m["variants"][-1]["file_bytes"]
