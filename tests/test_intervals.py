@@ -198,3 +198,17 @@ def test_paired_records_its_samples_and_the_ends_monte_carlo_error():
     assert small["samples"] == 250 and large["samples"] == 4000
     assert all(m > 0 for m in small["ci95_mcse"])
     assert large["ci95_mcse"][0] < small["ci95_mcse"][0]  # 16x the samples: about a quarter of the error
+
+
+@pytest.mark.parametrize("n_images, seed", [(40, 0), (6, 1)])
+def test_the_bootstrap_in_arrays_is_ap50_sample_by_sample(n_images, seed):
+    # 6 images: some samples draw no box of a class (left out, as COCO does) or none at all
+    gt = _gt(n_images=n_images, seed=seed)
+    m = intervals.match(gt, _detections(gt, seed=seed + 1))
+    w = intervals.resamples(m.num_images, 300, seed)
+    one_by_one = np.array([intervals.ap50(m, wi) for wi in w])
+    many = intervals.ap50_many(m, w, chunk=64)
+    assert np.isnan(many).sum() == np.isnan(one_by_one).sum()
+    np.testing.assert_allclose(many, one_by_one, rtol=0, atol=1e-9)
+    empty = intervals.match(gt, [])  # no detection at all: AP50 0 wherever a box was drawn
+    np.testing.assert_allclose(intervals.ap50_many(empty, w[:5]), [intervals.ap50(empty, wi) for wi in w[:5]])
