@@ -313,7 +313,7 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
     cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                   dashboard_address=None, silence_logs=40)
     client = Client(scheduler or cluster)
-    futures = {}
+    futures, collected = {}, set()
     try:
         for i, p in enumerate(todo):  # owners first (the spec's order), so a dependency is always submitted first
             deps = [futures[p.control_owner]] if p.control_owner in futures else []
@@ -333,13 +333,16 @@ def run_sweep(spec: Spec, workers: int | None = None, threads: int | None = None
                        "error": f"{type(exc).__name__}: {exc}"}
             records[rec["id"]] = rec
             finished.append(rec["status"])
+            collected.add(rec["id"])
             if rec["status"] != "ok":
                 print(f"[sweep] {rec['id']} failed: {rec['error']}", flush=True)
     except KeyboardInterrupt:
         # the workers' papermill runs and kernels, while they are still this process's descendants
         # (a kernel runs in a session of its own: a terminal's Ctrl-C never reaches it)
         tree = psutil.Process().children(recursive=True)
-        left = [pid for pid, f in futures.items() if not f.done()]
+        # what this run collected, not the futures' states: a worker killed by the same Ctrl-C
+        # marks its finished results lost
+        left = [p.id for p in todo if p.id not in collected]
         print(f"\n[sweep] interrupted: stopping {len(left)} unfinished point(s): {left}", flush=True)
         client.cancel(list(futures.values()), force=True)
         for proc in tree:
