@@ -105,14 +105,14 @@ def test_the_report_flags_a_stage_whose_training_shared_the_cpu(smoke_data, tmp_
     result = train.train(cfg, hooks=[LoadWhileTraining])
     machine = contention.end(folder)
     entry = machine["trainings"][-1]
-    assert entry["name"] == "train" and entry["step_s"] == result["step_s"] and entry["probe_step_s"] > 0
+    assert entry["name"] == "01_baseline/train" and entry["step_s"] == result["step_s"] and entry["probe_step_s"] > 0
     assert machine["contended"] and entry["step_ratio"] > contention.STEP_RATIO_LIMIT, machine
     assert any("other processes" in r for r in contention.reasons(entry["machine"]))
     # the report: the stage is contended, and says why
     m = {stages.BASELINE: records.BaselineMetrics(bbox={"AP50": 1.0}, machine=machine,
                                                   train=records.TrainingRun(iterations=24, ims_per_batch=2, seconds=1.0))}
     lines = report.machine_lines(m)
-    assert "**Contended**" in lines[0] and "training train:" in lines[0]
+    assert "**Contended**" in lines[0] and "training 01_baseline/train:" in lines[0]
     assert report.contended_stages(m) == {stages.BASELINE: machine["reasons"]}
 
 

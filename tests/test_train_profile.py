@@ -88,6 +88,24 @@ def test_results_come_back_through_the_output_folder(tiny):
     assert prune.sparsity(back["model"]) == pytest.approx(0.5, abs=1e-3)
 
 
+@pytest.mark.slow
+def test_trainings_side_by_side_each_train_in_a_process_of_their_own(tiny, smoke_data, tmp_path):
+    setup = functools.partial(data.register, smoke_data, coco_dir=tmp_path / "coco")  # a spawned process has none
+    a, b = tiny.clone(), tiny.clone()
+    a.defrost(), b.defrost()
+    a.OUTPUT_DIR = str(tmp_path / "a")
+    b.OUTPUT_DIR, b.SOLVER.MAX_ITER = str(tmp_path / "b"), 4
+    hook = functools.partial(prune.GradualPruning, "all", 0.5, 0, 2, 1, ranking="lamp")
+    ra, rb = train.train_together([(a, []), (b, [hook])], threads_each=1, setup=setup)
+    assert ra["iterations_run"] == 6 and rb["iterations_run"] == 4 and len(rb["losses"]) == 4
+    assert prune.sparsity(rb["model"]) == pytest.approx(0.5, abs=1e-3) and prune.sparsity(ra["model"]) < 0.01
+    assert ra["probe_step_s"] > 0 and ra["step_s"] > 0
+    # both children were this process's: the machine of the span does not count them as other load
+    assert ra["machine"] is rb["machine"] and ra["machine"]["own_share"] > ra["machine"]["others_share"]
+    with pytest.raises(RuntimeError, match=r"exited 1 \(its log: .*a[/\\]log\.txt\)"):
+        train.train_together([(a, [])], setup=None)  # the child has no dataset registered: it fails, named
+
+
 def test_unpicklable_hooks_are_refused_before_launch(tiny):
     with pytest.raises(TypeError, match="picklable"):
         train.train(tiny, num_gpus=2, hooks=[lambda: prune.GradualPruning()])

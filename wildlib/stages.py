@@ -13,6 +13,8 @@ of its own run: the data is given to stage 00, the seed to stage 01.
 from __future__ import annotations
 
 import dataclasses
+import os
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,8 +33,8 @@ from .records import (BaselineMetrics, ChannelsMetrics, DenseControl, EvaluateMe
                       RecordError, ShareMetrics, StageMetrics)
 from .fast import load as load_deployable
 from .speed import LATENCY_IMAGES, twin_of
-from .tiles import ensure_registered
-from .train import final_eval, train, unwrap
+from .tiles import ensure_registered, tile_setting
+from .train import final_eval, train, train_together, unwrap
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
 CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
@@ -458,8 +460,42 @@ def dense_control(baseline_dir, stage: Path, schedule: dict, ft_args: dict, num_
     run = train(finetune_config(baseline_dir, Path(stage) / "dense_control", **ft_args), num_gpus=num_gpus)
     model = unwrap(run["model"]).eval()
     save_weights(model, Path(stage) / DENSE_CONTROL_FILE)
-    return model, DenseControl(iterations=run["iterations_run"], ims_per_batch=schedule["ims_per_batch"],
-                               lr=schedule["lr"], seed=schedule["seed"], seconds=run["train_seconds"], evals=run["evals"])
+    return model, _control_record(run, schedule)
+
+
+PRUNED_RUN = "gradual"  # 02: the folder of the fine-tuning that prunes, beside "dense_control"
+
+
+def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruning, num_gpus: int = 1,
+                 control_dir="", side_by_side: bool | None = None):
+    """Stage 02's two fine-tunings on one schedule: the dense control (trained here, or taken from
+    ``control_dir``, :func:`dense_control`) and the run that prunes while it trains (``pruning``: a
+    hook factory).  With ``side_by_side`` (default: on a CPU with 2 cores or more, one process, no
+    shared control, no tiles) both train at once, each in its own 1-thread process
+    (:func:`wildlib.train.train_together`); else one after the other with the stage's threads.
+    Returns ``(control model, its record, the pruning run's result)``.
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
+    stage = Path(stage)
+    pruned_cfg = finetune_config(baseline_dir, stage / PRUNED_RUN, **ft_args)
+    if side_by_side is None:
+        side_by_side = (not control_dir and num_gpus <= 1 and ft_args.get("device", "cpu") == "cpu"
+                        and (os.cpu_count() or 1) >= 2 and not tile_setting(pruned_cfg))
+    if not side_by_side:
+        model, record = dense_control(baseline_dir, stage, schedule, ft_args, num_gpus, control_dir)
+        return model, record, train(pruned_cfg, hooks=[pruning], num_gpus=num_gpus)
+    control_cfg = finetune_config(baseline_dir, stage / "dense_control", **ft_args)
+    names, aliases = classes_for(stage.parent)
+    setup = partial(register, data_dir_for(stage.parent), names, aliases=aliases, coco_dir=stage / "coco",
+                    splits=("train", "valid"))  # what a fine-tuning reads: its batches and its evaluations
+    control, pruned = train_together([(control_cfg, []), (pruned_cfg, [pruning])], threads_each=1, setup=setup)
+    model = unwrap(control["model"]).eval()
+    save_weights(model, stage / DENSE_CONTROL_FILE)
+    return model, _control_record(control, schedule), pruned
+
+
+def _control_record(run: dict, schedule: dict) -> DenseControl:
+    return DenseControl(iterations=run["iterations_run"], ims_per_batch=schedule["ims_per_batch"],
+                        lr=schedule["lr"], seed=schedule["seed"], seconds=run["train_seconds"], evals=run["evals"])
 
 
 def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> DenseControl:

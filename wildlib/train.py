@@ -4,7 +4,9 @@ DetectionCheckpointer, and ``launch`` (the same code runs on several GPUs)."""
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -171,8 +173,6 @@ def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=()) -> dict:
     With ``num_gpus > 1`` Detectron2's ``launch`` starts one process per GPU; the history and
     the model then come back through ``cfg.OUTPUT_DIR`` (:func:`load_result`).
     Introduced in notebook 01_train_baseline, section "Training"."""
-    import pickle
-
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     hooks = list(hooks or ())
     if num_gpus <= 1:
@@ -189,7 +189,7 @@ def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=()) -> dict:
 def _noted(cfg, result: dict) -> dict:
     """``result``, after telling the stage being watched (wildlib.contention) how this training went."""
     contention.note_training(contention.training_entry(
-        Path(cfg.OUTPUT_DIR).name, result.get("step_s"), result.get("probe_step_s"), result.get("s_per_iter"),
+        "/".join(Path(cfg.OUTPUT_DIR).parts[-2:]), result.get("step_s"), result.get("probe_step_s"), result.get("s_per_iter"),
         result.get("machine")))
     return result
 
@@ -199,6 +199,51 @@ def mean_step(rows: list[dict]) -> float | None:
     periodic evaluations and checkpoints excluded), or None where none was recorded."""
     times = [r["time"] for r in rows if isinstance(r.get("time"), (int, float))]
     return sum(times) / len(times) if times else None
+
+
+def _together_worker(cfg, hooks, threads: int, setup) -> None:
+    """One of :func:`train_together`'s processes: its threads, its datasets, its training."""
+    torch.set_num_threads(threads)
+    if setup is not None:
+        setup()
+    _train_worker(cfg, False, hooks)
+
+
+def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
+    """Independent trainings at once, each in a spawned process with ``threads_each`` PyTorch
+    threads: ``jobs`` is ``[(cfg, hooks), ...]`` (hooks as for :func:`train`), ``setup`` a picklable
+    callable each process runs first (registering the datasets its config names: a spawned process
+    starts with none).  On 2 cores, two 1-thread trainings do more steps per second than one
+    2-thread training after the other (the scaling sweep: 1.56x); what each costs, and its machine,
+    is recorded as :func:`train` records it, the machine of the whole span (this process's children
+    counted as its own).  Returns each job's result (:func:`load_result`).
+    Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
+    jobs = [(cfg, list(hooks or ())) for cfg, hooks in jobs]
+    try:
+        pickle.dumps([(h, setup) for _, h in jobs])
+    except Exception as exc:
+        raise TypeError(f"hooks and setup must be picklable (a class, a function or functools.partial): {exc}") from None
+    for cfg, _ in jobs:
+        Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.OUTPUT_DIR) / HISTORY_FILE).unlink(missing_ok=True)
+    ctx = multiprocessing.get_context("spawn")
+    with contention.Watch(torch.get_num_threads()) as watch:
+        procs = [ctx.Process(target=_together_worker, args=(cfg, hooks, threads_each, setup), daemon=False)
+                 for cfg, hooks in jobs]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    failed = [(cfg.OUTPUT_DIR, p.exitcode) for (cfg, _), p in zip(jobs, procs) if p.exitcode != 0]
+    if failed:
+        raise RuntimeError("training side by side failed: " + "; ".join(
+            f"{out} exited {code} (its log: {Path(out) / 'log.txt'})" for out, code in failed))
+    results = []
+    for cfg, _ in jobs:
+        result = load_result(cfg)
+        result["machine"] = watch.summary  # the span of all of them: a sibling is no other load
+        results.append(_noted(cfg, result))
+    return results
 
 
 def load_result(cfg) -> dict:
