@@ -30,7 +30,7 @@ SMOKE = {
     "03": {"BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2},
     "04": {"PROPOSALS": [[100, 50]], "COMBINED_PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208],
            "SCAN_RATIOS": [0.5], "FT_ITER": 4, "SCAN_FAMILIES": ["m2", "m3", "m4", "m5", "fpn", "rpn", "box_head"],
-           "LATENCY_RUNS": 3, "RUNTIME_RUNS": 2, "NI_PROPOSALS": [[100, 50]], "NI_INPUT_SIZES": [208],
+           "LATENCY_RUNS": 3, "SWEEP_RUNS": 2, "RUNTIME_RUNS": 2, "NI_PROPOSALS": [[100, 50]], "NI_INPUT_SIZES": [208],
            "SCAN_MIN_SPEEDUP": 0.0},  # the smoke prunes every family, whatever 10 passes of timing say
     "05": {"LATENCY_RUNS": 3, "N_SHOW": 2},
 }
