@@ -207,7 +207,7 @@ def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[
         goals.update(from_sweep)  # the frontier's seed means decide these two, not one run's point
     out["goals"] = ["Against the goals" + (" (sparsity and compression: the frontier's seed means)" if from_sweep
                                            else "") + ":", ""]
-    out["goals"] += [f"* {GOALS[k][2]}: {_f(v, 3)} — " + (_met(k, v) if not _goal_contended(k, busy)
+    out["goals"] += [f"* {GOALS[k][2]}: {_f(v, 3)} — " + (_met(k, v) if v is None or not _goal_contended(k, busy)
                                                           else "no verdict: measured on a contended machine")
                      for k, v in goals.items()]
     return out
