@@ -194,10 +194,12 @@ def _training_runs(model, loader_iter, optimizer, warmup, runs, results, data_ms
             opt_ms.append(opt * 1e3)
 
 
-def step_seconds(model, loader_iter, runs: int = 5, warmup: int = 1) -> float:
-    """Median wall time (s) of one plain training step (next batch, forward, backward, SGD step)
-    on a copy of ``model``, without the profiler: the probe a training's own steps are held
-    against (:mod:`wildlib.contention`), taken right after it trained, in the same process.
+def step_seconds(model, loader_iter, runs: int = 12, warmup: int = 1) -> float:
+    """Mean wall time (s) of one plain training step (next batch, forward, backward, SGD step)
+    on a copy of ``model``, without the profiler: the probe a training's own mean step is held
+    against (:mod:`wildlib.contention`), taken right after it trained, in the same process.  A
+    mean over batches of random sizes, like the training's: steps differ by up to 1.8x with the
+    input size drawn (5 steps' median put run idle1's idle dense control at 1.39x its probe).
     Introduced in notebook 01_train_baseline, section "Training"."""
     import copy
 
@@ -217,7 +219,7 @@ def step_seconds(model, loader_iter, runs: int = 5, warmup: int = 1) -> float:
             sync()
             if i >= warmup:
                 times.append(time.perf_counter() - t)
-    return float(statistics.median(times))
+    return float(statistics.fmean(times))
 
 
 class _AsTensors(nn.Module):

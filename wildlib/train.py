@@ -116,7 +116,7 @@ class Trainer(DefaultTrainer):
         return hooks + [self.recorder, ProgressBar()]
 
 
-PROBE_STEPS = 5  # training steps timed right after a training, to hold its own steps against
+PROBE_STEPS = 12  # training steps timed right after a training (their mean), to hold its own mean step against
 HISTORY_FILE = "history.json"   # what a training run hands back, next to its checkpoints
 TRAINED_FILE = "model_trained.pth"  # its final weights, with hooks' finishing touches applied
 
