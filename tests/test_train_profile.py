@@ -94,10 +94,10 @@ def test_trainings_side_by_side_each_train_in_a_process_of_their_own(tiny, smoke
     a, b = tiny.clone(), tiny.clone()
     a.defrost(), b.defrost()
     a.OUTPUT_DIR = str(tmp_path / "a")
-    b.OUTPUT_DIR, b.SOLVER.MAX_ITER = str(tmp_path / "b"), 4
+    b.OUTPUT_DIR, b.SOLVER.MAX_ITER, b.SOLVER.STEPS = str(tmp_path / "b"), 5, (3,)
     hook = functools.partial(prune.GradualPruning, "all", 0.5, 0, 2, 1, ranking="lamp")
     ra, rb = train.train_together([(a, []), (b, [hook])], threads_each=1, setup=setup)
-    assert ra["iterations_run"] == 6 and rb["iterations_run"] == 4 and len(rb["losses"]) == 4
+    assert ra["iterations_run"] == 6 and rb["iterations_run"] == 5 and len(rb["losses"]) == 5
     assert prune.sparsity(rb["model"]) == pytest.approx(0.5, abs=1e-3) and prune.sparsity(ra["model"]) < 0.01
     assert ra["probe_step_s"] > 0 and ra["step_s"] > 0
     # both children were this process's: the machine of the span does not count them as other load
