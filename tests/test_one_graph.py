@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from wildlib import channels, config, data, evaluate, fast, modeling, speed
+from wildlib import channels, config, evaluate, fast, modeling, speed
 from wildlib.modeling import WeightsError
 
 from .test_channels import _randomised
-from .test_own_data import grid_boxes, make_voc
-from .test_stored_detections import NoisyOracle
+from .test_stored_detections import NoisyOracle, seals_and_rocks
 
 CANVAS = (128, 160)
 BOX_TOL = 1e-3   # pixels: the fp32 graph against the PyTorch model
@@ -194,17 +193,8 @@ def test_runtime_choice_and_graph_profile(setup):
 @pytest.fixture(scope="module")
 def oracle_split(tmp_path_factory):
     """A registered 12-image split and two stand-in detectors with known, different boxes on it."""
-    from detectron2.data import DatasetCatalog
-
-    tmp = tmp_path_factory.mktemp("best")
-    size = (320, 240)
-    images = {f"i{k}": grid_boxes("seal", 3 + k % 4, 16, size) + [("rock", (200, 150, 240 + k, 200))]
-              for k in range(14)}
-    root = make_voc(tmp / "voc", images, size, {"train": ["i0"], "valid": ["i1"], "test": list(images)[2:]})
-    names = data.register(root, ["seal", "rock"], prefix="onegraph_best", coco_dir=tmp / "coco")
-    records = DatasetCatalog.get(names["test"])
-    cfg = config.get_config("mobilenet_fpn_cpu")
-    return cfg, {"test": names["test"]}, NoisyOracle(records, seed=0), NoisyOracle(records, seed=1)
+    cfg, names, records = seals_and_rocks(tmp_path_factory.mktemp("best"), "onegraph_best")
+    return cfg, names, NoisyOracle(records, seed=0), NoisyOracle(records, seed=1)
 
 
 def test_best_on_split_scores_the_chosen_rows_own_model_unless_its_verdict_is_known(oracle_split, tmp_path):

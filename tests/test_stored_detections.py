@@ -52,18 +52,23 @@ class NoisyOracle(nn.Module):
         return out
 
 
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory):
+def seals_and_rocks(tmp, prefix: str):
+    """A registered VOC set of 14 images (seals in a grid, one rock each; 12 in test): the config,
+    ``{"test": name}`` and the test records."""
     from detectron2.data import DatasetCatalog
 
-    tmp = tmp_path_factory.mktemp("stored")
     size = (320, 240)
     images = {f"i{k}": grid_boxes("seal", 3 + k % 4, 16, size) + [("rock", (200, 150, 240 + k, 200))]
               for k in range(14)}
     root = make_voc(tmp / "voc", images, size, {"train": ["i0"], "valid": ["i1"], "test": list(images)[2:]})
-    names = data.register(root, ["seal", "rock"], prefix="stored", coco_dir=tmp / "coco")
-    cfg = config.get_config("mobilenet_fpn_cpu")
-    return cfg, {"test": names["test"]}, DatasetCatalog.get(names["test"]), tmp
+    names = data.register(root, ["seal", "rock"], prefix=prefix, coco_dir=tmp / "coco")
+    return config.get_config("mobilenet_fpn_cpu"), {"test": names["test"]}, DatasetCatalog.get(names["test"])
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stored")
+    return (*seals_and_rocks(tmp, "stored"), tmp)
 
 
 def _same_metrics(a: dict, b: dict) -> bool:
