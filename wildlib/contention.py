@@ -21,6 +21,7 @@ needs them in the kernel that measures, the trainer's process and the tests alik
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -91,13 +92,17 @@ class Watch:
         while not self._stop.wait(self.period):
             self._sample()
 
+    def snapshot(self) -> dict | None:
+        """The summary (:func:`summarize`) from :meth:`start` to now, one load reading more; watching goes on."""
+        self._sample()
+        return summarize(time.monotonic() - self._t0, self._cpu0, _cpu_times(), self._own0, _own_ticks(),
+                         self.loads, self.threads)
+
     def stop(self) -> dict | None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
-        self._sample()
-        return summarize(time.monotonic() - self._t0, self._cpu0, _cpu_times(), self._own0, _own_ticks(),
-                         self.loads, self.threads)
+        return self.snapshot()
 
     def __enter__(self) -> "Watch":
         return self.start()
@@ -126,8 +131,6 @@ def summarize(seconds: float, cpu0: dict | None, cpu1: dict | None, own0: int | 
 
 
 def _torch_threads() -> int | None:
-    import sys
-
     torch = sys.modules.get("torch")  # only if this process uses it: importing torch here would cost seconds
     return torch.get_num_threads() if torch is not None else None
 
@@ -191,9 +194,7 @@ def end(stage) -> dict | None:
     ``reasons`` it was contended); a stage never begun gets the load average of this moment only.
     The watch goes on, so a stage saved twice records its whole span."""
     if _stage.get("stage") == str(stage):
-        watch: Watch = _stage["watch"]
-        summary = summarize(time.monotonic() - watch._t0, watch._cpu0, _cpu_times(), watch._own0, _own_ticks(),
-                            watch.loads + [v for v in [load1()] if v is not None], watch.threads)
+        summary = _stage["watch"].snapshot()
         if summary is None:
             return None
         summary["trainings"] = list(_stage["trainings"])

@@ -221,7 +221,8 @@ def _stage_of(notebook: str) -> str | None:
 
 def contended_stages(m: dict) -> dict[str, list[str]]:
     """Stage folder -> what disturbed it (wildlib.contention.reasons), for each contended stage."""
-    return {s: contention.reasons(r.machine) for s, r in m.items() if r is not None and contention.reasons(r.machine)}
+    found = {s: contention.reasons(r.machine) for s, r in m.items() if r is not None}
+    return {s: why for s, why in found.items() if why}
 
 
 def _goal_contended(goal: str, busy: dict) -> bool:

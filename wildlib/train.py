@@ -213,8 +213,10 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
     """Independent trainings at once, each in a spawned process with ``threads_each`` PyTorch
     threads: ``jobs`` is ``[(cfg, hooks), ...]`` (hooks as for :func:`train`), ``setup`` a picklable
     callable each process runs first (registering the datasets its config names: a spawned process
-    starts with none).  On 2 cores, two 1-thread trainings do more steps per second than one
-    2-thread training after the other (the scaling sweep: 1.56x); what each costs, and its machine,
+    starts with none).  Meant for 2 cores, where the scaling sweep (on Dask workers) measured two
+    1-thread trainings at 1.56x the steps per second of one 2-thread training; measured here on a
+    2-core AVX2 machine the loop ran at 4-5 s per step each (0.7 s one after the other), so no stage
+    uses it by default (:func:`wildlib.stages.fine_tunings`).  What each costs, and its machine,
     is recorded as :func:`train` records it, the machine of the whole span (this process's children
     counted as its own).  Returns each job's result (:func:`load_result`).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
