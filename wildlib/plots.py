@@ -151,6 +151,25 @@ def learning_curve(evals, max_iter: int, at: float = 0.75, key: str = "AP50"):
     return fig
 
 
+def learning_curves(curves: dict, max_iter: int, key: str = "AP50"):
+    """Several runs' learning curves on one axis (``{label: [{iter, AP50}, ...]}``), a dashed line
+    where the shorter schedule ends: runs of one length share a colour, one marker per seed.
+    Introduced in tools/convergence_check.py (the baseline's convergence, docs/evidence.md)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    lengths = sorted({label.split()[0] for label in curves})
+    for label, pts in curves.items():
+        pts = [(p["iter"], p[key]) for p in pts if key in p]
+        if pts:
+            it, v = zip(*pts)
+            ax.plot(it, v, marker="o", ms=3, lw=1, color=f"C{lengths.index(label.split()[0])}", label=label)
+    ax.axvline(max_iter, color="0.5", ls="--", lw=1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"{key} on valid (%)")
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 def cost_bars(table, columns=("infer_ms", "train_ms"), titles=("inference, 1 image", "training step, 1 batch")):
     """Per-part milliseconds as horizontal bars, one panel per column of ``table``
     (from ``wildlib.profile.cost_table``), and FLOPs beside them. Introduced in notebook 01."""
