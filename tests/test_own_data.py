@@ -96,9 +96,12 @@ def test_own_data_through_00_01_02(survey, tmp_path):
     assert over["TEST.DETECTIONS_PER_IMAGE"] == 150 and over["INPUT.MIN_SIZE_TEST"] == 800
 
     # 01 and 02 pick up the data and the class list that 00 recorded
+    # (a 4-iteration model scores most proposals near 1/3 for each class: a score threshold of 0.4 keeps
+    # its evaluations from sending thousands of boxes per image through NMS, which took most of this test)
     runner.run_all(run, only=["01"], overrides={"MAX_ITER": 4, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0,
                                                  "PROFILE_RUNS": 0, "CFG_OVERRIDES": {
-        "INPUT.MIN_SIZE_TEST": 480, "INPUT.MAX_SIZE_TEST": 640, "INPUT.MIN_SIZE_TRAIN": [480], "INPUT.MAX_SIZE_TRAIN": 640}})
+        "INPUT.MIN_SIZE_TEST": 480, "INPUT.MAX_SIZE_TEST": 640, "INPUT.MIN_SIZE_TRAIN": [480], "INPUT.MAX_SIZE_TRAIN": 640,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.4}})
     b = json.loads((run / "01_baseline" / "metrics.json").read_text())
     assert {k for k in b["bbox"] if k.startswith("AP-")} == {"AP-Tree", "AP-Rock"}
     d2 = (run / "01_baseline" / "config.yaml").read_text()
@@ -110,7 +113,7 @@ def test_own_data_through_00_01_02(survey, tmp_path):
         runner.run_all(run, only=["02"], overrides={"AP50_FLOOR": 99.0})
     assert "under the floor" in (run / "notebooks" / "02_prune_magnitude.ipynb").read_text()
     runner.run_all(run, only=["02"], overrides={
-        "SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.5], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5, "FT_ITER": 4,
+        "SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.5], "SENS_RATIOS": [], "TARGET_SPARSITY": 0.5, "FT_ITER": 2,
         "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0})
     p = json.loads((run / "02_prune" / "metrics.json").read_text())
     assert p["paper_one_shot_ap50"] is None and [r["ratio"] for r in p["one_shot"]] == [0.5]

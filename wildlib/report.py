@@ -307,7 +307,7 @@ def _explore_lines(e: ExploreMetrics, **_) -> list[str]:
 
 def _baseline_lines(b: BaselineMetrics, bench=None, **_) -> list[str]:
     t, size, inference = b.train, b.size or {}, b.inference or {}
-    curve = ", ".join(f"{p['iter']}: {p['AP50']:.1f}" for p in b.learning_curve or [])
+    curve = ", ".join(f"{p['iter']}: {_f(p['AP50'], 1)}" for p in b.learning_curve or [])  # None: nothing detected
     L = [f"* **Baseline** (`{b.config_name}`, {t.iterations} iterations at batch {t.ims_per_batch}, "
          f"LR steps at {t.lr_steps} of the schedule): **AP50 {_f(b.bbox['AP50'])}** "
          f"{interval(b.ap50_ci95)} on `{b.evaluation_split}`, "

@@ -143,7 +143,8 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
     iters = cfg.SOLVER.MAX_ITER - trainer.start_iter
     model = unwrap(trainer.model)
     # the same step again, right after: a training far slower than this was slowed by something else
-    probe = step_seconds(model, trainer._trainer._data_loader_iter, runs=PROBE_STEPS) if iters > 0 else None
+    probe = (step_seconds(model, trainer._trainer._data_loader_iter, runs=probe_steps(iters)) if iters > 0
+             else None)
     for h in extra:
         if hasattr(h, "finalize"):
             h.finalize(model)
@@ -158,6 +159,12 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
         write_json(Path(cfg.OUTPUT_DIR) / HISTORY_FILE, history)
     comm.synchronize()
     return {**history, "model": model}
+
+
+def probe_steps(iterations: int) -> int:
+    """How many steps the probe after a training of ``iterations`` times: :data:`PROBE_STEPS`, but at
+    most half the training's own (at least 2): a 4-iteration smoke training is not probed 12 times."""
+    return max(2, min(PROBE_STEPS, iterations // 2))
 
 
 def train(cfg, resume: bool = False, num_gpus: int = 1, hooks=()) -> dict:
