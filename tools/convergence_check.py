@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import multiprocessing
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +47,17 @@ def _train_one(config_file: str, keys: dict, setup) -> str:
     resume = (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
     train._train_worker(cfg, resume, [])
     return cfg.OUTPUT_DIR
+
+
+def curve_of(folder: Path) -> list[dict]:
+    """AP50 on `valid` at each periodic evaluation, from Detectron2's event log (``log.jsonl``, which
+    a resumed training appends to, where its history holds only the part after the resume)."""
+    points = {}
+    for line in (folder / "log.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if "bbox/AP50" in event:
+            points[int(event["iteration"]) + 1] = event["bbox/AP50"]
+    return [{"iter": i, "AP50": v} for i, v in sorted(points.items())]
 
 
 def main(argv=None) -> int:
@@ -94,8 +106,7 @@ def main(argv=None) -> int:
             evals = stages.metrics_of(run, stages.BASELINE).learning_curve
         else:
             cfg = get_config(config_file, schedule_keys(base_cfg, folder, seed, factor))
-            result = train.load_result(cfg)
-            model, evals = train.unwrap(result["model"]).eval(), train.learning_curve(result["evals"])
+            model, evals = train.unwrap(train.load_result(cfg)["model"]).eval(), curve_of(folder)
         scored[(seed, factor)] = evaluate.scored(model, cfg, datasets, "valid", max_dets_per_image=limit)
         curves[f"x{factor:g} seed {seed}"] = [{"iter": p["iter"], "AP50": p["AP50"]} for p in evals]
     pairs = [(scored[(s, a.longer)].matched, scored[(s, 1.0)].matched) for s in a.seeds]
