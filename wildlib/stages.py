@@ -472,10 +472,9 @@ def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruni
     ``control_dir``, :func:`dense_control`) and the run that prunes while it trains (``pruning``: a
     hook factory).  With ``side_by_side`` (on a CPU, one process, no shared control, no tiles) both
     train at once, each in its own 1-thread process (:func:`wildlib.train.train_together`); else, the
-    default, one after the other with the stage's threads.  Off by default: measured on a 2-core AMD
-    EPYC (AVX2), 60-iteration fine-tunings took 4-5 s per step each side by side against 0.7 s one
-    after the other (the scaling sweep, on Dask workers, had measured 1.56x the throughput): not
-    understood yet, so not used.
+    default, one after the other with the stage's threads.  Measured 1.55x the steps per second on a
+    2-core AMD EPYC (AVX2) (:func:`wildlib.train.train_together`), but off by default until the probe
+    of the training that ends last (it runs alone) can no longer raise a false contention flag.
     Returns ``(control model, its record, the pruning run's result)``.
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     stage = Path(stage)

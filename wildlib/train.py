@@ -221,9 +221,13 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
     threads: ``jobs`` is ``[(cfg, hooks), ...]`` (hooks as for :func:`train`), ``setup`` a picklable
     callable each process runs first (registering the datasets its config names: a spawned process
     starts with none).  Meant for 2 cores, where the scaling sweep (on Dask workers) measured two
-    1-thread trainings at 1.56x the steps per second of one 2-thread training; measured here on a
-    2-core AVX2 machine the loop ran at 4-5 s per step each (0.7 s one after the other), so no stage
-    uses it by default (:func:`wildlib.stages.fine_tunings`).  What each costs, and its machine,
+    1-thread trainings at 1.56x the steps per second of one 2-thread training.  Measured again on a
+    2-core AMD EPYC (AVX2), nothing else running, two fine-tunings of the baseline of run ``idle1``
+    (all layers training, 30 iterations at batch 4): 1.07 and 1.10 s per step side by side against
+    0.84 s one after the other, 1.55x the steps per second (67 s against 92 s of wall time with the
+    start-up); an earlier ad-hoc 4-5 s per step was not reproduced.  No stage uses it by default yet
+    (:func:`wildlib.stages.fine_tunings`): the probe of the training that ends last runs alone, so
+    its steps look slower than its probe (1.22x in that measurement, against the 1.3 contention limit).  What each costs, and its machine,
     is recorded as :func:`train` records it, the machine of the whole span (this process's children
     counted as its own).  Returns each job's result (:func:`load_result`).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
