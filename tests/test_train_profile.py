@@ -164,7 +164,7 @@ def test_final_eval_is_the_evaluation_after_the_last_iteration():
     assert train.final_eval([{"iter": 500, "AP50": None}], 500) is None
 
 
-def test_the_probe_after_a_training_is_at_most_half_its_length():
+def test_the_probe_after_a_training_is_at_most_half_its_length_and_at_least_two_steps():
     """A short training (the smoke tier's 2- to 10-iteration fine-tunings) is not probed for longer
     than it trained; a long one gets the full probe."""
     assert [train.probe_steps(n) for n in (1, 2, 4, 10, 24, 1200)] == [2, 2, 2, 5, 12, 12]

@@ -8,7 +8,9 @@ longer schedule), each run evaluated on `valid` every ``TEST.EVAL_PERIOD`` (the 
 then scores every final model on `valid` and draws the paired bootstrap of longer - shorter per
 seed and of their seed mean (the same resampled images for every pair).  The rule (issue 32):
 converged when the seed mean gains <= 0.5 AP50 (point estimate).  The run's own baseline stands in
-for its seed at the length it was trained (same config, same seed).  Trainings run ``--workers`` at
+for its seed at the length it was trained (same config and seed; trained with 2 threads, so not
+bit for bit what a 1-thread run gives: another sample of the same schedule).  A resumed training
+draws its images in a new order from the resume on: also a sample of the same schedule.  Trainings run ``--workers`` at
 a time, one PyTorch thread each (two 1-thread processes on 2 cores); each resumes from its last
 checkpoint if stopped.  Writes ``RUN/convergence/convergence.json`` and ``learning_curves.png``.
 Nothing is timed here: its step times are those of processes sharing the machine.
@@ -49,14 +51,16 @@ def _train_one(config_file: str, keys: dict, setup) -> str:
     return cfg.OUTPUT_DIR
 
 
-def curve_of(folder: Path) -> list[dict]:
+def curve_of(folder: Path, max_iter: int) -> list[dict]:
     """AP50 on `valid` at each periodic evaluation, from Detectron2's event log (``log.jsonl``, which
-    a resumed training appends to, where its history holds only the part after the resume)."""
+    a resumed training appends to, where its history holds only the part after the resume), numbered
+    as :func:`wildlib.train.learning_curve` numbers them (iterations done): Detectron2 logs a periodic
+    evaluation at the last iteration done - 1 and the final one at ``max_iter``."""
     points = {}
     for line in (folder / "log.jsonl").read_text().splitlines():
         event = json.loads(line)
         if "bbox/AP50" in event:
-            points[int(event["iteration"]) + 1] = event["bbox/AP50"]
+            points[min(int(event["iteration"]) + 1, max_iter)] = event["bbox/AP50"]
     return [{"iter": i, "AP50": v} for i, v in sorted(points.items())]
 
 
@@ -76,6 +80,8 @@ def main(argv=None) -> int:
     own_cfg = get_config(config_file)
     base_cfg = own_cfg
     if a.iterations and a.iterations != own_cfg.SOLVER.MAX_ITER:  # a shorter check (a smoke run of this tool)
+        if not a.out:  # its folders are named by seed and factor: they must not mix with the real check's
+            ap.error("--iterations needs an --out folder of its own")
         base_cfg = get_config(config_file, schedule_keys(own_cfg, out, own_cfg.SEED, a.iterations / own_cfg.SOLVER.MAX_ITER))
     names, aliases = stages.classes_for(run)
     setup = functools.partial(data.register, stages.data_dir_for(run), names, aliases=aliases,
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
             evals = stages.metrics_of(run, stages.BASELINE).learning_curve
         else:
             cfg = get_config(config_file, schedule_keys(base_cfg, folder, seed, factor))
-            model, evals = train.unwrap(train.load_result(cfg)["model"]).eval(), curve_of(folder)
+            model, evals = train.unwrap(train.load_result(cfg)["model"]).eval(), curve_of(folder, cfg.SOLVER.MAX_ITER)
         scored[(seed, factor)] = evaluate.scored(model, cfg, datasets, "valid", max_dets_per_image=limit)
         curves[f"x{factor:g} seed {seed}"] = [{"iter": p["iter"], "AP50": p["AP50"]} for p in evals]
     pairs = [(scored[(s, a.longer)].matched, scored[(s, 1.0)].matched) for s in a.seeds]

@@ -153,7 +153,7 @@ def learning_curve(evals, max_iter: int, at: float = 0.75, key: str = "AP50"):
 
 def learning_curves(curves: dict, max_iter: int, key: str = "AP50"):
     """Several runs' learning curves on one axis (``{label: [{iter, AP50}, ...]}``), a dashed line
-    where the shorter schedule ends: runs of one length share a colour, one marker per seed.
+    where the shorter schedule ends: runs of one length share a colour.
     Introduced in tools/convergence_check.py (the baseline's convergence, docs/evidence.md)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     lengths = sorted({label.split()[0] for label in curves})

@@ -163,7 +163,7 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
 
 def probe_steps(iterations: int) -> int:
     """How many steps the probe after a training of ``iterations`` times: :data:`PROBE_STEPS`, but at
-    most half the training's own (at least 2): a 4-iteration smoke training is not probed 12 times."""
+    most half the training's own, and at least 2: a 4-iteration smoke training is not probed 12 times."""
     return max(2, min(PROBE_STEPS, iterations // 2))
 
 
