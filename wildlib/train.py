@@ -10,6 +10,7 @@ import pickle
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from detectron2.engine import DefaultTrainer, HookBase, launch
@@ -275,8 +276,6 @@ def plateau_gain(evals: list[dict], at: float = 0.75, key: str = "AP50") -> floa
     pts = sorted((e["iter"], e[key]) for e in evals if key in e)
     if len(pts) < 2:
         return math.nan
-    import numpy as np
-
     its, vals = map(np.asarray, zip(*pts))
     return float(vals[-1] - np.interp(at * its[-1], its, vals))
 
