@@ -26,8 +26,6 @@ import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
-
 from wildlib import data, evaluate, intervals, io, modeling, plots, stages, train
 from wildlib.config import get_config
 
@@ -43,11 +41,8 @@ def schedule_keys(base_cfg, out_dir: Path, seed: int, factor: float) -> dict:
 
 def _train_one(config_file: str, keys: dict, setup) -> str:
     """One training in its own process (1 thread), resumed where a checkpoint exists."""
-    torch.set_num_threads(1)
-    setup()
     cfg = get_config(config_file, keys)
-    resume = (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
-    train._train_worker(cfg, resume, [])
+    train.train_in_process(cfg, setup=setup, resume=(Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file())
     return cfg.OUTPUT_DIR
 
 

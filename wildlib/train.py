@@ -209,12 +209,14 @@ def mean_step(rows: list[dict]) -> float | None:
     return sum(times) / len(times) if times else None
 
 
-def _together_worker(cfg, hooks, threads: int, setup) -> None:
-    """One of :func:`train_together`'s processes: its threads, its datasets, its training."""
+def train_in_process(cfg, hooks=(), threads: int = 1, setup=None, resume: bool = False) -> None:
+    """A training in a process of its own (one of :func:`train_together`'s, or a process pool's):
+    its threads, its datasets (``setup``: a spawned process starts with none), its training; the
+    results come back through ``cfg.OUTPUT_DIR`` (:func:`load_result`)."""
     torch.set_num_threads(threads)
     if setup is not None:
         setup()
-    _train_worker(cfg, False, hooks)
+    _train_worker(cfg, resume, hooks)
 
 
 def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
@@ -228,9 +230,9 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
     0.84 s one after the other, 1.55x the steps per second (67 s against 92 s of wall time with the
     start-up); an earlier ad-hoc 4-5 s per step was not reproduced.  No stage uses it by default yet
     (:func:`wildlib.stages.fine_tunings`): the probe of the training that ends last runs alone, so
-    its steps look slower than its probe (1.22x in that measurement, against the 1.3 contention limit).  What each costs, and its machine,
-    is recorded as :func:`train` records it, the machine of the whole span (this process's children
-    counted as its own).  Returns each job's result (:func:`load_result`).
+    its steps look slower than its probe (1.22x in that measurement, against the 1.3 contention
+    limit).  What each costs, and its machine, is recorded as :func:`train` records it, the machine
+    of the whole span (this process's children counted as its own).  Returns each job's result (:func:`load_result`).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     jobs = [(cfg, list(hooks or ())) for cfg, hooks in jobs]
     try:
@@ -242,7 +244,7 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
         (Path(cfg.OUTPUT_DIR) / HISTORY_FILE).unlink(missing_ok=True)
     ctx = multiprocessing.get_context("spawn")
     with contention.Watch(torch.get_num_threads()) as watch:
-        procs = [ctx.Process(target=_together_worker, args=(cfg, hooks, threads_each, setup), daemon=False)
+        procs = [ctx.Process(target=train_in_process, args=(cfg, hooks, threads_each, setup), daemon=False)
                  for cfg, hooks in jobs]
         for p in procs:
             p.start()
