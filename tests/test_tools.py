@@ -3,7 +3,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-from wildlib import config
+import pytest
+
+from wildlib import config, io
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -32,3 +34,47 @@ def test_the_longer_schedule_drops_its_lr_at_the_same_fractions(tmp_path):
     base = config.get_config("mobilenet_fpn_cpu", {"SOLVER.MAX_ITER": 1200, "SOLVER.STEPS": (600, 900), "SEED": 0})
     keys = check.schedule_keys(base, tmp_path / "x", seed=2, factor=1.5)
     assert keys == {"OUTPUT_DIR": str(tmp_path / "x"), "SOLVER.MAX_ITER": 1800, "SOLVER.STEPS": [900, 1350], "SEED": 2}
+
+
+def test_the_shorter_schedule_shares_the_longer_ones_iterations_up_to_its_first_lr_drop():
+    check = _tool("convergence_check")
+
+    def cfg(steps, period, max_iter=1200):
+        return config.get_config("mobilenet_fpn_cpu", {"SOLVER.MAX_ITER": max_iter, "SOLVER.STEPS": steps,
+                                                       "SOLVER.CHECKPOINT_PERIOD": period})
+    assert check.prefix_iteration(cfg((600, 900), 300)) == 600   # a checkpoint right at the drop
+    assert check.prefix_iteration(cfg((600, 900), 500)) == 500   # the last checkpoint before it
+    assert check.prefix_iteration(cfg((600, 900), 700)) == 0     # none before it
+    assert check.prefix_iteration(cfg((), 300)) == 0             # no drop: the schedules differ in length only...
+    assert check.prefix_iteration(cfg((1200,), 300)) == 0        # ...as with a drop at the very end
+
+
+def test_the_shorter_training_starts_from_the_longer_ones_checkpoint_with_its_first_evaluations(tmp_path):
+    check = _tool("convergence_check")
+    longer, shorter = tmp_path / "x1.5_seed0", tmp_path / "x1_seed0"
+    longer.mkdir()
+    (longer / "model_0000299.pth").write_bytes(b"at 300")
+    (longer / "model_0000599.pth").write_bytes(b"at 600")
+    events = [{"iteration": 299, "bbox/AP50": 70.0}, {"iteration": 599, "bbox/AP50": 80.0},
+              {"iteration": 600, "total_loss": 0.5}, {"iteration": 899, "bbox/AP50": 85.0}]
+    (longer / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert not check.start_from_prefix(longer, shorter, 900)  # no checkpoint there: it starts from scratch
+    assert not shorter.exists()
+    assert check.start_from_prefix(longer, shorter, 600)
+    assert (shorter / "last_checkpoint").read_text() == "model_0000599.pth"
+    assert (shorter / "model_0000599.pth").read_bytes() == b"at 600"
+    assert check.curve_of(shorter, 1200) == [{"iter": 300, "AP50": 70.0}, {"iter": 600, "AP50": 80.0}]
+
+
+def test_a_kept_record_from_other_images_or_settings_is_refused_by_name(tmp_path):
+    check = _tool("convergence_check")
+    source = {"ground_truth_sha256": "a" * 64, "test_settings": {"INPUT.MIN_SIZE_TEST": 480}}
+    record = {k: [] for k in check.RECORD_KEYS} | {"source": source}
+    io.write_json(tmp_path / "x1_seed0.json.gz", record)
+    assert check.read_record(tmp_path / "x1_seed0.json.gz", source)["source"] == source
+    other = {**source, "test_settings": {"INPUT.MIN_SIZE_TEST": 640}}
+    with pytest.raises(ValueError, match="x1_seed0.json.gz: made on other"):
+        check.read_record(tmp_path / "x1_seed0.json.gz", other)
+    io.write_json(tmp_path / "bare.json.gz", {"name": "x1_seed0"})
+    with pytest.raises(ValueError, match="bare.json.gz: not a convergence record"):
+        check.read_record(tmp_path / "bare.json.gz", source)

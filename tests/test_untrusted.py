@@ -1,6 +1,7 @@
 """Untrusted files stay harmless: no code runs from a checkpoint or a config, `.wlc` decoding is
 bounded and validated, the VOC loader refuses what it should, the runner checks its arguments.
 Property-based (Hypothesis) fuzzing of the two parsers: only their own errors ever escape."""
+import gzip
 import hashlib
 import json
 import os
@@ -477,3 +478,35 @@ def test_atomic_writes_keep_the_umask_and_leave_no_temp_files(tmp_path):
     with pytest.raises(RuntimeError):
         wio.atomic_write(tmp_path / "f0.txt", lambda tmp: (_ for _ in ()).throw(RuntimeError("boom")))
     assert (tmp_path / "f0.txt").read_text() == "x" * 1000 and len(list(tmp_path.iterdir())) == 16
+
+
+# ----------------------------------------------------------------------------- gzipped JSON records
+def test_gzipped_json_round_trips_and_bad_files_are_named(tmp_path):
+    path = wio.write_json(tmp_path / "r.json.gz", {"ap": np.float32(0.5), "nan": float("nan"), "boxes": [[1, 2, 3, 4]]})
+    assert path.read_bytes()[:2] == b"\x1f\x8b"  # gzip, not text
+    assert wio.read_json(path) == {"ap": 0.5, "nan": None, "boxes": [[1, 2, 3, 4]]}
+    assert path.read_bytes()[4:8] == bytes(4)  # gzip's MTIME field empty: the same record, the same bytes
+    for name, payload, says in [("text.json.gz", b'{"a": 1}', "not a gzipped JSON file"),
+                                ("cut.json.gz", path.read_bytes()[:-12], "cut short"),
+                                ("half.json.gz", _gzip(b'{"a": '), "not valid JSON")]:
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match=says) as err:
+            wio.read_json(tmp_path / name)
+        assert name in str(err.value)
+
+
+def test_a_gzip_bomb_is_refused_before_it_fills_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(wio, "MAX_GUNZIP_BYTES", 1 << 20)
+    (tmp_path / "bomb.json.gz").write_bytes(_gzip(b" " * (64 << 20)))  # 64 MiB of spaces in about 64 KiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="unpacks to more than"):
+            wio.read_json(tmp_path / "bomb.json.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def _gzip(raw: bytes) -> bytes:
+    return gzip.compress(raw, mtime=0)

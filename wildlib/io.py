@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
 import platform
 import secrets
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any, Callable
+
+MAX_GUNZIP_BYTES = 512 * 2**20  # a gzipped JSON file may unpack to this much (a bomb is refused before it fills memory)
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
@@ -87,8 +91,12 @@ def _jsonable(obj: Any):
 
 
 def write_json(path, data: dict) -> Path:
-    """Write ``data`` as indented JSON atomically (numpy numbers and NaN made JSON-safe).
+    """Write ``data`` as indented JSON atomically (numpy numbers and NaN made JSON-safe); a path
+    ending in ``.gz``: compact JSON, gzipped (reproducibly: no time stamp).
     Introduced in notebook 01_train_baseline, section "Does the saved file give back the same model?"."""
+    if Path(path).suffix == ".gz":
+        payload = gzip.compress(json.dumps(_jsonable(data), separators=(",", ":")).encode(), mtime=0)
+        return atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
     return write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
@@ -96,9 +104,21 @@ def read_json(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found (did the previous stage run?)")
+    if path.suffix == ".gz":
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing; one member, as write_json writes
+        try:
+            text = inflate.decompress(path.read_bytes(), MAX_GUNZIP_BYTES + 1)
+        except zlib.error as exc:
+            raise ValueError(f"{path}: not a gzipped JSON file ({exc})") from None
+        if len(text) > MAX_GUNZIP_BYTES:
+            raise ValueError(f"{path}: unpacks to more than {MAX_GUNZIP_BYTES} bytes; refused")
+        if not inflate.eof:
+            raise ValueError(f"{path}: not a gzipped JSON file (cut short)")
+    else:
+        text = path.read_text()
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
