@@ -52,7 +52,10 @@ def test_01_baseline(smoke_run, smoke_data):
     assert m["evals"][-1]["AP50"] > 10 and m["bbox"]["AP50"] > 10
     # the learning curve (on valid) and how much the last quarter of the schedule still gained
     curve = m["learning_curve"]
-    assert [p["iter"] for p in curve] == [100, 200] and curve[-1]["AP50"] == m["evals"][-1]["AP50"]
+    assert [p["iter"] for p in curve] == [100, 200]
+    # its last point is what pycocotools makes of the detections that evaluation wrote (not the library's reading)
+    in_training = _pycocotools_ap50(stage / "coco" / "valid.json", stage / "train" / "eval" / "coco_instances_results.json")
+    assert curve[-1]["AP50"] == pytest.approx(in_training, abs=1e-6)
     at_75 = curve[0]["AP50"] + (150 - 100) / (200 - 100) * (curve[1]["AP50"] - curve[0]["AP50"])
     assert m["plateau_gain_ap50"] == pytest.approx(curve[1]["AP50"] - at_75)
     assert m["train"]["lr_steps"] == [0.5, 0.75]
