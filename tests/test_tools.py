@@ -1,4 +1,5 @@
 """The command-line tools under tools/ that are not a package (loaded from their files)."""
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -36,17 +37,20 @@ def test_the_longer_schedule_drops_its_lr_at_the_same_fractions(tmp_path):
     assert keys == {"OUTPUT_DIR": str(tmp_path / "x"), "SOLVER.MAX_ITER": 1800, "SOLVER.STEPS": [900, 1350], "SEED": 2}
 
 
-def test_the_shorter_schedule_shares_the_longer_ones_iterations_up_to_its_first_lr_drop():
+def test_the_shorter_schedule_shares_the_longer_ones_iterations_while_their_rates_agree():
     check = _tool("convergence_check")
 
-    def cfg(steps, period, max_iter=1200):
+    def cfg(max_iter, steps, period=300, warmup=100):
         return config.get_config("mobilenet_fpn_cpu", {"SOLVER.MAX_ITER": max_iter, "SOLVER.STEPS": steps,
-                                                       "SOLVER.CHECKPOINT_PERIOD": period})
-    assert check.prefix_iteration(cfg((600, 900), 300)) == 600   # a checkpoint right at the drop
-    assert check.prefix_iteration(cfg((600, 900), 500)) == 500   # the last checkpoint before it
-    assert check.prefix_iteration(cfg((600, 900), 700)) == 0     # none before it
-    assert check.prefix_iteration(cfg((), 300)) == 0             # no drop: the schedules differ in length only...
-    assert check.prefix_iteration(cfg((1200,), 300)) == 0        # ...as with a drop at the very end
+                                                       "SOLVER.CHECKPOINT_PERIOD": period, "SOLVER.WARMUP_ITERS": warmup})
+    long = (1800, (900, 1350))
+    assert check.prefix_iteration(cfg(1200, (600, 900)), cfg(*long)) == 600   # a checkpoint right at the drop
+    assert check.prefix_iteration(cfg(1200, (600, 900)), cfg(*long, period=500)) == 500   # the last one before it
+    assert check.prefix_iteration(cfg(1200, (600, 900)), cfg(*long, period=700)) == 0     # none before it
+    # a warm-up as long as the first drop ends at another rate in each schedule: nothing shared
+    assert check.prefix_iteration(cfg(1200, (600, 900), warmup=700), cfg(*long, warmup=700)) == 0
+    # without a drop the two agree to the end, short of the shorter one's last iteration
+    assert check.prefix_iteration(cfg(1200, ()), cfg(1800, ())) == 900
 
 
 def test_the_shorter_training_starts_from_the_longer_ones_checkpoint_with_its_first_evaluations(tmp_path):
@@ -58,23 +62,38 @@ def test_the_shorter_training_starts_from_the_longer_ones_checkpoint_with_its_fi
     events = [{"iteration": 299, "bbox/AP50": 70.0}, {"iteration": 599, "bbox/AP50": 80.0},
               {"iteration": 600, "total_loss": 0.5}, {"iteration": 899, "bbox/AP50": 85.0}]
     (longer / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    assert not check.start_from_prefix(longer, shorter, 900)  # no checkpoint there: it starts from scratch
+    assert check.start_from_prefix(longer, shorter, 900) is None  # no checkpoint there: it starts from scratch
     assert not shorter.exists()
-    assert check.start_from_prefix(longer, shorter, 600)
+    prefix = check.start_from_prefix(longer, shorter, 600)
     assert (shorter / "last_checkpoint").read_text() == "model_0000599.pth"
     assert (shorter / "model_0000599.pth").read_bytes() == b"at 600"
+    assert prefix == io.read_json(shorter / check.PREFIX_FILE) == {
+        "from": "x1.5_seed0", "iteration": 600, "checkpoint_sha256": hashlib.sha256(b"at 600").hexdigest()}
     assert check.curve_of(shorter, 1200) == [{"iter": 300, "AP50": 70.0}, {"iter": 600, "AP50": 80.0}]
 
 
-def test_a_kept_record_from_other_images_or_settings_is_refused_by_name(tmp_path):
+def test_a_kept_record_from_other_images_settings_or_training_is_refused_by_name(tmp_path):
     check = _tool("convergence_check")
     source = {"ground_truth_sha256": "a" * 64, "test_settings": {"INPUT.MIN_SIZE_TEST": 480}}
-    record = {k: [] for k in check.RECORD_KEYS} | {"source": source}
+    expect = {"seed": 0, "factor": 1.0, "iterations": 1200, "config_sha256": "c" * 64}
+    record = {k: [] for k in check.RECORD_KEYS} | {"source": source} | expect
     io.write_json(tmp_path / "x1_seed0.json.gz", record)
-    assert check.read_record(tmp_path / "x1_seed0.json.gz", source)["source"] == source
+    assert check.read_record(tmp_path / "x1_seed0.json.gz", source, expect)["source"] == source
     other = {**source, "test_settings": {"INPUT.MIN_SIZE_TEST": 640}}
     with pytest.raises(ValueError, match="x1_seed0.json.gz: made on other"):
-        check.read_record(tmp_path / "x1_seed0.json.gz", other)
+        check.read_record(tmp_path / "x1_seed0.json.gz", other, expect)
+    for key, value in [("iterations", 1800), ("seed", 1), ("config_sha256", "d" * 64)]:
+        with pytest.raises(ValueError, match=f"x1_seed0.json.gz: made by another training \\({key}"):
+            check.read_record(tmp_path / "x1_seed0.json.gz", source, {**expect, key: value})
     io.write_json(tmp_path / "bare.json.gz", {"name": "x1_seed0"})
     with pytest.raises(ValueError, match="bare.json.gz: not a convergence record"):
-        check.read_record(tmp_path / "bare.json.gz", source)
+        check.read_record(tmp_path / "bare.json.gz", source, expect)
+
+
+def test_a_pair_shares_its_prefix_only_with_the_checkpoint_the_longer_one_kept():
+    check = _tool("convergence_check")
+    longer = {"prefix_checkpoint_sha256": "a" * 64}
+    assert check.shared_prefix(longer, {"prefix": {"checkpoint_sha256": "a" * 64}}) is True
+    assert check.shared_prefix(longer, {"prefix": {"checkpoint_sha256": "b" * 64}}) is False
+    assert check.shared_prefix(longer, {"prefix": None}) is False      # trained from the beginning
+    assert check.shared_prefix({}, {"prefix": None}) is None             # kept before provenance was recorded

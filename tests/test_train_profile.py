@@ -1,6 +1,7 @@
 """Training hand-over through files (the several-GPU path), convergence metrics, the reference
 AP50, and the per-part profile."""
 import functools
+import shutil
 import math
 
 import numpy as np
@@ -86,6 +87,34 @@ def test_results_come_back_through_the_output_folder(tiny):
     assert set(a) == set(b) and not any(k.endswith("_orig") for k in a)  # masks folded by finalize()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert prune.sparsity(back["model"]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_training_resumed_under_another_schedule_keeps_its_momentum_and_takes_the_new_rate(tiny, tmp_path):
+    """What the convergence check does (tools/convergence_check.py): a shorter schedule resumes from a
+    longer one's checkpoint at its first LR drop.  SGD's momentum buffers come back from the file, and
+    the first resumed step already runs at the resumed schedule's rate (base LR x gamma after the drop)."""
+    def schedule(folder, max_iter, steps):
+        cfg = tiny.clone()
+        cfg.defrost()
+        cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = str(tmp_path / folder), max_iter, steps
+        cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.WARMUP_ITERS = 2, 0
+        return cfg
+
+    longer, shorter = schedule("longer", 4, (3,)), schedule("shorter", 3, (2,))  # the same rate up to iteration 2
+    train._train_worker(longer, False)
+    saved = torch.load(tmp_path / "longer" / "model_0000001.pth", weights_only=True)
+    assert saved["trainer"]["optimizer"]["state"] and saved["iteration"] == 1
+    (tmp_path / "shorter").mkdir()
+    shutil.copy(tmp_path / "longer" / "model_0000001.pth", tmp_path / "shorter")
+    (tmp_path / "shorter" / "last_checkpoint").write_text("model_0000001.pth")
+    trainer = train.Trainer(shorter)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 2
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(
+        [shorter.SOLVER.BASE_LR * shorter.SOLVER.GAMMA] * len(trainer.optimizer.param_groups))
+    state = trainer.optimizer.state_dict()["state"]
+    assert state.keys() == saved["trainer"]["optimizer"]["state"].keys()
+    assert all(torch.equal(state[k]["momentum_buffer"], saved["trainer"]["optimizer"]["state"][k]["momentum_buffer"]) for k in state)
 
 
 @pytest.mark.slow

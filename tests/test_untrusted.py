@@ -488,7 +488,9 @@ def test_gzipped_json_round_trips_and_bad_files_are_named(tmp_path):
     assert path.read_bytes()[4:8] == bytes(4)  # gzip's MTIME field empty: the same record, the same bytes
     for name, payload, says in [("text.json.gz", b'{"a": 1}', "not a gzipped JSON file"),
                                 ("cut.json.gz", path.read_bytes()[:-12], "cut short"),
-                                ("half.json.gz", _gzip(b'{"a": '), "not valid JSON")]:
+                                ("half.json.gz", _gzip(b'{"a": '), "not valid JSON"),
+                                ("two.json.gz", path.read_bytes() + _gzip(b"{}"), "bytes after its one gzip member"),
+                                ("latin.json", '{"a": "\u00e9"}'.encode("latin-1"), "not valid JSON")]:
         (tmp_path / name).write_bytes(payload)
         with pytest.raises(ValueError, match=says) as err:
             wio.read_json(tmp_path / name)

@@ -3,44 +3,52 @@
     python tools/convergence_check.py runs/RUN [--seeds 0 1 2] [--longer 1.5] [--workers 2] [--keep DIR]
 
 Trains stage 01's own config (``RUN/01_baseline/detectron2.yaml``: model, data, schedule; stage 00's
-data, and 01's setup cell is enough: the run's own trained baseline is not used) once per seed at
+data and 01's setup cell are enough, the run's own trained baseline is not used) once per seed at
 ``--longer`` times its length (the LR drops at the same fractions of the longer schedule) and once
-at its length.  The two schedules agree (same seed, same LR) up to the shorter one's first LR drop,
-so the shorter training resumes from the longer one's checkpoint there (``prefix_iteration``)
-instead of training that part again: both are samples of their schedules (a resumed training draws
-its images in a new order), and the pair shares its first part, as a training stopped at 1x and
-one continued to 1.5x would.  Each training is evaluated on `valid` every ``TEST.EVAL_PERIOD`` (the
-learning curves).  A seed's two trainings run one after the other in one process (1 PyTorch thread),
-``--workers`` seeds at a time (two 1-thread processes on 2 cores); each resumes from its last
+at its length.  The two schedules take the same steps at the same rates up to the shorter one's
+first LR drop (``prefix_iteration`` compares Detectron2's schedulers step by step), so the shorter
+training resumes from the longer one's checkpoint there instead of training that part again
+(model, momentum and scheduler position from the checkpoint, rates from its own schedule; after the
+resume it draws batches from the start of its seed's order again).  Each training is evaluated on
+`valid` every ``TEST.EVAL_PERIOD`` (the learning curves).  A seed's two trainings run one after the
+other in one process (1 PyTorch thread), ``--workers`` seeds at a time; each resumes from its last
 checkpoint if stopped.
 
-A finished training is scored on `valid` in its process and kept as a small record in ``--keep``
-(default ``RUN/convergence/kept``; a folder under version control carries a check across machines
-and sessions): its learning curve, COCO metrics, detections on `valid`, the ground truth's SHA-256
-and the test-time settings they were made with, the CPU model and commit.  A training whose record
-is kept is not trained again; a record made on other `valid` images or settings is refused by name.
-When every record is there: the paired bootstrap of longer - shorter per seed and of their seed mean
-(the same resampled images for every pair).  The rule (issue 32): converged when the seed mean
-gains <= 0.5 AP50 (point estimate).  Writes ``RUN/convergence/convergence.json`` and
-``learning_curves.png``.  Nothing is timed here: its step times are those of processes sharing the
-machine.
+A finished training is scored on `valid` in its process and kept as a small gzipped record in
+``--keep`` (default ``OUT/kept``, under ``runs/``; the project keeps its in ``docs/convergence``, under
+version control, so that a check carries across machines and sessions): its learning curve, COCO
+metrics, detections on `valid`, the ground truth's SHA-256 and the test-time settings they were made
+with, its config's SHA-256, the checkpoint a 1x training started from, the CPU model and commit.  A
+training whose record is kept is not trained again; a record made on other `valid` images or
+settings, or by another training, is refused by name.  When every record is there: the paired
+bootstrap of longer - shorter per seed and of their seed mean (the same resampled images for every
+pair).  The rule (issue 32): converged when the seed mean gains <= 0.5 AP50 (point estimate).
+Writes ``OUT/convergence.json`` and ``learning_curves.png``.  Nothing is timed here: its step times
+are those of processes sharing the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
+import math
 import multiprocessing
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
+from detectron2.solver import build_lr_scheduler
+
 from wildlib import data, evaluate, intervals, io, plots, stages, train
 from wildlib.config import get_config
+from wildlib.modeling import sha256_file
 
 GAIN_LIMIT = 0.5  # AP50: the longer schedule may gain at most this much (seed mean, paired, valid)
 RECORD_KEYS = ("name", "seed", "factor", "iterations", "curve", "metrics", "detections", "source")
+PREFIX_FILE = "prefix.json"  # in a shorter training's folder: the longer training's checkpoint it started from
 
 
 def schedule_keys(base_cfg, out_dir: Path, seed: int, factor: float) -> dict:
@@ -50,40 +58,61 @@ def schedule_keys(base_cfg, out_dir: Path, seed: int, factor: float) -> dict:
     return {"OUTPUT_DIR": str(out_dir), "SOLVER.MAX_ITER": n, "SOLVER.STEPS": steps, "SEED": int(seed)}
 
 
-def prefix_iteration(base_cfg) -> int:
-    """Iterations the shorter and the longer schedule share (same LR at every step, same seed): up
-    to the shorter one's first LR drop, rounded down to a checkpoint of the longer training (taken
-    every ``SOLVER.CHECKPOINT_PERIOD``; Detectron2 names the one after k iterations ``model_{k-1}``).
-    0: nothing shared (no LR drop, or none before the first checkpoint)."""
-    steps = [s for s in base_cfg.SOLVER.STEPS if 0 < s < base_cfg.SOLVER.MAX_ITER]
-    period = int(base_cfg.SOLVER.CHECKPOINT_PERIOD)
-    return (min(steps) // period) * period if steps and period > 0 else 0
+def rates(cfg, iterations: int) -> list[float]:
+    """The learning rate of each of the first ``iterations`` iterations under ``cfg``'s schedule
+    (Detectron2's own scheduler, warm-up included, on a stand-in parameter)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    out = []
+    for i in range(iterations):
+        scheduler.last_epoch = i
+        out.append(scheduler.get_lr()[0])
+    return out
 
 
-def start_from_prefix(longer_dir: Path, shorter_dir: Path, iteration: int) -> bool:
+def prefix_iteration(shorter_cfg, longer_cfg) -> int:
+    """Iterations the two schedules share: the largest checkpoint of the longer training (taken
+    every ``SOLVER.CHECKPOINT_PERIOD``; Detectron2 names the one after k iterations ``model_{k-1}``)
+    before which both take every step at the same learning rate, warm-up included (with the same
+    seed, the same steps).  0: none (the shorter one then trains from the beginning)."""
+    period, n = int(longer_cfg.SOLVER.CHECKPOINT_PERIOD), int(shorter_cfg.SOLVER.MAX_ITER)
+    if period <= 0:
+        return 0
+    a, b = rates(shorter_cfg, n), rates(longer_cfg, n)
+    same = next((i for i in range(n) if not math.isclose(a[i], b[i], rel_tol=1e-9, abs_tol=0.0)), n)
+    return (min(same, n - 1) // period) * period
+
+
+def start_from_prefix(longer_dir: Path, shorter_dir: Path, iteration: int) -> dict | None:
     """Put the longer training's checkpoint after ``iteration`` iterations into the shorter one's
-    folder as its last checkpoint (Detectron2 resumes from it with the shorter config: the LR
-    schedule follows the config, its state is only the iteration count).  False when there is no
-    such checkpoint (then the shorter training starts from the beginning)."""
+    folder as its last checkpoint: Detectron2 resumes from it with the shorter config (the model,
+    SGD's momentum, the scheduler's position; :class:`wildlib.train.Trainer` sets the rates of the
+    shorter schedule).  The longer run's log up to there comes along (its evaluations are the
+    shorter run's too), and ``prefix.json`` says where the start came from (with the checkpoint's
+    SHA-256); ``last_checkpoint``, which makes a rerun resume, is written last.  None when there is
+    no such checkpoint (then the shorter training starts from the beginning)."""
     ckpt = Path(longer_dir) / f"model_{iteration - 1:07d}.pth"
     if iteration <= 0 or not ckpt.is_file():
-        return False
+        return None
     shorter_dir = Path(shorter_dir)
     shorter_dir.mkdir(parents=True, exist_ok=True)
     io.copy_file(ckpt, shorter_dir / ckpt.name)
-    io.write_text(shorter_dir / "last_checkpoint", ckpt.name)
-    # its first evaluations were the longer training's (they are the same model up to here)
     lines = [ln for ln in (Path(longer_dir) / "log.jsonl").read_text().splitlines()
              if json.loads(ln).get("iteration", 0) < iteration]
     io.write_text(shorter_dir / "log.jsonl", "".join(ln + "\n" for ln in lines))
-    return True
+    prefix = {"from": Path(longer_dir).name, "iteration": iteration, "checkpoint_sha256": sha256_file(ckpt)}
+    io.write_json(shorter_dir / PREFIX_FILE, prefix)
+    io.write_text(shorter_dir / "last_checkpoint", ckpt.name)
+    return prefix
 
 
 def curve_of(folder: Path, max_iter: int) -> list[dict]:
     """AP50 on `valid` at each periodic evaluation, from Detectron2's event log (``log.jsonl``, which
     a resumed training appends to, where its history holds only the part after the resume), numbered
     as :func:`wildlib.train.learning_curve` numbers them (iterations done): Detectron2 logs a periodic
-    evaluation at the last iteration done - 1 and the final one at ``max_iter``."""
+    evaluation after k iterations as iteration k - 1 and the final one as ``max_iter``.  Its writer
+    writes every 20 iterations, the last value of each key: an ``EVAL_PERIOD`` that is not a multiple
+    of 20 loses points (the baseline's is 300)."""
     points = {}
     for line in (folder / "log.jsonl").read_text().splitlines():
         event = json.loads(line)
@@ -93,31 +122,51 @@ def curve_of(folder: Path, max_iter: int) -> list[dict]:
 
 
 def record_name(seed: int, factor: float) -> str:
+    """A training's name, its folder's and its kept record's: ``x1.5_seed0``."""
     return f"x{factor:g}_seed{seed}"
 
 
-def read_record(path: Path, source: dict) -> dict:
-    """A kept record, checked: every key there, and made on the same `valid` with the same test-time
-    settings as ``source`` (:func:`wildlib.evaluate.source_of`).  Errors name the file."""
+def config_sha256(cfg) -> str:
+    """SHA-256 of a training's Detectron2 config without where it writes (model, data, schedule,
+    seed): a kept record is paired only with the config that made it."""
+    c = cfg.clone()
+    c.defrost()
+    c.OUTPUT_DIR = ""
+    return hashlib.sha256(c.dump().encode()).hexdigest()
+
+
+def read_record(path: Path, source: dict, expect: dict) -> dict:
+    """A kept record, checked: every key there, made on the same `valid` with the same test-time
+    settings as ``source`` (:func:`wildlib.evaluate.source_of`), and with ``expect``'s values (seed,
+    factor, iterations, and ``config_sha256`` where the record has one: records kept before it was
+    recorded have none, and the summary lists them).  Errors name the file."""
     record = io.read_json(path)
     missing = [k for k in RECORD_KEYS if k not in record] if isinstance(record, dict) else list(RECORD_KEYS)
     if missing:
         raise ValueError(f"{path}: not a convergence record (missing {', '.join(missing)})")
     if record["source"] != source:
         raise ValueError(f"{path}: made on other `valid` images or test-time settings than this run's "
-                         f"({record['source']} against {source}); move it away to train it again")
+                         f"({record['source']} against {source}); move it and its training folder away to train it again")
+    other = {k: (record.get(k), v) for k, v in expect.items() if k in record and record[k] != v}
+    if other:
+        raise ValueError(f"{path}: made by another training ({', '.join(f'{k} {a} against {b}' for k, (a, b) in other.items())})")
     return record
 
 
-def _score_and_keep(cfg, name: str, seed: int, factor: float, curve: list, datasets: dict, keep: Path,
-                    extra: dict) -> None:
+def _score_and_keep(cfg, name: str, seed: int, factor: float, datasets: dict, keep: Path, extra: dict) -> None:
+    """Score the finished training in ``cfg.OUTPUT_DIR`` on `valid` and keep its record."""
     model = train.unwrap(train.load_result(cfg)["model"]).eval()
-    metrics, dets = evaluate.score(model, cfg, datasets["valid"], None, True, evaluate.coco_max_dets(cfg))
+    metrics, dets = evaluate.score(model, cfg, datasets["valid"], output_dir=None, quiet=True,
+                                   max_dets_per_image=evaluate.coco_max_dets(cfg))
+    history = io.read_json(Path(cfg.OUTPUT_DIR) / train.HISTORY_FILE)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
     io.write_json(keep / f"{name}.json.gz", {
-        "name": name, "seed": seed, "factor": factor, "iterations": cfg.SOLVER.MAX_ITER, "curve": curve,
+        "name": name, "seed": seed, "factor": factor, "iterations": cfg.SOLVER.MAX_ITER,
+        "config_sha256": config_sha256(cfg), "curve": curve_of(Path(cfg.OUTPUT_DIR), cfg.SOLVER.MAX_ITER),
         "metrics": metrics, "detections": dets, "source": evaluate.source_of(cfg, datasets["valid"]),
-        "cpu_model": io.cpu_model(), **extra,
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()})
+        "start_iter": history.get("start_iter"), "s_per_iter": history.get("s_per_iter"), **extra,
+        "cpu_model": io.cpu_model(), "commit": commit})
 
 
 def _seed_chain(config_file: str, base_keys: dict, seed: int, longer: float, out: str, keep: str, setup) -> int:
@@ -126,23 +175,42 @@ def _seed_chain(config_file: str, base_keys: dict, seed: int, longer: float, out
     out, keep = Path(out), Path(keep)
     datasets = setup()
     base_cfg = get_config(config_file, base_keys)
-    prefix = prefix_iteration(base_cfg)
-    longer_dir, shorter_dir = out / record_name(seed, longer), out / record_name(seed, 1.0)
-    for factor, folder in ((longer, longer_dir), (1.0, shorter_dir)):
+    folders = {f: out / record_name(seed, f) for f in (longer, 1.0)}
+    cfgs = {f: get_config(config_file, {**base_keys, **schedule_keys(base_cfg, folders[f], seed, f)}) for f in folders}
+    prefix = prefix_iteration(cfgs[1.0], cfgs[longer])
+    for factor, folder in folders.items():
         name = record_name(seed, factor)
         if (keep / f"{name}.json.gz").is_file():
             continue
-        cfg = get_config(config_file, {**base_keys, **schedule_keys(base_cfg, folder, seed, factor)})
+        extra = {}
+        if factor == longer and prefix and (folder / f"model_{prefix - 1:07d}.pth").is_file():
+            extra["prefix_checkpoint_sha256"] = sha256_file(folder / f"model_{prefix - 1:07d}.pth")
         if not (folder / train.HISTORY_FILE).is_file():
             resume = (folder / "last_checkpoint").is_file()
-            if factor == 1.0 and not resume and start_from_prefix(longer_dir, folder, prefix):
+            if factor == 1.0 and not resume and start_from_prefix(folders[longer], folder, prefix):
                 resume = True
-            train.train_in_process(cfg, setup=None, resume=resume)
-        history = io.read_json(folder / train.HISTORY_FILE)
-        extra = {"started_at_iteration": history.get("start_iter"), "s_per_iter": history.get("s_per_iter")}
-        _score_and_keep(cfg, name, seed, factor, curve_of(folder, cfg.SOLVER.MAX_ITER), datasets, keep, extra)
+            train.train_in_process(cfgs[factor], setup=None, resume=resume)
+        if factor == longer and prefix and "prefix_checkpoint_sha256" not in extra:
+            extra["prefix_checkpoint_sha256"] = sha256_file(folder / f"model_{prefix - 1:07d}.pth")
+        if factor == 1.0:
+            extra["prefix"] = io.read_json(folder / PREFIX_FILE) if (folder / PREFIX_FILE).is_file() else None
+        _score_and_keep(cfgs[factor], name, seed, factor, datasets, keep, extra)
         print("kept", keep / f"{name}.json.gz", flush=True)
     return seed
+
+
+def shared_prefix(longer: dict, shorter: dict) -> bool | None:
+    """Did the shorter training start from the longer one's checkpoint (the SHA-256 the longer record
+    kept against the one the shorter one started from)?  None where a record predates them."""
+    if "prefix" not in shorter or "prefix_checkpoint_sha256" not in longer:
+        return None
+    return bool(shorter["prefix"]) and shorter["prefix"]["checkpoint_sha256"] == longer["prefix_checkpoint_sha256"]
+
+
+def _start_iter(record: dict):
+    """The iteration a kept training started at (records kept by commit 0492f0e's tool call it
+    ``started_at_iteration``)."""
+    return record.get("start_iter", record.get("started_at_iteration"))
 
 
 def main(argv=None) -> int:
@@ -153,8 +221,15 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=0, help="the shorter schedule (default: the baseline's own)")
     ap.add_argument("--out", default="", help="default: RUN/convergence")
-    ap.add_argument("--keep", default="", help="where finished trainings' records go (default: OUT/kept)")
+    ap.add_argument("--keep", default="", help="where finished trainings' records go (default: OUT/kept, "
+                                               "under runs/ and not versioned; the project's: docs/convergence)")
     a = ap.parse_args(argv)
+    if a.longer <= 1:
+        ap.error("--longer must be more than 1")
+    if len(set(a.seeds)) != len(a.seeds):
+        ap.error("--seeds must not repeat (each seed trains in its own folders)")
+    if a.workers < 1:
+        ap.error("--workers must be at least 1")
     run = io.resolve(a.run_dir)
     out = Path(a.out) if a.out else run / "convergence"
     keep = Path(a.keep) if a.keep else out / "kept"
@@ -167,45 +242,58 @@ def main(argv=None) -> int:
         base_keys = schedule_keys(own_cfg, out, own_cfg.SEED, a.iterations / own_cfg.SOLVER.MAX_ITER)
         base_keys.pop("OUTPUT_DIR")
     base_cfg = get_config(config_file, base_keys)
-    names, aliases = stages.classes_for(run)
-    setup = functools.partial(data.register, stages.data_dir_for(run), names, aliases=aliases,
+    class_names, aliases = stages.classes_for(run)
+    setup = functools.partial(data.register, stages.data_dir_for(run), class_names, aliases=aliases,
                               coco_dir=out / "coco", splits=("train", "valid"))
     datasets = setup()
     source = evaluate.source_of(base_cfg, datasets["valid"])
-    names_needed = [record_name(s, f) for s in a.seeds for f in (a.longer, 1.0)]
-    kept = {n: read_record(keep / f"{n}.json.gz", source) for n in names_needed if (keep / f"{n}.json.gz").is_file()}
+    expected = {}
+    for s in a.seeds:
+        for f in (a.longer, 1.0):
+            cfg = get_config(config_file, {**base_keys, **schedule_keys(base_cfg, out / record_name(s, f), s, f)})
+            expected[record_name(s, f)] = {"seed": s, "factor": f, "iterations": cfg.SOLVER.MAX_ITER,
+                                           "config_sha256": config_sha256(cfg)}
+
+    def kept_records():
+        return {n: read_record(keep / f"{n}.json.gz", source, e) for n, e in expected.items()
+                if (keep / f"{n}.json.gz").is_file()}
+
+    kept = kept_records()
     todo = [s for s in a.seeds if any(record_name(s, f) not in kept for f in (a.longer, 1.0))]
     if todo:
-        print(f"seeds {todo} to train ({a.longer:g}x then 1x from iteration {prefix_iteration(base_cfg)}), "
+        print(f"seeds {todo} to train ({a.longer:g}x, then 1x from its checkpoint where the schedules part), "
               f"{a.workers} at a time, 1 thread each; records kept in {keep}", flush=True)
         chain = functools.partial(_seed_chain, config_file, base_keys, longer=a.longer, out=str(out),
                                   keep=str(keep), setup=setup)
         with ProcessPoolExecutor(min(a.workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in pool.map(chain, todo):
                 print("seed done", done, flush=True)
-        kept = {n: read_record(keep / f"{n}.json.gz", source) for n in names_needed}
+        kept = kept_records()
 
     limit = evaluate.coco_max_dets(base_cfg)
     matched = {n: evaluate.matched(datasets["valid"], r["detections"], limit) for n, r in kept.items()}
     pairs = [(matched[record_name(s, a.longer)], matched[record_name(s, 1.0)]) for s in a.seeds]
     per_seed = {s: intervals.paired(*pair) for s, pair in zip(a.seeds, pairs)}
     mean = intervals.paired_mean(pairs)
-    record = {
+    summary = {
         "rule": f"converged when the seed mean of (x{a.longer:g} - x1) AP50 on valid is <= {GAIN_LIMIT} (point estimate)",
         "valid_images": pairs[0][0].num_images, "iterations": base_cfg.SOLVER.MAX_ITER,
-        "longer_iterations": int(round(base_cfg.SOLVER.MAX_ITER * a.longer)),
-        "shared_prefix_iterations": prefix_iteration(base_cfg),
+        "longer_iterations": expected[record_name(a.seeds[0], a.longer)]["iterations"],
         "ap50": {n: r["metrics"]["AP50"] for n, r in kept.items()},
-        "gain_per_seed": {str(s): {"delta": d["delta"], "ci95": d["ci95"]} for s, d in per_seed.items()},
+        "gain_per_seed": {str(s): {"delta": d["delta"], "ci95": d["ci95"],
+                                   "x1_start_iter": _start_iter(kept[record_name(s, 1.0)]),
+                                   "shared_prefix": shared_prefix(kept[record_name(s, a.longer)], kept[record_name(s, 1.0)])}
+                          for s, d in per_seed.items()},
         "gain_seed_mean": mean["delta"], "gain_seed_mean_ci95": mean["ci95"],
         "converged": bool(mean["delta"] <= GAIN_LIMIT),
         "learning_curves": {f"x{r['factor']:g} seed {r['seed']}": r["curve"] for r in kept.values()},
-        "trained_on": sorted({r.get("cpu_model", "") for r in kept.values()}),
-        "trained_at_commits": sorted({r.get("commit", "") for r in kept.values()}),
+        "cpu_models": sorted({r.get("cpu_model", "") for r in kept.values()}),
+        "commits": sorted({r.get("commit", "") for r in kept.values()}),
+        "records_without_config_sha256": sorted(n for n, r in kept.items() if "config_sha256" not in r),
         "kept_records": str(keep),
     }
-    io.write_json(out / "convergence.json", record)
-    io.save_figure(plots.learning_curves(record["learning_curves"], base_cfg.SOLVER.MAX_ITER), out / "learning_curves.png")
+    io.write_json(out / "convergence.json", summary)
+    io.save_figure(plots.learning_curves(summary["learning_curves"], base_cfg.SOLVER.MAX_ITER), out / "learning_curves.png")
     print(io.read_json(out / "convergence.json"))
     return 0
 

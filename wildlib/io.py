@@ -101,6 +101,8 @@ def write_json(path, data: dict) -> Path:
 
 
 def read_json(path) -> dict:
+    """The JSON in ``path`` (UTF-8); a path ending in ``.gz``: one gzip member, refused if it unpacks
+    to more than ``MAX_GUNZIP_BYTES``.  Errors name the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found (did the previous stage run?)")
@@ -114,8 +116,10 @@ def read_json(path) -> dict:
             raise ValueError(f"{path}: unpacks to more than {MAX_GUNZIP_BYTES} bytes; refused")
         if not inflate.eof:
             raise ValueError(f"{path}: not a gzipped JSON file (cut short)")
+        if inflate.unused_data:
+            raise ValueError(f"{path}: not a gzipped JSON file (bytes after its one gzip member)")
     else:
-        text = path.read_text()
+        text = path.read_bytes()
     try:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -84,6 +84,24 @@ class Trainer(DefaultTrainer):
             if hasattr(h, "checkpointer"):
                 h.checkpointer = self.checkpointer
 
+    def state_dict(self):
+        """Detectron2 0.6's trainer state (iteration, the LR scheduler's position) with the optimizer's
+        (SGD's momentum buffers): without it a resumed training restarts its momentum from zero."""
+        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "optimizer" in state_dict:  # checkpoints written before it was saved have none
+            self.optimizer.load_state_dict(state_dict["optimizer"])
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's, then the optimizer's learning rates set from this config's schedule at the
+        iteration it starts at: a loaded optimizer holds the rates of the run that saved it, and a
+        fresh scheduler's (set until its first step) are its warm-up start."""
+        super().resume_or_load(resume=resume)
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+            group["lr"] = lr
+
     @classmethod
     def build_model(cls, cfg):
 
