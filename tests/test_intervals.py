@@ -212,3 +212,20 @@ def test_the_bootstrap_in_arrays_is_ap50_sample_by_sample(n_images, seed):
     np.testing.assert_allclose(many, one_by_one, rtol=0, atol=1e-9)
     empty = intervals.match(gt, [])  # no detection at all: AP50 0 wherever a box was drawn
     np.testing.assert_allclose(intervals.ap50_many(empty, w[:5]), [intervals.ap50(empty, wi) for wi in w[:5]])
+
+
+def test_the_two_level_seed_mean_widens_with_the_spread_between_seeds():
+    gt = _gt(n_images=60, seed=7)
+    good = intervals.match(gt, _detections(gt, seed=8, miss=0.05, extra=0))
+    bad = intervals.match(gt, _detections(gt, seed=9, miss=0.5, extra=3))
+    gap = (_pycocotools_ap50(gt, _detections(gt, seed=8, miss=0.05, extra=0))
+           - _pycocotools_ap50(gt, _detections(gt, seed=9, miss=0.5, extra=3)))
+    assert gap > 10
+    # seeds that agree: drawing the seeds changes nothing
+    same = [(good, bad)] * 3
+    assert intervals.paired_mean(same, over_seeds=True)["ci95"] == intervals.paired_mean(same)["ci95"]
+    # two seeds with opposite results: over images alone the mean is exactly 0, over seeds it spans both
+    opposite = [(good, bad), (bad, good)]
+    fixed, drawn = intervals.paired_mean(opposite), intervals.paired_mean(opposite, over_seeds=True)
+    assert fixed["delta"] == drawn["delta"] == pytest.approx(0.0, abs=1e-9) and fixed["ci95"] == [0.0, 0.0]
+    assert drawn["ci95"][0] < -gap / 2 and drawn["ci95"][1] > gap / 2 and drawn["over_seeds"]

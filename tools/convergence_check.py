@@ -22,7 +22,7 @@ with, its config's SHA-256, the checkpoint a 1x training started from, the CPU m
 training whose record is kept is not trained again; a record made on other `valid` images or
 settings, or by another training, is refused by name.  When every record is there: the paired
 bootstrap of longer - shorter per seed and of their seed mean (the same resampled images for every
-pair).  The rule (issue 32): converged when the seed mean gains <= 0.5 AP50 (point estimate).
+pair; and with the seeds drawn too, a two-level bootstrap).  The rule (issue 32): converged when the seed mean gains <= 0.5 AP50 (point estimate).
 Writes ``OUT/convergence.json`` and ``learning_curves.png``.  Nothing is timed here: its step times
 are those of processes sharing the machine.
 """
@@ -275,6 +275,7 @@ def main(argv=None) -> int:
     pairs = [(matched[record_name(s, a.longer)], matched[record_name(s, 1.0)]) for s in a.seeds]
     per_seed = {s: intervals.paired(*pair) for s, pair in zip(a.seeds, pairs)}
     mean = intervals.paired_mean(pairs)
+    over_seeds = intervals.paired_mean(pairs, over_seeds=True)
     summary = {
         "rule": f"converged when the seed mean of (x{a.longer:g} - x1) AP50 on valid is <= {GAIN_LIMIT} (point estimate)",
         "valid_images": pairs[0][0].num_images, "iterations": base_cfg.SOLVER.MAX_ITER,
@@ -285,6 +286,7 @@ def main(argv=None) -> int:
                                    "shared_prefix": shared_prefix(kept[record_name(s, a.longer)], kept[record_name(s, 1.0)])}
                           for s, d in per_seed.items()},
         "gain_seed_mean": mean["delta"], "gain_seed_mean_ci95": mean["ci95"],
+        "gain_seed_mean_ci95_over_seeds": over_seeds["ci95"],  # the seeds drawn too (two-level bootstrap)
         "converged": bool(mean["delta"] <= GAIN_LIMIT),
         "learning_curves": {f"x{r['factor']:g} seed {r['seed']}": r["curve"] for r in kept.values()},
         "cpu_models": sorted({r.get("cpu_model", "") for r in kept.values()}),

@@ -212,17 +212,27 @@ def paired(variant: Matched, reference: Matched, samples: int = SAMPLES, seed: i
 
 
 def paired_mean(pairs: list[tuple[Matched, Matched]], samples: int = SAMPLES, seed: int = SEED,
-                level: float = LEVEL) -> dict:
+                level: float = LEVEL, over_seeds: bool = False) -> dict:
     """The mean over ``pairs`` (variant, reference) — one pair per training seed — of the paired
-    delta, with its bootstrap interval: every sample resamples the same images for every pair,
-    so the interval is of the seed-mean delta over images.  ``{"delta", "ci95", "se"}``."""
+    delta, with its bootstrap interval: every sample resamples the same images for every pair, so
+    the interval is of the seed-mean delta over images, the seeds held fixed.  ``over_seeds``: a
+    two-level bootstrap, each sample also drawing as many seeds as there are pairs, with
+    replacement, so that the spread between seeds widens the interval too (with one pair it is the
+    same interval).  ``{"delta", "ci95", "se", "ci95_mcse", "samples", "over_seeds"}``."""
     for v, r in pairs:
         _check_same_images(v, r)
         _check_same_images(v, pairs[0][0])
-    w = resamples(pairs[0][0].num_images, samples, seed)
-    boot = np.mean([ap50_many(v, w) - ap50_many(r, w) for v, r in pairs], axis=0)
+    n = pairs[0][0].num_images
+    w = resamples(n, samples, seed)
+    per_seed = np.array([ap50_many(v, w) - ap50_many(r, w) for v, r in pairs])  # (pairs, samples)
+    if over_seeds:
+        drawn = np.random.default_rng([seed, n, len(pairs)]).integers(0, len(pairs), size=(samples, len(pairs)))
+        boot = per_seed[drawn, np.arange(samples)[:, None]].mean(axis=1)
+    else:
+        boot = per_seed.mean(axis=0)
     return {"delta": float(np.mean([ap50(v) - ap50(r) for v, r in pairs])), "ci95": _interval(boot, level),
-            "se": float(np.nanstd(boot, ddof=1)), "ci95_mcse": _ends_mcse(boot, level), "samples": int(samples)}
+            "se": float(np.nanstd(boot, ddof=1)), "ci95_mcse": _ends_mcse(boot, level), "samples": int(samples),
+            "over_seeds": bool(over_seeds)}
 
 
 def non_inferiority(draw, tolerance: float, samples: int = SAMPLES, max_samples: int = MAX_SAMPLES) -> dict:
