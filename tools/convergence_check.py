@@ -22,9 +22,10 @@ with, its config's SHA-256, the checkpoint a 1x training started from, the CPU m
 training whose record is kept is not trained again; a record made on other `valid` images or
 settings, or by another training, is refused by name.  When every record is there: the paired
 bootstrap of longer - shorter per seed and of their seed mean (the same resampled images for every
-pair; and with the seeds drawn too, a two-level bootstrap).  The rule (issue 32): converged when the seed mean gains <= 0.5 AP50 (point estimate).
-Writes ``OUT/convergence.json`` and ``learning_curves.png``.  Nothing is timed here: its step times
-are those of processes sharing the machine.
+pair; and with the seeds drawn too, a two-level bootstrap).  The rule (issue 32): converged when the
+seed mean gains <= 0.5 AP50 (point estimate).  Writes ``OUT/convergence.json`` and
+``learning_curves.png``.  Nothing is timed here: its step times are those of processes sharing the
+machine.
 """
 
 from __future__ import annotations
