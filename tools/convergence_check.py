@@ -154,23 +154,30 @@ def read_record(path: Path, source: dict, expect: dict) -> dict:
     return record
 
 
+def code_version() -> str:
+    """The commit of the code this process runs (``git describe --always --dirty``), read when the
+    check starts: the trainings run the code loaded then, whatever is committed meanwhile."""
+    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent).stdout.strip()
+
+
 def _score_and_keep(cfg, name: str, seed: int, factor: float, datasets: dict, keep: Path, extra: dict) -> None:
-    """Score the finished training in ``cfg.OUTPUT_DIR`` on `valid` and keep its record."""
+    """Score the finished training in ``cfg.OUTPUT_DIR`` on `valid` and keep its record (``extra``:
+    more fields, the commit among them)."""
     model = train.unwrap(train.load_result(cfg)["model"]).eval()
     metrics, dets = evaluate.score(model, cfg, datasets["valid"], output_dir=None, quiet=True,
                                    max_dets_per_image=evaluate.coco_max_dets(cfg))
     history = io.read_json(Path(cfg.OUTPUT_DIR) / train.HISTORY_FILE)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip()
     io.write_json(keep / f"{name}.json.gz", {
         "name": name, "seed": seed, "factor": factor, "iterations": cfg.SOLVER.MAX_ITER,
         "config_sha256": config_sha256(cfg), "curve": curve_of(Path(cfg.OUTPUT_DIR), cfg.SOLVER.MAX_ITER),
         "metrics": metrics, "detections": dets, "source": evaluate.source_of(cfg, datasets["valid"]),
         "start_iter": history.get("start_iter"), "s_per_iter": history.get("s_per_iter"), **extra,
-        "cpu_model": io.cpu_model(), "commit": commit})
+        "cpu_model": io.cpu_model()})
 
 
-def _seed_chain(config_file: str, base_keys: dict, seed: int, longer: float, out: str, keep: str, setup) -> int:
+def _seed_chain(config_file: str, base_keys: dict, seed: int, longer: float, out: str, keep: str, setup,
+                commit: str = "") -> int:
     """One seed, in a process of its own (1 thread): the longer training, then the shorter one from
     their shared prefix; each scored on `valid` and kept as soon as it is done."""
     out, keep = Path(out), Path(keep)
@@ -183,7 +190,7 @@ def _seed_chain(config_file: str, base_keys: dict, seed: int, longer: float, out
         name = record_name(seed, factor)
         if (keep / f"{name}.json.gz").is_file():
             continue
-        extra = {}
+        extra = {"commit": commit}
         if factor == longer and prefix and (folder / f"model_{prefix - 1:07d}.pth").is_file():
             extra["prefix_checkpoint_sha256"] = sha256_file(folder / f"model_{prefix - 1:07d}.pth")
         if not (folder / train.HISTORY_FILE).is_file():
@@ -265,7 +272,7 @@ def main(argv=None) -> int:
         print(f"seeds {todo} to train ({a.longer:g}x, then 1x from its checkpoint where the schedules part), "
               f"{a.workers} at a time, 1 thread each; records kept in {keep}", flush=True)
         chain = functools.partial(_seed_chain, config_file, base_keys, longer=a.longer, out=str(out),
-                                  keep=str(keep), setup=setup)
+                                  keep=str(keep), setup=setup, commit=code_version())
         with ProcessPoolExecutor(min(a.workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in pool.map(chain, todo):
                 print("seed done", done, flush=True)
