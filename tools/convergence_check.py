@@ -190,15 +190,13 @@ def _seed_chain(config_file: str, base_keys: dict, seed: int, longer: float, out
         name = record_name(seed, factor)
         if (keep / f"{name}.json.gz").is_file():
             continue
-        extra = {"commit": commit}
-        if factor == longer and prefix and (folder / f"model_{prefix - 1:07d}.pth").is_file():
-            extra["prefix_checkpoint_sha256"] = sha256_file(folder / f"model_{prefix - 1:07d}.pth")
         if not (folder / train.HISTORY_FILE).is_file():
             resume = (folder / "last_checkpoint").is_file()
             if factor == 1.0 and not resume and start_from_prefix(folders[longer], folder, prefix):
                 resume = True
             train.train_in_process(cfgs[factor], setup=None, resume=resume)
-        if factor == longer and prefix and "prefix_checkpoint_sha256" not in extra:
+        extra = {"commit": commit}
+        if factor == longer and prefix:  # the checkpoint the shorter training starts from
             extra["prefix_checkpoint_sha256"] = sha256_file(folder / f"model_{prefix - 1:07d}.pth")
         if factor == 1.0:
             extra["prefix"] = io.read_json(folder / PREFIX_FILE) if (folder / PREFIX_FILE).is_file() else None
