@@ -1,5 +1,6 @@
 """The stage contract (wildlib.stages): what a stage writes, how a later one reads it, and what it
 takes from earlier stages instead of parameters (the data, the seed, the fine-tuning batch)."""
+import math
 import shutil
 from pathlib import Path
 
@@ -177,3 +178,53 @@ def test_paired_baselines_takes_detections_of_the_same_data_moved_elsewhere(tmp_
     src = a / stages.BASELINE / stages.DETECTIONS_DIR / "baseline.source.json"
     io.write_json(src, evaluate.source_of(untrained_cfg, datasets["valid"]))  # recorded on the moved copy
     assert stages.paired_baselines(a, a)["AP50"] == 100
+
+
+def test_distillation_is_off_at_zero_weights_and_teaches_with_the_dense_control(tmp_path):
+    assert stages.distillation(tmp_path / "01_baseline", tmp_path / "w.pth") is None
+    assert stages.distillation(tmp_path / "01_baseline", tmp_path / "w.pth", temperature=4.0) is None
+    hook = stages.distillation(tmp_path / "01_baseline", tmp_path / "02_prune" / "model_dense_control.pth", rpn=0.5)
+    made = hook()
+    assert made.teacher_config == str(tmp_path / "01_baseline" / "detectron2.yaml")
+    assert made.teacher_weights == str(tmp_path / "02_prune" / "model_dense_control.pth")
+    assert made.weights == {"cls": 0.0, "rpn": 0.5, "fpn": 0.0} and made.temperature == 2.0
+
+
+def _rates(cfg) -> list:
+    """The LR of each iteration under ``cfg``, from Detectron2's own scheduler."""
+    import torch
+    from detectron2.solver import build_lr_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    sched, out = build_lr_scheduler(cfg, opt), []
+    for _ in range(cfg.SOLVER.MAX_ITER):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_finetune_lr_schedules_step_cosine_and_rewinding_the_baselines_tail(tmp_path):
+    base = tmp_path / "01_baseline"
+    base.mkdir()
+    over = stages.baseline_overrides(base, device="cpu", max_iter=20, ims_per_batch=8, lr=0.02, eval_period=0,
+                                     lr_steps=(0.5,))  # 20 iterations: warm-up 4, one drop at 10
+    (base / modeling.D2_CONFIG_FILE).write_text(get_config("mobilenet_fpn_cpu", over).dump())
+    (base / modeling.MODEL_FILE).write_bytes(b"")  # only named by the configs here, never loaded
+    args = dict(device="cpu", ims_per_batch=4, lr=0.01, eval_period=0)
+    # rewinding 14 iterations replays the baseline's iterations 6-19: 4 at the base rate, then 10 after its drop
+    rewind = stages.finetune_config(base, tmp_path / "r", max_iter=14, lr_schedule="rewind", **args)
+    assert _rates(rewind) == pytest.approx([0.01] * 4 + [0.001] * 10)
+    # 8 iterations start after the drop: all at the dropped rate
+    assert _rates(stages.finetune_config(base, tmp_path / "r8", max_iter=8, lr_schedule="rewind", **args)) == \
+        pytest.approx([0.001] * 8)
+    cosine = _rates(stages.finetune_config(base, tmp_path / "c", max_iter=50, lr_schedule="cosine", **args))
+    peak = cosine.index(max(cosine))
+    assert peak == 10 and max(cosine) == pytest.approx(0.01 * (1 + math.cos(math.pi * 10 / 50)) / 2, rel=1e-6)
+    assert all(a > b for a, b in zip(cosine[peak:], cosine[peak + 1:])) and cosine[-1] < 1e-4
+    step = _rates(stages.finetune_config(base, tmp_path / "s", max_iter=100, **args))
+    assert step[50] == pytest.approx(0.01) and step[80] == pytest.approx(0.001) and step[95] == pytest.approx(0.0001)
+    with pytest.raises(ValueError, match="after its warm-up"):
+        stages.finetune_config(base, tmp_path / "x", max_iter=18, lr_schedule="rewind", **args)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        stages.finetune_config(base, tmp_path / "x", max_iter=18, lr_schedule="onecycle", **args)

@@ -225,6 +225,7 @@ class GradualRun(Verdict):
     sparsity: float
     evals: list | None = None
     bbox: dict  # COCO metrics on the report split
+    distillation: dict | None = None  # the teacher's terms (wildlib.distill.Distill.state()); None: labels alone
 
 
 @dataclass(kw_only=True)

@@ -34,6 +34,7 @@ from .records import (BaselineMetrics, ChannelsMetrics, DenseControl, EvaluateMe
 from .fast import load as load_deployable
 from .speed import LATENCY_IMAGES, twin_of
 from .tiles import ensure_registered, tile_setting
+from .distill import Distill
 from .train import final_eval, train, train_together, unwrap
 
 EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
@@ -439,12 +440,12 @@ def coco_max_dets_of(stage_path) -> int:
 
 
 def finetune_schedule(baseline_dir, cfg, *, max_iter: int, ims_per_batch: int, lr: float, seed: int | None,
-                      **_) -> dict:
-    """What makes two dense controls the same model: iterations, LR, batch, seed, and the
-    baseline's weights (SHA-256).  Recorded as stage 02's ``finetune`` settings.
+                      lr_schedule: str = "step", **_) -> dict:
+    """What makes two dense controls the same model: iterations, LR and its schedule, batch, seed,
+    and the baseline's weights (SHA-256).  Recorded as stage 02's ``finetune`` settings.
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
-    return {"iterations": int(max_iter), "lr": float(lr), "ims_per_batch": int(ims_per_batch),
-            "seed": int(cfg.SEED if seed is None else seed),
+    return {"iterations": int(max_iter), "lr": float(lr), "lr_schedule": str(lr_schedule),
+            "ims_per_batch": int(ims_per_batch), "seed": int(cfg.SEED if seed is None else seed),
             "baseline_sha256": sha256_file(Path(baseline_dir) / MODEL_FILE)}
 
 
@@ -466,8 +467,19 @@ def dense_control(baseline_dir, stage: Path, schedule: dict, ft_args: dict, num_
 PRUNED_RUN = "gradual"  # 02: the folder of the fine-tuning that prunes, beside "dense_control"
 
 
+def distillation(baseline_dir, teacher_weights, cls: float = 0.0, rpn: float = 0.0, fpn: float = 0.0,
+                 temperature: float = 2.0, near_objects: bool = False):
+    """The hook factory that distils the teacher (``baseline_dir``'s model with ``teacher_weights``)
+    into a fine-tuning (:class:`wildlib.distill.Distill`), or None when every weight is 0.
+    Introduced in notebook 02_prune_magnitude, section "4 · Gradual pruning while fine-tuning"."""
+    if not any((cls, rpn, fpn)):
+        return None
+    return partial(Distill, str(Path(baseline_dir) / D2_CONFIG_FILE), str(teacher_weights), cls=cls, rpn=rpn, fpn=fpn,
+                   temperature=temperature, near_objects=near_objects)
+
+
 def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruning, num_gpus: int = 1,
-                 control_dir="", side_by_side: bool = False):
+                 control_dir="", side_by_side: bool = False, distill: dict | None = None):
     """Stage 02's two fine-tunings on one schedule: the dense control (trained here, or taken from
     ``control_dir``, :func:`dense_control`) and the run that prunes while it trains (``pruning``: a
     hook factory).  With ``side_by_side`` (on a CPU, one process, no shared control, no tiles) both
@@ -475,15 +487,19 @@ def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruni
     default, one after the other with the stage's threads.  Measured 1.55x the steps per second on a
     2-core AMD EPYC (AVX2) (:func:`wildlib.train.train_together`), but off by default until the probe
     of the training that ends last (it runs alone) can no longer raise a false contention flag.
+    ``distill``: the keyword arguments of :func:`distillation`; with a weight above 0 the pruning run
+    learns from the dense control too (its teacher), so the control trains first.
     Returns ``(control model, its record, the pruning run's result)``.
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     stage = Path(stage)
     pruned_cfg = finetune_config(baseline_dir, stage / PRUNED_RUN, **ft_args)
-    side_by_side = (side_by_side and not control_dir and num_gpus <= 1 and ft_args.get("device", "cpu") == "cpu"
+    teacher = distillation(baseline_dir, Path(control_dir or stage) / DENSE_CONTROL_FILE, **(distill or {}))
+    side_by_side = (side_by_side and teacher is None and not control_dir and num_gpus <= 1 and ft_args.get("device", "cpu") == "cpu"
                     and (os.cpu_count() or 1) >= 2 and not tile_setting(pruned_cfg))
     if not side_by_side:
         model, record = dense_control(baseline_dir, stage, schedule, ft_args, num_gpus, control_dir)
-        return model, record, train(pruned_cfg, hooks=[pruning], num_gpus=num_gpus)
+        hooks = [pruning] if teacher is None else [pruning, teacher]
+        return model, record, train(pruned_cfg, hooks=hooks, num_gpus=num_gpus)
     control_cfg = finetune_config(baseline_dir, stage / "dense_control", **ft_args)
     names, aliases = classes_for(stage.parent)
     setup = partial(register, data_dir_for(stage.parent), names, aliases=aliases, coco_dir=stage / "coco",
@@ -519,9 +535,20 @@ def reuse_dense_control(control_dir, stage: Path, schedule: dict) -> DenseContro
                                stored_detections=str(stored))
 
 
+FINETUNE_SCHEDULES = ("step", "cosine", "rewind")  # a fine-tuning's LR schedule (finetune_config)
+
+
 def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_per_batch: int, lr: float,
-                    eval_period: int, seed: int | None = None, freeze_at: int | None = 0, config_file=None, weights=None):
+                    eval_period: int, seed: int | None = None, freeze_at: int | None = 0, config_file=None, weights=None,
+                    lr_schedule: str = "step"):
     """The baseline's own config, starting from its trained weights, with a new schedule.
+
+    ``lr_schedule``: ``"step"`` (default) warms up over the first fifth (at most 100 iterations),
+    then drops the LR 10x at 75% and 92%; ``"cosine"``: the same warm-up, then a cosine decay to 0
+    (Detectron2's ``WarmupCosineLR``); ``"rewind"``: learning-rate rewinding (Renda et al. 2020),
+    the last ``max_iter`` iterations of the baseline's own schedule replayed (its LR drops at the
+    same places, no warm-up), at ``lr`` where the baseline ran at its base LR (``lr`` carries the
+    batch size's scaling; a drop before the replayed tail lowers the start).
 
     ``freeze_at=0`` (default) lets every layer train: a pruned layer that stays frozen cannot
     recover from its pruning.  ``None`` keeps the baseline's setting.  ``config_file`` and
@@ -534,11 +561,31 @@ def finetune_config(baseline_dir, out_dir, *, device: str, max_iter: int, ims_pe
                               weights=str(weights or baseline_dir / MODEL_FILE))
     if freeze_at is not None:
         over["MODEL.BACKBONE.FREEZE_AT"] = int(freeze_at)
+    over.update(_lr_schedule_keys(baseline_dir, lr_schedule, max_iter, lr))
     cfg = no_imagenet_init(get_config(str(config_file or baseline_dir / D2_CONFIG_FILE), over, freeze=False))
     cfg.freeze()
 
     ensure_registered(cfg, baseline_dir / "tiles")
     return cfg
+
+
+def _lr_schedule_keys(baseline_dir, lr_schedule: str, max_iter: int, lr: float) -> dict:
+    """The Detectron2 keys of :func:`finetune_config`'s ``lr_schedule`` (none for ``"step"``)."""
+    if lr_schedule == "step":
+        return {}
+    if lr_schedule == "cosine":
+        return {"SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR"}
+    if lr_schedule != "rewind":
+        raise ValueError(f"lr_schedule must be one of {FINETUNE_SCHEDULES}, not {lr_schedule!r}")
+    base = get_config(str(Path(baseline_dir) / D2_CONFIG_FILE), freeze=False).SOLVER
+    start = int(base.MAX_ITER) - int(max_iter)
+    if start < int(base.WARMUP_ITERS) or base.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
+        raise ValueError(f"rewinding replays the baseline's last {max_iter} iterations after its warm-up "
+                         f"({base.WARMUP_ITERS}) of a step schedule: its {base.MAX_ITER} iterations "
+                         f"({base.LR_SCHEDULER_NAME}) do not allow it")
+    passed = sum(1 for s in base.STEPS if s <= start)
+    return {"SOLVER.STEPS": [int(s) - start for s in base.STEPS if s > start], "SOLVER.WARMUP_ITERS": 0,
+            "SOLVER.BASE_LR": float(lr) * float(base.GAMMA) ** passed}
 
 
 def reload_spec(deploy, run_dir, *, threads: int, runs: int, warmup: int = LATENCY_WARMUP,

@@ -64,7 +64,7 @@ from .report import frontier_lines
 POINT_FILE = "point.json"
 TIMING_FILE = "timing.json"  # every invocation's wall time, layout and CPU: the scaling table
 SHARED_STAGES = ("00_explore", "01_baseline")
-CONTROL_KEYS = ("FT_ITER", "FT_LR", "IMS_PER_BATCH", "SEED")  # what makes two dense controls one
+CONTROL_KEYS = ("FT_ITER", "FT_LR", "FT_SCHEDULE", "IMS_PER_BATCH", "SEED")  # what makes two dense controls one
 STAGGER_S = 3.0  # seconds between two kernel starts
 
 
