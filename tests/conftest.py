@@ -4,9 +4,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from wildlib import synth
+from wildlib import runner, synth
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# PyTorch threads of every notebook a test runs: 2 (the machine's cores) by default; 1 when
+# tools/test_lanes.py runs two lanes of tests side by side (`make test`), one core each.
+TEST_THREADS = int(os.environ.get("WILDLIB_TEST_THREADS", "2"))
+
+
+def threaded(prefix: str, overrides: dict) -> dict:
+    """A notebook's overrides with ``NUM_THREADS = TEST_THREADS`` if notebook ``prefix`` takes it."""
+    nb = runner.select(runner.list_notebooks(), [prefix])[0]
+    return {**overrides, "NUM_THREADS": TEST_THREADS} if "NUM_THREADS" in runner.parameters_of(nb) else overrides
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +39,8 @@ SMOKE = {
     "01": {"MAX_ITER": 200, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 100, "PROFILE_RUNS": 2,
            "LR": 0.01},  # 0.02 at batch 4 (the same LR per image) diverged within 40 iterations
     "02": {"SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.3, 0.6], "SENS_RATIOS": [0.5], "TARGET_SPARSITY": 0.5,
-           "FT_ITER": 10, "FT_LR": 0.0005, "IMS_PER_BATCH": 2},
+           "FT_ITER": 10, "FT_LR": 0.0005, "IMS_PER_BATCH": 2,
+           "DISTILL_CLS": 1.0, "DISTILL_RPN": 0.5},  # the pruning run learns from the dense control too
     "03": {"BITS_SWEEP": [3, 8], "INIT_BITS": 3, "CONV_BITS": 5, "FC_BITS": 4, "FT_ITER": 4, "IMS_PER_BATCH": 2},
     "04": {"PROPOSALS": [[100, 50]], "COMBINED_PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208],
            "SCAN_RATIOS": [0.5], "FT_ITER": 4, "SCAN_FAMILIES": ["m5", "fpn", "rpn", "box_head"], "SCAN_DROP": 10.0,
@@ -43,8 +54,6 @@ SMOKE = {
 def smoke_run(tmp_path_factory, smoke_data):
     """``smoke_run("03")``: the session's smoke run folder once notebook 03 and every earlier one
     have run (each at most once per session), with the SMOKE parameters."""
-    from wildlib import runner
-
     run_dir = tmp_path_factory.mktemp("run")
     done = set()
 
@@ -54,7 +63,7 @@ def smoke_run(tmp_path_factory, smoke_data):
                 break
             if p not in done:
                 extra = {"DATA_DIR": str(smoke_data)} if p == "00" else {}
-                runner.run_all(run_dir, only=[p], overrides={**SMOKE[p], **extra})
+                runner.run_all(run_dir, only=[p], overrides=threaded(p, {**SMOKE[p], **extra}))
                 done.add(p)
         return run_dir
 

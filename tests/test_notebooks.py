@@ -58,7 +58,7 @@ def test_01_baseline(smoke_run, smoke_data):
     assert curve[-1]["AP50"] == pytest.approx(in_training, abs=1e-6)
     at_75 = curve[0]["AP50"] + (150 - 100) / (200 - 100) * (curve[1]["AP50"] - curve[0]["AP50"])
     assert m["plateau_gain_ap50"] == pytest.approx(curve[1]["AP50"] - at_75)
-    assert m["train"]["lr_steps"] == [0.5, 0.75]
+    assert m["train"]["lr_steps"] == [0.75]
     # where the time goes: every part of the detector, inference and training step
     prof = m["profile"]
     assert {"backbone", "fpn", "rpn", "roi_pooler", "box_head", "optimizer_step", "data_loading"} <= set(prof)
@@ -111,6 +111,12 @@ def test_02_prune(smoke_run):
     # the dense control: the same fine-tuning without pruning, and the reference it sets
     dc = m["dense_control"]
     assert dc["iterations"] == m["gradual"]["iterations"] == 10 and math.isfinite(dc["AP50"])
+    # the pruning run distilled from the dense control (its saved weights), every step, with the smoke weights
+    d = m["gradual"]["distillation"]
+    assert d["steps"] == 10 and d["weights"] == {"cls": 1.0, "rpn": 0.5, "fpn": 0.0} and d["teacher_s_per_step"] > 0
+    assert d["teacher_weights"] == str(stage / "model_dense_control.pth")
+    losses = json.loads((stage / "gradual" / "train" / "history.json").read_text())["losses"]
+    assert all(r["loss_distill_cls"] >= 0 and "loss_distill_rpn" in r and "loss_distill_fpn" not in r for r in losses)
     # reported on test; the reference is the dense control, whatever either scored on valid
     assert m["evaluation_split"] == "test" and m["reference"] == "dense control"
     assert m["reference_ap50_valid"] == dc["valid_AP50"]
@@ -293,6 +299,34 @@ def test_04_prune_channels(smoke_run):
         assert (stage / f).exists(), f
 
 
+def test_the_detect_command_gives_the_deployables_own_detections(smoke_run, smoke_data, tmp_path):
+    """wildlib.detect (ONNX Runtime, Pillow, numpy: no Detectron2) on test photos finds exactly what
+    04's deployable finds when Detectron2 reads and resizes them (the detections 05 scores)."""
+    from wildlib import data, detect, evaluate, fast
+
+    run_dir = smoke_run("04")
+    m = json.loads((run_dir / "04_prune_channels" / "metrics.json").read_text())
+    deploy = run_dir / m["deploy_dir"]
+    manifest = json.loads((deploy / fast.MANIFEST).read_text())
+    records = data.load_split(smoke_data, "test")[:8]
+    assert manifest["input"]["classes"] == list(json.loads((run_dir / "00_explore" / "metrics.json").read_text())
+                                                ["classes"])
+    s = detect.run([r["file_name"] for r in records], deploy, tmp_path / "out", progress=False, tile="off", score=0.0)
+    assert s["images"] == len(records) and s["skipped"] == []
+    found = json.loads((tmp_path / "out" / "detections.json").read_text())["detections"]
+    cfg, model = fast.load(deploy)
+    with torch.no_grad():
+        expected = model(evaluate.load_inputs(cfg, records))
+    for i, out in enumerate(expected):
+        inst = out["instances"]
+        mine = [d for d in found if d["image_id"] == i]
+        assert len(mine) == len(inst), records[i]["file_name"]
+        xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)]).reshape(-1, 4)
+        assert np.allclose(xyxy, inst.pred_boxes.tensor.numpy(), atol=1e-3)
+        assert np.allclose([d["score"] for d in mine], inst.scores.numpy(), atol=1e-5)
+        assert [d["category_id"] for d in mine] == inst.pred_classes.tolist()
+
+
 def test_05_evaluate(smoke_run):
     run_dir = smoke_run("05")
     stage = run_dir / "05_evaluate"
@@ -301,6 +335,10 @@ def test_05_evaluate(smoke_run):
     channel_m = json.loads((run_dir / "04_prune_channels" / "metrics.json").read_text())
     own_ni = channel_m["best_deploy_dir"] not in (None, channel_m["deploy_dir"])  # 04's goal variant, its own folder
     assert len(rows) == 7 + own_ni and {"baseline", "dense control", "int8", "channel-pruned + int8 + test-time (04)"} <= set(rows)
+    # the deployable on N_SHOW test photos through wildlib.detect, drawn from the files it wrote
+    found = json.loads((stage / "detect" / "summary.json").read_text())
+    assert found["images"] == SMOKE["05"]["N_SHOW"] and found["skipped"] == [] and (stage / "detect.png").is_file()
+    assert found["model"] == str(run_dir / channel_m["deploy_dir"]) and len(found["drawn"]) == found["images"]
     prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
     assert m["reference_ap50"] == prune_metrics["reference_ap50"]
     # the models 02-04 scored are taken from their detections once reloaded they reproduce them

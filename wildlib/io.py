@@ -102,7 +102,8 @@ def write_json(path, data: dict) -> Path:
 
 def read_json(path) -> dict:
     """The JSON in ``path`` (UTF-8); a path ending in ``.gz``: one gzip member, refused if it unpacks
-    to more than ``MAX_GUNZIP_BYTES``.  Errors name the file."""
+    to more than ``MAX_GUNZIP_BYTES``.  Errors name the file.
+    Introduced in notebook 05_evaluate, section "The deployable on photos"."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found (did the previous stage run?)")

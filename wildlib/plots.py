@@ -54,6 +54,20 @@ def sample_grid(records, names=CLASSES, n=8, cols=4, seed=0):
     return fig
 
 
+def detected(paths, found: dict, cols: int = 3):
+    """The images ``paths`` with the boxes ``wildlib.detect`` wrote for them (its ``detections.json``:
+    ``found``, whose ``images`` are in the order of ``paths``).  Introduced in notebook 05_evaluate,
+    section "The deployable on photos"."""
+    fig, axes = _grid(len(paths), cols)
+    for i, (ax, path) in enumerate(zip(axes, paths)):
+        dets = [d for d in found["detections"] if d["image_id"] == i]
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]
+        draw_boxes(ax, Image.open(path).convert("RGB"), boxes, [d["category_id"] for d in dets],
+                   scores=[d["score"] for d in dets], names=found["classes"], title=found["images"][i])
+    fig.tight_layout()
+    return fig
+
+
 def counts_vs_paper(table):
     """Instances per class; beside the paper's table when ``table`` has its column.
 

@@ -1,4 +1,4 @@
-"""Large images as tiles: train on crops, detect slice by slice, merge with NMS, evaluate on the
+"""Large images as tiles: train on crops, detect slice by slice, merge the tiles' boxes, evaluate on the
 original images — the usual way drone and camera-trap surveys find small animals in big frames.
 Introduced in notebook 01 (parameter ``TILE``); set as ``INPUT.TILE: [size, overlap]``.
 
@@ -8,7 +8,9 @@ Introduced in notebook 01 (parameter ``TILE``); set as ``INPUT.TILE: [size, over
   (decoded once, lossless) and returns Detectron2 records for them; a box is kept in a tile when
   at least ``min_visible`` of its area lies inside, clipped to the tile.
 * :class:`SlicedDetector` wraps a trained model: each tile is resized as at test time, detected,
-  its boxes shifted back, and all tiles' boxes merged by per-class NMS.  Stages evaluate a model
+  its boxes shifted back, and all tiles' boxes merged (:func:`wildlib.slices.merge_slices`: a box cut
+  by a tile's edge joins the whole one from the next tile; the config's ``NMS_THRESH_TEST`` is the
+  share of the smaller box that must be covered).  Stages evaluate a model
   whose config has ``INPUT.TILE`` through it (:func:`wildlib.evaluate.coco`).
 """
 
@@ -20,20 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 from .io import atomic_write
-
-
-def tile_grid(height: int, width: int, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """``(x0, y0, x1, y1)`` of the tiles covering an image; one tile if it fits in one."""
-    if size <= 0 or not 0 <= overlap < size:
-        raise ValueError(f"TILE needs a size > 0 and 0 <= overlap < size, got size={size}, overlap={overlap}")
-
-    def starts(n):
-        if n <= size:
-            return [0]
-        out = list(range(0, n - size, size - overlap))
-        return out + [n - size]
-
-    return [(x, y, min(x + size, width), min(y + size, height)) for y in starts(height) for x in starts(width)]
+from .slices import merge_slices, tile_grid  # torch-free, so that wildlib.detect shares them
 
 
 def _clip(ann: dict, tile, min_visible: float) -> dict | None:
@@ -92,7 +81,6 @@ class SlicedDetector(nn.Module):
 
     def detect(self, image: torch.Tensor):
         from detectron2.structures import Boxes, Instances
-        from torchvision.ops import batched_nms
 
         _, h, w = image.shape
         boxes, scores, classes = [], [], []
@@ -105,10 +93,11 @@ class SlicedDetector(nn.Module):
             boxes.append(inst.pred_boxes.tensor + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
             scores.append(inst.scores)
             classes.append(inst.pred_classes)
-        boxes, scores, classes = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
-        keep = batched_nms(boxes, scores, classes, self.nms)[: self.keep]
+        boxes, scores, classes = merge_slices(torch.cat(boxes).numpy(), torch.cat(scores).numpy(),
+                                              torch.cat(classes).numpy(), self.nms)
         out = Instances((h, w))
-        out.pred_boxes, out.scores, out.pred_classes = Boxes(boxes[keep]), scores[keep], classes[keep]
+        out.pred_boxes = Boxes(torch.from_numpy(boxes[: self.keep]))
+        out.scores, out.pred_classes = torch.from_numpy(scores[: self.keep]), torch.from_numpy(classes[: self.keep])
         return out
 
 

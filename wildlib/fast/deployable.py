@@ -51,10 +51,27 @@ def save(out_dir, cfg, model, graphs: dict, threads: int = 2) -> Path:
     return out
 
 
-def save_graph(out_dir, cfg, graph, canvas, settings: RuntimeSettings) -> Path:
+def input_spec(cfg, classes=None) -> dict:
+    """What a program without Detectron2 needs to feed a one-graph deployable (:mod:`wildlib.detect`):
+    the test-time resize (shortest edge ``min_size``, longest at most ``max_size``, bilinear), the
+    channel order, the pixel mean the canvas is padded with, the score threshold, and the class
+    names (``classes``; else numbered)."""
+    n = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names for a model of {n} classes")
+    min_size = cfg.INPUT.MIN_SIZE_TEST
+    return {"min_size": int(min_size if isinstance(min_size, int) else min_size[0]),
+            "max_size": int(cfg.INPUT.MAX_SIZE_TEST), "format": str(cfg.INPUT.FORMAT),
+            "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN], "resize": "bilinear",
+            "score_threshold": float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST), "classes": names}
+
+
+def save_graph(out_dir, cfg, graph, canvas, settings: RuntimeSettings, classes=None) -> Path:
     """A one-graph deployable folder: ``cfg`` (test input size, widths), the ONNX file ``graph``
     (:func:`~wildlib.fast.one_graph.export_graph` / ``quantize_graph``, made for ``canvas``) and a
-    manifest with the canvas and ONNX Runtime ``settings`` it is to run with.
+    manifest with the canvas and ONNX Runtime ``settings`` it is to run with, and what a program
+    without Detectron2 needs to feed it (:func:`input_spec`, ``classes`` the class names).
     Introduced in notebook 04_prune_channels, section 6."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +81,7 @@ def save_graph(out_dir, cfg, graph, canvas, settings: RuntimeSettings) -> Path:
     files = [CONFIG, GRAPH_FILE]
     write_json(out / MANIFEST, {"format": "wildlib-deploy", "version": 2, "kind": "one-graph",
                                 "runtime": settings.to_dict(),  # its threads too
-                                "canvas": [int(v) for v in canvas],
+                                "canvas": [int(v) for v in canvas], "input": input_spec(cfg, classes),
                                 "files": {f: {"bytes": (out / f).stat().st_size, "sha256": sha256_file(out / f)}
                                           for f in files}})
     return out
