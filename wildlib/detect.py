@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ import numpy as np
 import onnxruntime as ort  # the one engine of this command
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from .io import atomic_write, write_json, write_text
+from .io import atomic_write, cpu_model, write_json, write_text
 from .slices import merge_slices, tile_grid
 
 try:
@@ -273,16 +272,6 @@ def _csv_text(rows: list[list]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None, threads: int | None = None,
