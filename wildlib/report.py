@@ -31,7 +31,7 @@ RESULTS_FILE = "docs/results.md"  # the whole generated results, beside the READ
 FIGURES = "docs/results"  # figures of the generated results
 # The project's goals for a run; the report says for each whether this run met it.
 GOALS = {
-    "plateau_gain_ap50": ("<=", 0.5, "baseline converged: AP50 gain over the last quarter of its schedule"),
+    "plateau_gain_ap50": ("<=", 0.5, "learning curve flat: AP50 gain over the last quarter of the schedule (not the convergence check, which trains 1.5x as long: docs/evidence.md)"),
     "max_sparsity_within_1ap50": (">=", 0.90, "sparsity within 1 AP50 of the reference"),
     "best_compression_ratio_within_1ap50": (">=", 40.0, "compression within 1 AP50 of the reference"),
     "best_speedup_within_1ap50": (">=", 3.0, "measured CPU speedup within 1 AP50 of the reference"),
