@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.wildlib-setup
 RUN    ?= default
 RUN_DIR ?= runs/$(RUN)
 
-.PHONY: setup run sweep test test-unit lab data report bench clean
+.PHONY: setup run sweep test test-serial test-unit lab data report bench clean
 
 setup: $(STAMP)
 
@@ -47,7 +47,12 @@ report: setup
 bench: setup
 	$(PY) -m wildlib.profile --out runs/bench/recipes.json
 
+# Two lanes side by side, one core each (the notebooks' smoke chain; everything else), then the tests
+# that measure the machine's load, alone (tools/test_lanes.py).  `make test-serial`: one plain pytest.
 test: setup
+	$(PY) tools/test_lanes.py
+
+test-serial: setup
 	$(PY) -m pytest
 
 # The fast tier: library unit tests only (no notebooks, no long training or fuzzing), about a minute

@@ -58,6 +58,7 @@ def _stop(pids):
             pass
 
 
+@pytest.mark.alone
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the counters are Linux's /proc")
 def test_a_watch_sees_other_processes_using_the_cores():
     watch = contention.Watch(threads=1, period=0.5).start()
@@ -72,6 +73,7 @@ def test_a_watch_sees_other_processes_using_the_cores():
     assert any("other processes" in r for r in contention.reasons(summary))
 
 
+@pytest.mark.alone
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the counters are Linux's /proc")
 def test_a_watch_counts_this_process_busy_as_its_own():
     with contention.Watch(threads=1, period=0.5) as watch:
@@ -92,6 +94,7 @@ class LoadWhileTraining(HookBase):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the counters are Linux's /proc")
 def test_the_report_flags_a_stage_whose_training_shared_the_cpu(smoke_data, tmp_path):
     from wildlib import config, data, train

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from wildlib import data, runner
 
-from .conftest import voc_xml
+from .conftest import threaded, voc_xml
 
 
 def make_voc(root, images: dict[str, list[tuple[str, tuple]]], size=(320, 240), splits=None):
@@ -98,10 +98,10 @@ def test_own_data_through_00_01_02(survey, tmp_path):
     # 01 and 02 pick up the data and the class list that 00 recorded
     # (a 4-iteration model scores most proposals near 1/3 for each class: a score threshold of 0.4 keeps
     # its evaluations from sending thousands of boxes per image through NMS, which took most of this test)
-    runner.run_all(run, only=["01"], overrides={"MAX_ITER": 4, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0,
+    runner.run_all(run, only=["01"], overrides=threaded("01", {"MAX_ITER": 4, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0,
                                                  "PROFILE_RUNS": 0, "CFG_OVERRIDES": {
         "INPUT.MIN_SIZE_TEST": 480, "INPUT.MAX_SIZE_TEST": 640, "INPUT.MIN_SIZE_TRAIN": [480], "INPUT.MAX_SIZE_TRAIN": 640,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.4}})
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.4}}))
     b = json.loads((run / "01_baseline" / "metrics.json").read_text())
     assert {k for k in b["bbox"] if k.startswith("AP-")} == {"AP-Tree", "AP-Rock"}
     d2 = (run / "01_baseline" / "config.yaml").read_text()
@@ -110,11 +110,11 @@ def test_own_data_through_00_01_02(survey, tmp_path):
     # a baseline under the floor stops 02 before anything is compressed (4 iterations on these
     # bright boxes already give some AP50, so the floor is raised above it here)
     with pytest.raises(RuntimeError, match="02_prune_magnitude.ipynb failed"):
-        runner.run_all(run, only=["02"], overrides={"AP50_FLOOR": 99.0})
+        runner.run_all(run, only=["02"], overrides=threaded("02", {"AP50_FLOOR": 99.0}))
     assert "under the floor" in (run / "notebooks" / "02_prune_magnitude.ipynb").read_text()
-    runner.run_all(run, only=["02"], overrides={
+    runner.run_all(run, only=["02"], overrides=threaded("02", {
         "SWEEP_SCOPES": ["all"], "SWEEP_RATIOS": [0.5], "SENS_RATIOS": [], "TARGET_SPARSITY": 0.5, "FT_ITER": 2,
-        "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0})
+        "IMS_PER_BATCH": 2, "AP50_FLOOR": 0.0}))
     p = json.loads((run / "02_prune" / "metrics.json").read_text())
     assert p["paper_one_shot_ap50"] is None and [r["ratio"] for r in p["one_shot"]] == [0.5]
     assert sorted(x.relative_to(survey) for x in survey.rglob("*")) == before  # the data folder is untouched

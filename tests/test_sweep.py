@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from wildlib import sweep
-from .conftest import SMOKE
+from .conftest import SMOKE, TEST_THREADS
 
 
 def _spec(tmp_path, groups, **extra):
@@ -32,6 +32,13 @@ def test_spec_expands_the_grid_and_shares_dense_controls(tmp_path):
         if p.control_owner:
             owner = next(q for q in spec.points if q.id == p.control_owner)
             assert (owner.params["FT_LR"], owner.seed) == (p.params["FT_LR"], p.seed)
+    # distillation does not change the control; the fine-tunings' LR schedule does
+    path = _spec(tmp_path, [{"name": "d", "grid": {"DISTILL_CLS": [0.0, 1.0], "FT_SCHEDULE": ["step", "rewind"]},
+                             "seeds": [0]}])
+    spec = sweep.load_spec(path, tmp_path / "out2", base_run=str(tmp_path / "base"))
+    owners = {p.params["FT_SCHEDULE"]: p.id for p in spec.points if p.control_owner is None}
+    assert len(spec.points) == 4 and set(owners) == {"step", "rewind"}
+    assert all(p.control_owner in (None, owners[p.params["FT_SCHEDULE"]]) for p in spec.points)
 
 
 @pytest.mark.parametrize("groups, message", [
@@ -60,7 +67,7 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     groups = [{"name": "t", "grid": {"TARGET_SPARSITY": [0.3, 0.5]}, "seeds": [0]},
               {"name": "bad", "grid": {"AP50_FLOOR": [101.0]}, "seeds": [0]}]  # fails at its first check
     spec = sweep.load_spec(_spec(tmp_path, groups, params=smoke02), tmp_path / "out", base_run=str(base))
-    records = sweep.run_sweep(spec, workers=1, threads=2, timeout=900, progress=False)
+    records = sweep.run_sweep(spec, workers=1, threads=TEST_THREADS, timeout=900, progress=False)
     status = {r["id"]: r["status"] for r in records}
     assert status == {"t-target_sparsity0.3-seed0": "ok", "t-target_sparsity0.5-seed0": "ok",
                       "bad-ap50_floor101-seed0": "failed"}
@@ -77,7 +84,7 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     m1 = json.loads((out / "t-target_sparsity0.3-seed0" / "02_prune" / "metrics.json").read_text())
     assert m2["dense_control"]["AP50"] == m1["dense_control"]["AP50"]
     # the kernel ran with the point's threads and without the memory trimming Dask gives its workers
-    assert m2["environment"]["env"] == {v: "2" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    assert m2["environment"]["env"] == {v: str(TEST_THREADS) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
     headline = sweep.collate(spec, records)
     rows = pd.read_csv(out / "results.csv")
@@ -90,12 +97,12 @@ def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, 
     assert (out / "frontier.png").exists() and "bad-ap50_floor101-seed0" in (out / "report.md").read_text()
     assert headline["points_ok"] == 2
     timing = json.loads((out / "timing.json").read_text())["runs"]
-    assert [(t["points_run"], t["points_failed"], t["layout"]) for t in timing] == [(2, 1, "1 worker(s) x 2 thread(s)")]
+    assert [(t["points_run"], t["points_failed"], t["layout"]) for t in timing] == [(2, 1, f"1 worker(s) x {TEST_THREADS} thread(s)")]
     assert "## Wall time" in (out / "report.md").read_text()
 
     # resumed: the finished points are not run again, the failed one is
     before = {p: (out / p / "point.json").stat().st_mtime_ns for p in ok.index}
-    again = sweep.run_sweep(spec, workers=1, threads=2, timeout=900, progress=False)
+    again = sweep.run_sweep(spec, workers=1, threads=TEST_THREADS, timeout=900, progress=False)
     assert {p: (out / p / "point.json").stat().st_mtime_ns for p in ok.index} == before
     assert [r["status"] for r in again] == ["ok", "ok", "failed"]
     assert [t["points_run"] for t in json.loads((out / "timing.json").read_text())["runs"]] == [2, 0]

@@ -9,6 +9,7 @@ from torch import nn
 
 from wildlib import config, runner, tiles
 
+from .conftest import threaded
 from .test_own_data import grid_boxes, make_voc
 
 
@@ -99,10 +100,10 @@ def test_a_tiled_run_through_00_01(tmp_path):
                     {"train": ["a", "b"], "valid": ["c"]})
     run = tmp_path / "run"
     runner.run_all(run, only=["00"], overrides={"DATA_DIR": str(root), "CLASSES": ["seal"], "N_SAMPLES": 2})
-    runner.run_all(run, only=["01"], overrides={
+    runner.run_all(run, only=["01"], overrides=threaded("01", {
         "MAX_ITER": 4, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 2, "PROFILE_RUNS": 0, "TILE": [320, 32],
         "CFG_OVERRIDES": {"INPUT.MIN_SIZE_TEST": 240, "INPUT.MAX_SIZE_TEST": 320,
-                          "INPUT.MIN_SIZE_TRAIN": [240], "INPUT.MAX_SIZE_TRAIN": 320}})
+                          "INPUT.MIN_SIZE_TRAIN": [240], "INPUT.MAX_SIZE_TRAIN": 320}}))
     stage = run / "01_baseline"
     assert len(list((stage / "tiles" / "320-32").glob("*.png"))) == 2 * 3  # 3 x 2 tiles each; the boxes lie in the top row
     m = json.loads((stage / "metrics.json").read_text())

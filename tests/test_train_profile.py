@@ -118,6 +118,7 @@ def test_a_training_resumed_under_another_schedule_keeps_its_momentum_and_takes_
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_trainings_side_by_side_each_train_in_a_process_of_their_own(tiny, smoke_data, tmp_path):
     setup = functools.partial(data.register, smoke_data, coco_dir=tmp_path / "coco")  # a spawned process has none
     a, b = tiny.clone(), tiny.clone()
