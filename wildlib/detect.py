@@ -118,15 +118,19 @@ class Deployable:
         if names != (["image", "image_size"], ["boxes", "scores", "classes"]):
             raise ModelError(f"{graph}: takes {names[0]} and gives {names[1]}: not a one-graph detector")
 
-    def test_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size Detectron2's test-time ``ResizeShortestEdge`` gives an image, made smaller if it
-        still would not fit the canvas (a portrait image on a landscape canvas)."""
+    def resize_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size Detectron2's test-time ``ResizeShortestEdge`` gives an image."""
         scale = self.min_size / min(height, width)
         h, w = height * scale, width * scale
         if max(h, w) > self.max_size:
             shrink = self.max_size / max(h, w)
             h, w = h * shrink, w * shrink
-        h, w = int(h + 0.5), int(w + 0.5)
+        return int(h + 0.5), int(w + 0.5)
+
+    def test_size(self, height: int, width: int) -> tuple[int, int]:
+        """:meth:`resize_size`, made smaller if it still would not fit the canvas (a portrait image on
+        a landscape canvas)."""
+        h, w = self.resize_size(height, width)
         if h > self.canvas[0] or w > self.canvas[1]:
             fit = min(self.canvas[0] / h, self.canvas[1] / w)
             h, w = max(1, int(h * fit)), max(1, int(w * fit))
@@ -314,7 +318,7 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
         boxes, scores, cls = model.detect(rgb, size, over)
         times.append((time.perf_counter() - t0) * 1000)
         tiled += bool(size and max(h, w) > size)
-        shrunk += (not size) and model.test_size(h, w) != _plain_size(model, h, w)
+        shrunk += (not size) and model.test_size(h, w) != model.resize_size(h, w)
         keep = scores >= threshold
         if wanted is not None:
             keep &= np.isin(cls, wanted)
@@ -346,15 +350,6 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
         summary["benchmark"] = benchmark_model(model, images, max_pixels)
     write_json(out / "summary.json", summary)
     return summary
-
-
-def _plain_size(model: Deployable, height: int, width: int) -> tuple[int, int]:
-    """Detectron2's test size without the fit to the canvas (to count the images shrunk to fit)."""
-    scale = model.min_size / min(height, width)
-    h, w = height * scale, width * scale
-    if max(h, w) > model.max_size:
-        h, w = h * model.max_size / max(h, w), w * model.max_size / max(h, w)
-    return int(h + 0.5), int(w + 0.5)
 
 
 def benchmark_model(model: Deployable, images: list[Path], max_pixels: int, warmup: int = 3, runs: int = 20) -> dict:

@@ -72,7 +72,7 @@ class SlicedDetector(nn.Module):
 
         self.model, self.size, self.overlap = model, int(size), int(overlap)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        self.nms = float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
+        self.merge = float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)  # merge_slices' share of the smaller box
         self.keep = int(cfg.TEST.DETECTIONS_PER_IMAGE)
 
     @torch.no_grad()
@@ -94,7 +94,7 @@ class SlicedDetector(nn.Module):
             scores.append(inst.scores)
             classes.append(inst.pred_classes)
         boxes, scores, classes = merge_slices(torch.cat(boxes).numpy(), torch.cat(scores).numpy(),
-                                              torch.cat(classes).numpy(), self.nms)
+                                              torch.cat(classes).numpy(), self.merge)
         out = Instances((h, w))
         out.pred_boxes = Boxes(torch.from_numpy(boxes[: self.keep]))
         out.scores, out.pred_classes = torch.from_numpy(scores[: self.keep]), torch.from_numpy(classes[: self.keep])
