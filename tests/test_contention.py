@@ -100,7 +100,7 @@ def test_the_report_flags_a_stage_whose_training_shared_the_cpu(smoke_data, tmp_
     from wildlib import config, data, train
 
     data.register(smoke_data, coco_dir=tmp_path / "coco")
-    over = stages.baseline_overrides(tmp_path / "01_baseline", device="cpu", max_iter=24, ims_per_batch=2, lr=0.001,
+    over = stages.baseline_overrides(tmp_path / "01_baseline", device="cpu", max_iter=12, ims_per_batch=2, lr=0.001,
                                      eval_period=0, seed=0)
     cfg = config.get_config("mobilenet_fpn_cpu", {**over, "MODEL.MOBILENET.PRETRAINED": "none"})
     folder = stages.begin_stage(tmp_path, stages.BASELINE, threads=2)
@@ -113,7 +113,7 @@ def test_the_report_flags_a_stage_whose_training_shared_the_cpu(smoke_data, tmp_
     assert any("other processes" in r for r in contention.reasons(entry["machine"]))
     # the report: the stage is contended, and says why
     m = {stages.BASELINE: records.BaselineMetrics(bbox={"AP50": 1.0}, machine=machine,
-                                                  train=records.TrainingRun(iterations=24, ims_per_batch=2, seconds=1.0))}
+                                                  train=records.TrainingRun(iterations=12, ims_per_batch=2, seconds=1.0))}
     lines = report.machine_lines(m)
     assert "**Contended**" in lines[0] and "training 01_baseline/train:" in lines[0]
     assert report.contended_stages(m) == {stages.BASELINE: machine["reasons"]}

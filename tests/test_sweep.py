@@ -8,8 +8,26 @@ import pandas as pd
 import pytest
 import yaml
 
-from wildlib import sweep
-from .conftest import SMOKE, TEST_THREADS
+from wildlib import runner, sweep
+from .conftest import SMOKE, TEST_THREADS, threaded
+
+# The tiny sweep's base run: the smoke data's 00, and a 01 of 4 iterations (no profile, no periodic
+# evaluation; a score threshold of 0.4 keeps the untrained box head's thousands of boxes per image
+# out of NMS).  The sweep checks orchestration (workers, shared controls, failures, resuming), not
+# accuracy, so it does not wait for the notebooks' smoke chain: `make test` runs it in the other
+# lane (tools/test_lanes.py).
+QUICK_01 = {"MAX_ITER": 4, "IMS_PER_BATCH": 2, "EVAL_PERIOD": 0, "PROFILE_RUNS": 0,
+            "CFG_OVERRIDES": {"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.4}}
+QUICK_02 = {**SMOKE["02"], "SWEEP_RATIOS": [], "SENS_RATIOS": [], "FT_ITER": 4, "AP50_FLOOR": 0.0,
+            "DISTILL_CLS": 0.0, "DISTILL_RPN": 0.0}
+
+
+@pytest.fixture(scope="module")
+def quick_base(tmp_path_factory, smoke_data):
+    run_dir = tmp_path_factory.mktemp("quick_base")
+    runner.run_all(run_dir, only=["00"], overrides=threaded("00", {**SMOKE["00"], "DATA_DIR": str(smoke_data)}))
+    runner.run_all(run_dir, only=["01"], overrides=threaded("01", QUICK_01))
+    return run_dir
 
 
 def _spec(tmp_path, groups, **extra):
@@ -61,9 +79,9 @@ def test_default_layout_fits_the_machine():
 
 
 @pytest.mark.notebooks
-def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(smoke_run, tmp_path):
-    base = smoke_run("01")
-    smoke02 = {**SMOKE["02"], "SWEEP_RATIOS": [], "SENS_RATIOS": []}
+def test_tiny_sweep_on_a_local_cluster_resumes_and_records_a_failure(quick_base, tmp_path):
+    base = quick_base
+    smoke02 = QUICK_02
     groups = [{"name": "t", "grid": {"TARGET_SPARSITY": [0.3, 0.5]}, "seeds": [0]},
               {"name": "bad", "grid": {"AP50_FLOOR": [101.0]}, "seeds": [0]}]  # fails at its first check
     spec = sweep.load_spec(_spec(tmp_path, groups, params=smoke02), tmp_path / "out", base_run=str(base))
