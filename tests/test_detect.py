@@ -195,6 +195,14 @@ def test_the_command_runs_with_torch_and_detectron2_unimportable(toy_model, tmp_
     assert done.stdout.startswith("2 images, ")
     for f in ("detections.csv", "counts.csv"):
         assert (tmp_path / "there" / f).read_text() == (tmp_path / "here" / f).read_text()
+    # --benchmark --baseline needs torch: here it says so, and the detections are written all the same
+    done = subprocess.run([sys.executable, "-m", "wildlib.detect", str(photos), "--model", str(toy_model),
+                           "--out", str(tmp_path / "bench"), "--quiet", "--benchmark", "--benchmark-runs", "2",
+                           "--baseline", str(tmp_path / "01_baseline")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    side = json.loads((tmp_path / "bench" / "summary.json").read_text())["benchmark_vs_pytorch"]
+    assert "needs torch and Detectron2" in side["error"] and "needs torch and Detectron2" in done.stdout
+    assert (tmp_path / "bench" / "detections.csv").read_text() == (tmp_path / "here" / "detections.csv").read_text()
 
 
 def test_drawn_images_stay_in_the_output_folder_with_unique_names(toy_model, tmp_path):

@@ -325,9 +325,18 @@ def test_the_detect_command_gives_the_deployables_own_detections(smoke_run, smok
         assert np.allclose(xyxy, inst.pred_boxes.tensor.numpy(), atol=1e-3)
         assert np.allclose([d["score"] for d in mine], inst.scores.numpy(), atol=1e-5)
         assert [d["category_id"] for d in mine] == inst.pred_classes.tolist()
+    # --benchmark --baseline: the graph and the PyTorch baseline side by side, in a process of their own
+    photos = [r["file_name"] for r in records[:3]]
+    rc = detect.main([*photos, "--model", str(deploy), "--out", str(tmp_path / "bench"), "--quiet", "--benchmark",
+                      "--benchmark-runs", "3", "--baseline", str(run_dir / "01_baseline"), "--threads", "1"])
+    side = json.loads((tmp_path / "bench" / "summary.json").read_text())["benchmark_vs_pytorch"]
+    assert rc == 0 and "error" not in side, side
+    assert side["images"] == photos and side["runs"] == 3 and side["threads"] == 1
+    assert side["baseline_dir"] == str(run_dir / "01_baseline") and side["deploy"] == str(deploy)
+    assert side["baseline_ms_median"] > 0 and side["variant_ms_median"] > 0 and side["speedup"] > 0
 
 
-def test_05_evaluate(smoke_run):
+def test_05_evaluate(smoke_run, smoke_data):
     run_dir = smoke_run("05")
     stage = run_dir / "05_evaluate"
     m = json.loads((stage / "metrics.json").read_text())
@@ -339,6 +348,21 @@ def test_05_evaluate(smoke_run):
     found = json.loads((stage / "detect" / "summary.json").read_text())
     assert found["images"] == SMOKE["05"]["N_SHOW"] and found["skipped"] == [] and (stage / "detect.png").is_file()
     assert found["model"] == str(run_dir / channel_m["deploy_dir"]) and len(found["drawn"]) == found["images"]
+    # survey mosaics of SURVEY_GRID^2 test images, detected whole and in slices by the same command
+    survey = pd.read_csv(stage / "survey_slices.csv").set_index("name")
+    size = json.loads((run_dir / channel_m["deploy_dir"] / "manifest.json").read_text())["input"]["min_size"]
+    assert list(survey.index) == ["whole", "slices, auto", f"slices of {size} px"]
+    assert (survey["images"] == SMOKE["05"]["SURVEY_IMAGES"]).all() and survey["delta_ap50"].isna().tolist() == [True, False, False]
+    from wildlib import data
+
+    grid = SMOKE["05"]["SURVEY_GRID"]
+    cells = data.load_split(smoke_data, "test")[: grid * grid * SMOKE["05"]["SURVEY_IMAGES"]]
+    gt = json.loads((stage / "survey" / "gt.json").read_text())
+    assert len(gt["images"]) == SMOKE["05"]["SURVEY_IMAGES"] and len(gt["annotations"]) == sum(len(r["annotations"]) for r in cells)
+    assert gt["images"][0]["width"] == grid * max(r["width"] for r in cells[: grid * grid])
+    tiled = {name: json.loads((stage / "survey" / slug / "summary.json").read_text())["tiled_images"]
+             for name, slug in (("whole", "whole"), ("sliced", f"slices-of-{size}-px"))}
+    assert tiled == {"whole": 0, "sliced": SMOKE["05"]["SURVEY_IMAGES"]} and m["survey_slices"][0]["name"] == "whole"
     prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
     assert m["reference_ap50"] == prune_metrics["reference_ap50"]
     # the models 02-04 scored are taken from their detections once reloaded they reproduce them

@@ -130,3 +130,17 @@ def test_a_verdict_drawn_again_says_so_with_its_monte_carlo_error():
     line = report.verdict_line("pick", {**row, "delta_ap50_samples": 16000, "delta_ap50_bound_mcse": 0.008,
                                         "non_inferior_clear": False})
     assert line.endswith("error 0.008; still within two of them of the line)")
+
+
+def test_the_evaluation_summary_gives_the_survey_slices_against_the_whole_image():
+    rows = [{"name": "whole", "AP50": 41.5, "AP50_ci95": [30.0, 50.0], "images": 12, "delta_ap50": float("nan"),
+             "delta_ap50_ci95": float("nan")},
+            {"name": "slices of 240 px", "AP50": 63.25, "AP50_ci95": [55.0, 70.0], "images": 12, "delta_ap50": 21.75,
+             "delta_ap50_ci95": [15.5, 28.0]}]
+    ev = records.EvaluateMetrics(variants=[], best_compression_ratio_within_1ap50=1.0, best_speedup_within_1ap50=1.0,
+                                 survey_slices=rows)
+    line = next(x for x in report._evaluate_lines(ev) if "survey mosaics" in x)
+    assert line == ("The deployable on 12 survey mosaics of `test` scenes (`wildlib.detect`), AP50: whole 41.50; "
+                    "slices of 240 px 63.25 (+21.75 [+15.50, +28.00] against the whole image).")
+    ev.survey_slices = None
+    assert not any("survey" in x for x in report._evaluate_lines(ev))

@@ -111,3 +111,65 @@ def test_a_tiled_run_through_00_01(tmp_path):
     d2 = (stage / "config.yaml").read_text()
     assert "TILE:\n  - 320\n  - 32" in d2 or "TILE: [320, 32]" in d2
     assert "wild_train_tiles" in d2
+
+
+def _cells(tmp_path, sizes):
+    """Records of small images of ``sizes`` ((w, h)), each a flat colour with one box."""
+    from PIL import Image
+
+    recs = []
+    for k, (w, h) in enumerate(sizes):
+        path = tmp_path / f"cell{k}.png"
+        Image.new("RGB", (w, h), (10 * k, 200, 30)).save(path)
+        recs.append({"file_name": str(path), "image_id": k, "width": w, "height": h,
+                     "annotations": [{"bbox": [2 + k, 3, 12 + k, 9], "bbox_mode": 0, "category_id": k % 2}]})
+    return recs
+
+
+def test_survey_mosaics_put_each_image_in_its_cell_with_its_boxes(tmp_path):
+    from PIL import Image
+
+    recs = _cells(tmp_path, [(40, 30), (40, 30), (36, 30), (40, 24), (40, 30)])
+    out = tiles.survey_mosaics(recs, tmp_path / "survey", grid=2, count=3)
+    assert len(out) == 1  # 5 images make one 2 x 2 mosaic
+    m = out[0]
+    assert (m["width"], m["height"]) == (80, 60) and m["cells"] == [r["file_name"] for r in recs[:4]]
+    # cell 3 (bottom right) starts at (40, 30): its box [5, 3, 15, 9] lands at [45, 33, 55, 39]
+    assert [a["bbox"] for a in m["annotations"]] == [[2, 3, 12, 9], [43, 3, 53, 9], [4, 33, 14, 39], [45, 33, 55, 39]]
+    assert [a["category_id"] for a in m["annotations"]] == [0, 1, 0, 1]
+    px = np.asarray(Image.open(m["file_name"]))
+    assert tuple(px[31, 41]) == (30, 200, 30) and tuple(px[1, 1]) == (0, 200, 30)
+    assert tuple(px[58, 78]) == tiles.SURVEY_FILL  # below the shorter last image: the fill
+    assert tuple(px[45, 38]) == tiles.SURVEY_FILL and tuple(px[45, 30]) == (20, 200, 30)  # right of the narrower third
+    assert tiles.survey_mosaics(recs[:3], tmp_path / "none", grid=2, count=1) == []
+
+
+def test_the_command_outputs_are_scored_against_the_mosaics_boxes(tmp_path):
+    from wildlib import evaluate
+
+    recs = tiles.survey_mosaics(_cells(tmp_path, [(40, 30)] * 8), tmp_path / "survey", grid=2, count=2)
+    names = ["a", "b"]
+
+    def output(name, keep):
+        dets = [{"image_id": i, "file_name": f"survey_{i:03d}.png", "category_id": a["category_id"],
+                 "bbox": [a["bbox"][0], a["bbox"][1], a["bbox"][2] - a["bbox"][0], a["bbox"][3] - a["bbox"][1]],
+                 "score": 0.9} for i, r in enumerate(recs) for j, a in enumerate(r["annotations"]) if keep(i, j)]
+        path = tmp_path / name / "detections.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"images": [], "classes": names, "detections": dets}))
+        return path.parent
+
+    perfect, half = output("perfect", lambda i, j: True), output("half", lambda i, j: j < 2)
+    rows = {r["name"]: r for r in evaluate.command_outputs(recs, names, {"whole": half, "sliced": perfect}, "whole",
+                                                           tmp_path / "gt.json")}
+    assert rows["sliced"]["AP50"] == pytest.approx(100.0) and rows["whole"]["AP50"] < 100.0
+    assert rows["sliced"]["delta_ap50"] == pytest.approx(100.0 - rows["whole"]["AP50"])
+    assert "delta_ap50" not in rows["whole"] and rows["sliced"]["images"] == 2
+    with pytest.raises(ValueError, match="detections.json: detections of classes"):
+        evaluate.command_outputs(recs, ["a", "c"], {"x": perfect}, "x", tmp_path / "gt.json")
+    (tmp_path / "other").mkdir()
+    found = json.loads((perfect / "detections.json").read_text())
+    found["detections"][0]["file_name"] = "elsewhere.png"
+    (tmp_path / "other" / "detections.json").write_text(json.dumps(found))
+    with pytest.raises(ValueError, match="other/detections.json: elsewhere.png is not one of the 2 images"):
+        evaluate.command_outputs(recs, names, {"x": tmp_path / "other"}, "x", tmp_path / "gt.json")

@@ -25,6 +25,9 @@ Nothing here imports torch or Detectron2: ``pip install wildlib[detect]`` (onnxr
 Pillow) is enough.  Bad input is reported by name and skipped (unreadable, truncated, not an image,
 more than ``--max-pixels`` pixels: decompression bombs are refused from the header, before decoding);
 a deployable whose manifest does not match its files is refused.  Outputs are written atomically.
+``--benchmark`` times the graph alone; with ``--baseline DIR`` (stage 01's folder) it also times the
+PyTorch baseline side by side with it, in a process of its own that imports torch and Detectron2
+(``python -m wildlib.speed photos``, the notebooks' protocol); this one still never does.
 Exit status: 0 every image processed, 1 some skipped, 2 nothing could run (model or arguments).
 """
 
@@ -36,7 +39,9 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,7 +78,8 @@ def _sha256(data: bytes) -> str:
 
 
 class Deployable:
-    """A one-graph deployable folder, checked against its manifest, in one ONNX Runtime session."""
+    """A one-graph deployable folder, checked against its manifest, in one ONNX Runtime session.
+    Introduced in notebook 05_evaluate, section "Large survey images: slices against the whole"."""
 
     def __init__(self, folder, threads: int | None = None):
         self.folder = folder = Path(folder)
@@ -280,7 +286,7 @@ def _csv_text(rows: list[list]) -> str:
 
 def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None, threads: int | None = None,
         tile: str = "auto", overlap: int | None = None, draw_images: bool = False, max_pixels: int = MAX_PIXELS,
-        progress: bool = True, benchmark: bool = False) -> dict:
+        progress: bool = True, benchmark: bool = False, baseline=None, benchmark_runs: int = 20) -> dict:
     """Detect on ``sources`` with the deployable ``model_dir`` and write the outputs to ``out_dir``
     (module docstring); returns the summary.  :class:`ModelError` if the model cannot be used.
     Introduced in notebook 05_evaluate, section "The deployable on photos"."""
@@ -347,7 +353,9 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
                "ms_per_image": {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)),
                                 "n": len(times)} if times else None}
     if benchmark:
-        summary["benchmark"] = benchmark_model(model, images, max_pixels)
+        summary["benchmark"] = benchmark_model(model, images, max_pixels, runs=benchmark_runs)
+        if baseline:
+            summary["benchmark_vs_pytorch"] = beside_pytorch(model, images, max_pixels, baseline, runs=benchmark_runs)
     write_json(out / "summary.json", summary)
     return summary
 
@@ -375,6 +383,38 @@ def benchmark_model(model: Deployable, images: list[Path], max_pixels: int, warm
             "threads": model.threads, "cpu": cpu_model(), "load_avg_1min": os.getloadavg()[0]}
 
 
+def beside_pytorch(model: Deployable, images: list[Path], max_pixels: int, baseline, runs: int = 20,
+                   timeout: float = 1800) -> dict:
+    """The deployable and the PyTorch baseline (``baseline``: a stage-01 folder) timed side by side
+    on up to 8 of the images (those that fit the graph's canvas at its test size), in one process at
+    the model's threads, as the notebooks' speed tables are (``python -m wildlib.speed photos``:
+    :func:`wildlib.speed.photo_benchmark`).  That process needs torch and Detectron2; this one never
+    imports them.  Where it cannot run, ``{"error": why}`` (the detections are written all the same)."""
+    fits = []
+    for p in images:
+        if len(fits) == 8:
+            break
+        try:
+            h, w = read_image(p, max_pixels).shape[:2]
+        except BadImage:
+            continue
+        if model.test_size(h, w) == model.resize_size(h, w):
+            fits.append(str(p))
+    if not fits:
+        return {"error": "no image fits the graph's canvas at its test size"}
+    with tempfile.TemporaryDirectory(prefix="wildlib-bench-") as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "wildlib.speed", "photos", *fits, "--model", str(model.folder),
+               "--baseline", str(baseline), "--threads", str(model.threads), "--runs", str(runs), "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1:] or ["no message"]
+            need = (" (it needs torch and Detectron2: the notebooks' environment)"
+                    if "ImportError" in proc.stderr or "ModuleNotFoundError" in proc.stderr else "")
+            return {"error": f"the PyTorch baseline could not be timed{need}: {tail[0]}"}
+        return json.loads(out.read_text())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="wildlib-detect", description=__doc__.split("\n\n")[0])
     ap.add_argument("sources", nargs="+", help="images, folders (recursive) or .txt lists of image paths")
@@ -391,8 +431,16 @@ def main(argv=None) -> int:
     ap.add_argument("--draw", action="store_true", help="also write each image with its boxes under OUT/drawn/")
     ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (decompression bombs)")
     ap.add_argument("--benchmark", action="store_true", help="also time the graph alone: median/p90 ms per image")
+    ap.add_argument("--baseline", default=None, help="with --benchmark: the PyTorch baseline's folder (stage 01, "
+                    "e.g. runs/default/01_baseline), timed side by side with the deployable in a process that needs "
+                    "torch and Detectron2")
+    ap.add_argument("--benchmark-runs", type=int, default=20, help="timed passes of --benchmark (default 20)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
+    if a.baseline and not a.benchmark:
+        ap.error("--baseline is timed only with --benchmark")
+    if a.benchmark_runs < 1:
+        ap.error("--benchmark-runs must be at least 1")
     if a.batch != 1:
         ap.error("--batch: the one-graph deployable takes one image per call; only 1 is supported")
     if a.tile not in ("auto", "off") and not (a.tile.isdigit() and int(a.tile) >= 32):
@@ -400,7 +448,7 @@ def main(argv=None) -> int:
     try:
         s = run(a.sources, a.model, a.out, score=a.score, classes=a.classes, threads=a.threads, tile=a.tile,
                 overlap=a.overlap, draw_images=a.draw, max_pixels=a.max_pixels, progress=not a.quiet,
-                benchmark=a.benchmark)
+                benchmark=a.benchmark, baseline=a.baseline, benchmark_runs=a.benchmark_runs)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -412,8 +460,14 @@ def main(argv=None) -> int:
     if s.get("benchmark"):
         b = s["benchmark"]
         print(f"benchmark: graph alone {b['median_ms']:.1f} ms median, p90 {b['p90_ms']:.1f} over {b['runs']} runs "
-              f"(1-min load average {b['load_avg_1min']:.2f}); the PyTorch baseline is compared side by side in "
-              f"notebook 04/05, not here (this command runs without torch)")
+              f"(1-min load average {b['load_avg_1min']:.2f})"
+              + ("" if a.baseline else "; --baseline DIR times the PyTorch baseline beside it"))
+    if s.get("benchmark_vs_pytorch"):
+        v = s["benchmark_vs_pytorch"]
+        print(f"benchmark: {v['error']}" if "error" in v else
+              f"beside the PyTorch baseline, one process, {v['threads']} threads, {v['runs']} turns on {len(v['images'])} "
+              f"images: baseline {v['baseline_ms_median']:.1f} ms (p90 {v['baseline_ms_p90']:.1f}), deployable "
+              f"{v['variant_ms_median']:.1f} ms (p90 {v['variant_ms_p90']:.1f}): {v['speedup']:.2f}x")
     for sk in s["skipped"]:
         print(f"skipped: {sk['file']}: {sk['reason']}", file=sys.stderr)
     print(f"outputs in {a.out}: detections.csv, detections.json, counts.csv, summary.json"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import intervals, tiles
-from .data import ground_truth_sha256
+from .data import ground_truth_sha256, to_coco
 from .io import copy_file, read_json, write_json
 from .modeling import count_parameters
 from .records import Variant
@@ -324,6 +324,48 @@ def matched(dataset_name: str, detections: list[dict], max_dets_per_image: int |
 
     gt = ground_truth(MetadataCatalog.get(dataset_name).json_file)
     return intervals.match(gt, detections, max_dets_per_image or 100)
+
+
+def command_outputs(records: list[dict], classes, outputs: dict, reference: str, coco_file,
+                    max_dets_per_image: int = 1000) -> list[dict]:
+    """Score what :mod:`wildlib.detect` wrote: each of ``outputs`` (name -> its output folder, or its
+    ``detections.json``) against the boxes of ``records`` (the images it ran on, matched by file
+    name; their COCO ground truth is written to ``coco_file``), as one row each: AP50 with its
+    image-level bootstrap interval and, for every output but ``reference``, the paired difference to
+    it (the same resampled images).  ``max_dets_per_image``: COCO's cap, the same for every output
+    (a sliced image may hold more boxes than one graph call returns; the default caps none of them).
+    Errors name the file: classes other than ``classes``, or an image that is not in ``records``.
+    Introduced in notebook 05_evaluate, section "Large survey images: slices against the whole"."""
+    ids = {}
+    for r in records:
+        key = Path(r["file_name"]).name
+        if key in ids:
+            raise ValueError(f"{r['file_name']}: two images scored here share the file name {key}")
+        ids[key] = r["image_id"]
+    write_json(coco_file, to_coco(records, classes))
+    gt = ground_truth(coco_file)
+    matched = {}
+    for name, path in outputs.items():
+        path = Path(path) / "detections.json" if Path(path).is_dir() else Path(path)
+        found = read_json(path)
+        if list(found["classes"]) != list(classes):
+            raise ValueError(f"{path}: detections of classes {found['classes']}, not {list(classes)}")
+        dets = []
+        for d in found["detections"]:
+            key = Path(d["file_name"]).name
+            if key not in ids:
+                raise ValueError(f"{path}: {d['file_name']} is not one of the {len(ids)} images scored here")
+            dets.append({"image_id": ids[key], "category_id": int(d["category_id"]), "bbox": d["bbox"], "score": d["score"]})
+        matched[name] = intervals.match(gt, dets, max_dets_per_image)
+    rows = []
+    for name, m in matched.items():
+        iv = intervals.interval(m)
+        row = {"name": name, "AP50": iv["AP50"], "AP50_ci95": iv["ci95"], "images": m.num_images}
+        if name != reference:
+            d = intervals.paired(m, matched[reference])
+            row.update(delta_ap50=d["delta"], delta_ap50_ci95=d["ci95"])
+        rows.append(row)
+    return rows
 
 
 def scored(model, cfg, datasets: dict, split: str, *, max_dets_per_image: int | None = None, output_dir=None,

@@ -454,4 +454,5 @@ class EvaluateMetrics(ReportedMetrics):
     reference_ap50_ci95: list | None = None
     per_class: dict | None = None
     oneshot_pick: dict | None = None
+    survey_slices: list | None = None  # the deployable on survey mosaics: whole, auto slices, slices of its input size
 

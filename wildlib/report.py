@@ -384,7 +384,22 @@ def _evaluate_lines(ev: EvaluateMetrics, **_) -> list[str]:
                                  ("p90", "latency_p90_ms", 1), ("speedup", "speedup", 2), ("cold", "speedup_cold", 2)])
     return L + ["", f"`best_compression_ratio_within_1ap50` = **{_f(ev.best_compression_ratio_within_1ap50, 1)}** "
                     f"({ev.best_variant}); `best_speedup_within_1ap50` = "
-                    f"**{_f(ev.best_speedup_within_1ap50, 3)}** ({ev.fastest_variant}).", ""]
+                    f"**{_f(ev.best_speedup_within_1ap50, 3)}** ({ev.fastest_variant}).", ""] + _survey_lines(ev)
+
+
+def _survey_lines(ev: EvaluateMetrics) -> list[str]:
+    """The deployable on survey mosaics (``wildlib.detect``), whole and in slices: AP50 and the paired
+    difference to the whole image."""
+    rows = ev.survey_slices or []
+    if not rows:
+        return []
+    parts = []
+    for r in rows:
+        d = r.get("delta_ap50")
+        paired = "" if d is None or d != d else " ({:+.2f} [{:+.2f}, {:+.2f}] against the whole image)".format(d, *r["delta_ap50_ci95"])
+        parts.append(f"{r['name']} {_f(r['AP50'])}{paired}")
+    return [f"The deployable on {rows[0]['images']} survey mosaics of `test` scenes (`wildlib.detect`), AP50: "
+            + "; ".join(parts) + ".", ""]
 
 
 def stage_summary(run_dir, stage: str) -> str:

@@ -342,7 +342,38 @@ def in_fresh_process(spec: dict, work_dir, timeout: float = 900) -> dict:
     return read_json(out)
 
 
+def photo_benchmark(deploy, baseline_dir, images: list, *, threads: int, runs: int = 20,
+                    warmup: int = LATENCY_WARMUP) -> dict:
+    """The deployable folder ``deploy`` beside the PyTorch baseline ``baseline_dir`` (a stage-01
+    folder) on a user's photos ``images``, in this process at ``threads`` threads, as every speed
+    table measures (:func:`wildlib.evaluate.side_by_side`: median and p90 of ``runs`` timed turns
+    after ``warmup``, each model fed its own test-time input size): what ``wildlib-detect --benchmark
+    --baseline`` runs, in a process of its own (that command imports no torch).  The images must fit
+    the deployable's canvas at its test size (the command passes only those)."""
+    torch.set_num_threads(int(threads))
+    base_cfg, baseline = load_trained(baseline_dir)
+    cfg, model = load(deploy, threads=int(threads))
+    records = [{"file_name": str(p)} for p in images]
+    t = side_by_side(baseline, model, load_inputs(base_cfg, records), load_inputs(cfg, records), runs=runs,
+                     warmup=warmup)
+    return {**t, "images": [str(p) for p in images], "deploy": str(deploy), "baseline_dir": str(baseline_dir),
+            "cpu": cpu_model(), "load_avg_1min": os.getloadavg()[0]}
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["photos"]:  # wildlib.detect's --benchmark --baseline
+        ap = argparse.ArgumentParser(prog="python -m wildlib.speed photos",
+                                     description="Time a deployable beside the PyTorch baseline on photos.")
+        ap.add_argument("images", nargs="+")
+        ap.add_argument("--model", required=True, help="a one-graph deployable folder")
+        ap.add_argument("--baseline", required=True, help="the PyTorch baseline's folder (stage 01)")
+        ap.add_argument("--threads", type=int, required=True)
+        ap.add_argument("--runs", type=int, default=20)
+        ap.add_argument("--out", required=True, help="where the result is written (JSON)")
+        a = ap.parse_args(argv[1:])
+        write_json(a.out, photo_benchmark(a.model, a.baseline, a.images, threads=a.threads, runs=a.runs))
+        return 0
     ap = argparse.ArgumentParser(description="Reload a deployable folder and measure it beside the baseline.")
     ap.add_argument("spec", help="JSON: deploy, baseline_dir, data_dir, classes, aliases, threads, runs, warmup, images")
     ap.add_argument("out", help="where the measured row is written (JSON)")

@@ -16,11 +16,14 @@ Introduced in notebook 01 (parameter ``TILE``); set as ``INPUT.TILE: [size, over
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+
 from .io import atomic_write
 from .slices import merge_slices, tile_grid  # torch-free, so that wildlib.detect shares them
 
@@ -37,11 +40,6 @@ def _clip(ann: dict, tile, min_visible: float) -> dict | None:
 def write_tiles(records: list[dict], folder, size: int, overlap: int, min_visible: float = 0.5) -> list[dict]:
     """Crop each record's image into tiles saved under ``folder`` (PNG); records for the tiles
     that hold at least one box."""
-    from PIL import Image
-
-
-    import hashlib
-
     folder = Path(folder) / f"{size}-{overlap}"  # another TILE setting never reuses these crops
     out = []
     for r in records:
@@ -60,6 +58,39 @@ def write_tiles(records: list[dict], folder, size: int, overlap: int, min_visibl
             out.append({"file_name": str(path), "image_id": len(out), "height": tile[3] - tile[1],
                         "width": tile[2] - tile[0], "voc_id": f"{r.get('voc_id', r['image_id'])}@{k}",
                         "tile_of": r["file_name"], "annotations": anns})
+    return out
+
+
+SURVEY_FILL = (124, 116, 104)  # RGB: Detectron2's pixel mean, where a mosaic's cells leave a gap
+
+
+def survey_mosaics(records: list[dict], folder, grid: int, count: int) -> list[dict]:
+    """Large survey images with known boxes: ``count`` mosaics, each ``grid`` x ``grid`` of
+    ``records``' images side by side (in order, each used once; cells as large as the largest image
+    of the mosaic, gaps filled with :data:`SURVEY_FILL`), their boxes shifted along.  Saved as PNG
+    (lossless) under ``folder`` (``survey_000.png``, ...), atomically; returns their Detectron2
+    records.  Fewer mosaics where the records run out; none if there are fewer than ``grid``^2.
+    Introduced in notebook 05_evaluate, section "Large survey images: slices against the whole"."""
+    if grid < 1 or count < 0:
+        raise ValueError(f"a survey mosaic needs grid >= 1 and count >= 0, got grid={grid}, count={count}")
+    folder = Path(folder)
+    n = grid * grid
+    out = []
+    for k in range(min(count, len(records) // n)):
+        cells = records[k * n:(k + 1) * n]
+        ch, cw = max(r["height"] for r in cells), max(r["width"] for r in cells)
+        canvas = Image.new("RGB", (grid * cw, grid * ch), SURVEY_FILL)
+        anns = []
+        for j, r in enumerate(cells):
+            x, y = (j % grid) * cw, (j // grid) * ch
+            with Image.open(r["file_name"]) as im:
+                canvas.paste(im.convert("RGB"), (x, y))
+            anns += [{**a, "bbox": [a["bbox"][0] + x, a["bbox"][1] + y, a["bbox"][2] + x, a["bbox"][3] + y]}
+                     for a in r["annotations"]]
+        path = folder / f"survey_{k:03d}.png"
+        atomic_write(path, lambda tmp, im=canvas: im.save(tmp, format="PNG"))
+        out.append({"file_name": str(path), "image_id": k, "height": grid * ch, "width": grid * cw,
+                    "voc_id": path.stem, "cells": [r["file_name"] for r in cells], "annotations": anns})
     return out
 
 
