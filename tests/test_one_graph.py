@@ -233,9 +233,12 @@ def test_reload_one_graph_saves_the_graph_with_the_settings_given_and_measures_t
 
     monkeypatch.setattr(speed, "in_fresh_process", fresh)
     folder = tmp_path / "reload"
-    out = speed.reload_one_graph((one, cfg), folder, settings, lambda f: {"deploy": str(f)}, tmp_path / "w")
+    names = [f"class {k}" for k in range(cfg.MODEL.ROI_HEADS.NUM_CLASSES)]
+    out = speed.reload_one_graph((one, cfg), folder, settings, lambda f: {"deploy": str(f)}, tmp_path / "w",
+                                 classes=names)
     assert out == {"median_ms": 1.0} and seen == {"spec": {"deploy": str(folder)}, "work_dir": tmp_path / "w"}
     manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["input"]["classes"] == names  # what wildlib.detect names its detections by
     assert manifest["runtime"] == settings.to_dict() and manifest["canvas"] == list(CANVAS)
     # the folder is a deployable of its own: the same graph, reloaded with those settings
     _, again = fast.load(folder)

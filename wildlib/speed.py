@@ -288,15 +288,16 @@ def best_on_split(best: dict, models: dict, datasets: dict, split: str, referenc
                    reference)
 
 
-def reload_one_graph(entry, folder, settings: RuntimeSettings, spec_of, work_dir) -> dict | None:
+def reload_one_graph(entry, folder, settings: RuntimeSettings, spec_of, work_dir, classes=None) -> dict | None:
     """A one-graph model (``entry``: (model, cfg)) saved as a deployable folder of its own and measured
     again in a fresh process (``spec_of``: folder -> the spec :func:`in_fresh_process` needs); None
-    for any other kind of model.
+    for any other kind of model.  ``classes``: the class names its manifest gives ``wildlib.detect``
+    (else numbered).
     Introduced in notebook 04_prune_channels, section "Summary"."""
     model, cfg = entry
     if not isinstance(model, OneGraphDetector):
         return None
-    folder = save_graph(folder, cfg, model.graph.path, model.canvas, settings)
+    folder = save_graph(folder, cfg, model.graph.path, model.canvas, settings, classes=classes)
     return in_fresh_process(spec_of(folder), work_dir)
 
 
