@@ -72,6 +72,23 @@ def test_bad_specs_are_refused_by_name(tmp_path, groups, message):
     assert "spec.yaml" in str(exc.value)
 
 
+def test_the_seed_mean_verdict_draws_the_seeds_too():
+    from wildlib import intervals
+
+    from .test_intervals import _detections, _gt
+
+    gt = _gt(n_images=60, seed=7)
+    good = intervals.match(gt, _detections(gt, seed=8, miss=0.05, extra=0))
+    bad = intervals.match(gt, _detections(gt, seed=9, miss=0.5, extra=3))
+    # seed 1 loses nothing, seed 2 loses a lot: over images alone the mean drop looks sure, over
+    # seeds it is as unsure as two seeds that disagree are
+    v = sweep.seed_verdict([(good, good), (bad, good)], tolerance=1.0)
+    assert v["ci95_images"][1] < 0 and v["ci95"][0] < v["ci95_images"][0] and v["ci95"][1] >= 0.0
+    assert v["delta"] < -1.0 and not v["within_tolerance"] and not v["non_inferior"]
+    agree = sweep.seed_verdict([(good, good)] * 3, tolerance=1.0)
+    assert agree["ci95"] == agree["ci95_images"] == [0.0, 0.0] and agree["non_inferior"]
+
+
 def test_default_layout_fits_the_machine():
     assert sweep.default_layout(2) == (1, 2)
     assert sweep.default_layout(16) == (8, 2)
