@@ -486,7 +486,7 @@ def frontier_headline(summary, rows) -> dict:
     the settings whose seed-mean drop from the reference is within 1 AP50 (and, stricter, whose
     95% upper end is), over the settings run with more than one seed."""
     out = {"rule_within": "seed-mean drop from each seed's reference <= 1 AP50 (point estimate), settings with >= 2 seeds",
-           "rule_non_inferior": "upper end of the 95% paired bootstrap interval of the seed-mean drop <= 1 AP50",
+           "rule_non_inferior": "upper end of the 95% two-level (seeds, then the same images) paired bootstrap interval of the seed-mean drop <= 1 AP50",
            "points": int(len(rows)), "points_ok": int((rows["status"] == "ok").sum()) if len(rows) else 0}
     if not len(summary):
         return out
@@ -505,7 +505,8 @@ def sweep_report(spec: Spec, rows, summary, headline: dict) -> str:
     L = [f"# Sweep `{spec.name}`", "",
          f"{len(rows)} points, {headline.get('points_ok', 0)} finished; base run `{spec.base_run}` (stages 00 and 01 "
          f"shared). Every AP50 is on the report split (`test` for the embedded set: nothing is chosen on it), with an "
-         f"image-level bootstrap 95% interval; every delta is paired (the same resampled images for both models).", ""]
+         f"image-level bootstrap 95% interval; every delta is paired (the same resampled images for both models); a "
+         f"seed-mean delta's interval draws the seeds too (two-level), and its verdicts use that interval.", ""]
     if len(summary):
         L += ["## Seed means per setting", ""] + frontier_lines(summary.to_dict(orient="records"), headline)
     runs = (read_json(spec.out / TIMING_FILE) if (spec.out / TIMING_FILE).exists() else {}).get("runs", [])
