@@ -133,3 +133,17 @@ def test_the_hook_in_a_training_logs_its_terms_and_saves_the_student_alone(stude
     assert state["steps"] == 3 and state["teacher_s_per_step"] > 0 and state["weights"]["rpn"] == 0.5
     saved = torch.load(f"{cfg.OUTPUT_DIR}/{train.TRAINED_FILE}", weights_only=True)["model"]
     assert set(saved) == set(modeling.build_model(cfg, weights="").state_dict())  # no teacher inside
+
+
+def test_a_later_fine_tuning_repeats_02s_terms_without_features_a_narrower_fpn_cannot_match(untrained_cfg):
+    recorded = {"teacher_config": "t.yaml", "teacher_weights": "t.pth", "weights": {"cls": 1.0, "rpn": 0.5, "fpn": 2.0},
+                "temperature": 3.0, "near_objects": True, "steps": 10, "teacher_s_per_step": 0.1}
+    assert stages.distill_settings(None, untrained_cfg, untrained_cfg) == ({}, None)
+    same, why = stages.distill_settings(recorded, untrained_cfg, untrained_cfg)
+    assert same == {"cls": 1.0, "rpn": 0.5, "fpn": 2.0, "temperature": 3.0, "near_objects": True} and why is None
+    narrow = untrained_cfg.clone()
+    narrow.defrost()
+    narrow.MODEL.FPN.OUT_CHANNELS = untrained_cfg.MODEL.FPN.OUT_CHANNELS // 2
+    off, why = stages.distill_settings(recorded, narrow, untrained_cfg)
+    assert off == {**same, "fpn": 0.0} and f"{narrow.MODEL.FPN.OUT_CHANNELS} channels" in why
+    assert stages.distillation("b", "w", **off) is not None  # the keywords are distillation()'s

@@ -215,6 +215,10 @@ def test_04_prune_channels(smoke_run):
     keys = {"name", "AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup", "macs", "params", "file_bytes"}
     keys |= {"speedup_cold", "delta_ap50", "delta_ap50_ci95", "non_inferior"}  # every row paired with the reference on valid
     assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 13
+    # the channel-pruned model learned from the dense control with 02's terms (the smoke 02 distils)
+    taught = m["fine_tuning"]["distillation"]
+    assert taught["weights"] == {"cls": SMOKE["02"]["DISTILL_CLS"], "rpn": SMOKE["02"]["DISTILL_RPN"], "fpn": 0.0}
+    assert taught["steps"] == SMOKE["04"]["FT_ITER"] and taught["teacher_weights"].endswith("model_dense_control.pth")
     rows = {v["name"]: v for v in m["variants"]}
     for v in m["variants"]:
         assert v["latency_p90_ms"] >= v["latency_median_ms"] > 0 and v["macs"] > 0 and v["file_bytes"] > 0

@@ -182,6 +182,7 @@ class TrainingRun(_Part):
     s_per_iter: float | None = None
     device: str | None = None
     num_gpus: int | None = None
+    distillation: dict | None = None  # the teacher's terms (wildlib.distill.Distill.state()); None: labels alone
     evals: list | None = None
 
 

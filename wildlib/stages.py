@@ -478,6 +478,21 @@ def distillation(baseline_dir, teacher_weights, cls: float = 0.0, rpn: float = 0
                    temperature=temperature, near_objects=near_objects)
 
 
+def distill_settings(recorded: dict | None, student_cfg, teacher_cfg) -> tuple[dict, str | None]:
+    """``(keywords of :func:`distillation`, why the FPN term is off or None)``: stage 02's terms
+    (``recorded``: its ``gradual.distillation``, the hook's state; None: labels alone, ``{}``) for a
+    later fine-tuning of another student, with the FPN term off where the student's FPN outputs
+    are narrower than the teacher's (channel pruning: feature imitation needs the same channels).
+    Introduced in notebook 04_prune_channels, section 3."""
+    if not recorded:
+        return {}, None
+    out = {**recorded["weights"], "temperature": recorded["temperature"], "near_objects": recorded["near_objects"]}
+    if out.get("fpn") and int(student_cfg.MODEL.FPN.OUT_CHANNELS) != int(teacher_cfg.MODEL.FPN.OUT_CHANNELS):
+        return {**out, "fpn": 0.0}, (f"the student's FPN outputs have {student_cfg.MODEL.FPN.OUT_CHANNELS} channels, "
+                                     f"the teacher's {teacher_cfg.MODEL.FPN.OUT_CHANNELS}")
+    return out, None
+
+
 def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruning, num_gpus: int = 1,
                  control_dir="", side_by_side: bool = False, distill: dict | None = None):
     """Stage 02's two fine-tunings on one schedule: the dense control (trained here, or taken from
