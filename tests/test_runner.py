@@ -180,3 +180,16 @@ def test_the_first_signal_raises_and_later_ones_wait_until_the_block_ends(sigint
     t.start()
     t.join()
     assert inside == [before]
+
+
+@pytest.mark.notebooks
+def test_a_notebook_run_by_papermill_itself_stops_at_a_list_given_as_text(tmp_path):
+    import papermill
+
+    nb = runner.select(runner.list_notebooks(), ["02"])[0]
+    with pytest.raises(papermill.PapermillExecutionError) as err:  # what `papermill ... -p SWEEP_RATIOS '[]'` passes
+        papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), progress_bar=False, kernel_name="python3",
+                                   parameters={"RUN_DIR": str(tmp_path / "run"), "SWEEP_RATIOS": "[]"})
+    assert err.value.ename == "ParameterError"
+    assert "SWEEP_RATIOS takes a list" in err.value.evalue and '-y "{SWEEP_RATIOS: []}"' in err.value.evalue
+    assert not (tmp_path / "run").exists()  # stopped before the stage opened its folder

@@ -86,6 +86,25 @@ def check_parameters(nb_path, given: dict) -> None:
             raise ParameterError(f"{nb_path}: parameter {k} takes a {want} like {known[k]!r}, not {v!r}")
 
 
+def check_namespace(prefix: str, namespace: dict) -> None:
+    """Inside notebook ``prefix``: its parameters as it runs (``namespace``: its ``globals()``),
+    checked against its ``parameters`` cell as :func:`check_parameters` checks what the runner is
+    given, so that a notebook run by papermill itself, by papermill's Python API or in JupyterLab
+    stops in its first cells with the parameter named, not minutes later in a helper.  Papermill's
+    ``-p`` passes a list as text: the error then says how to pass it (``-y``, or ``-f`` a YAML file).
+    Introduced in notebook 00_explore_data (every notebook calls it)."""
+    nb = select(list_notebooks(), [prefix])[0]
+    known = parameters_of(nb)
+    given = {k: namespace[k] for k in known if k in namespace}
+    try:
+        check_parameters(nb, given)
+    except ParameterError as exc:
+        texty = [k for k, v in given.items() if isinstance(v, str) and not isinstance(known[k], str)]
+        hint = (f" (papermill's -p passes its value as text: give {texty[0]} with -y \"{{{texty[0]}: {given[texty[0]]}}}\" "
+                f"or in a YAML file with -f)") if texty else ""
+        raise ParameterError(f"{exc}{hint}") from None
+
+
 def absolutize(params: dict, base: Path | None = None) -> dict:
     base = base or project_root()
     out = dict(params)
