@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from convergence_check import code_version, config_sha256, curve_of
-from finetune_schedules import baseline_folder, job_config, job_name
+from finetune_schedules import baseline_folder, folders_and_data, job_config, job_name, missing_done
 from wildlib import data, evaluate, intervals, io, prune, stages, train
 from wildlib.config import get_config
 from wildlib.modeling import sha256_file
@@ -118,15 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="default: RUN/distill_ablation")
     ap.add_argument("--keep", default="", help="default: OUT/kept")
     a = ap.parse_args(argv)
-    run = io.resolve(a.run_dir)
+    run, out, keep, setup, datasets = folders_and_data(a.run_dir, a.out, a.keep, "distill_ablation")
     a.schedules_out = a.schedules_out or str(run / "finetune_schedules")
-    out = Path(a.out) if a.out else run / "distill_ablation"
-    keep = Path(a.keep) if a.keep else out / "kept"
-    keep.mkdir(parents=True, exist_ok=True)
-    class_names, aliases = stages.classes_for(run)
-    setup = functools.partial(data.register, stages.data_dir_for(run), class_names, aliases=aliases,
-                              coco_dir=out / "coco", splits=("train", "valid"))
-    datasets = setup()
     controls = {}
     for s in a.seeds:
         baseline_folder(run, Path(a.schedules_out), s)
@@ -156,15 +147,8 @@ def main(argv=None) -> int:
             found[n] = r
         return found
 
-    kept = kept_records()
-    todo = [job for n, (_, job) in expected.items() if n not in kept]
-    if todo:
-        print(f"{len(todo)} trainings, {a.workers} at a time, 1 thread each; records kept in {keep}", flush=True)
-        job = functools.partial(_job, str(run), str(out), str(keep), a=a, setup=setup, commit=code_version())
-        with ProcessPoolExecutor(min(a.workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in pool.map(job, *zip(*todo)):
-                print("kept", done, flush=True)
-        kept = kept_records()
+    kept = missing_done(kept_records, expected, a.workers, keep,
+                        functools.partial(_job, str(run), str(out), str(keep), a=a, setup=setup, commit=code_version()))
 
     limit = evaluate.coco_max_dets(get_config(str(Path(a.schedules_out) / f"baseline_seed{a.seeds[0]}" /
                                                   stages.D2_CONFIG_FILE)))

@@ -70,6 +70,35 @@ def baseline_folder(run: Path, out: Path, seed: int) -> Path:
     return folder
 
 
+def folders_and_data(run_dir, out: str, keep: str, default_out: str):
+    """``(run, OUT, KEEP, setup, datasets)`` of a tool on run ``run_dir``: its output folder
+    (``out``, else ``RUN/<default_out>``), where its records are kept (``keep``, else ``OUT/kept``;
+    made), and the run's data registered (``setup`` does it again in a spawned process)."""
+    run = io.resolve(run_dir)
+    out = Path(out) if out else run / default_out
+    keep = Path(keep) if keep else out / "kept"
+    keep.mkdir(parents=True, exist_ok=True)
+    class_names, aliases = stages.classes_for(run)
+    setup = functools.partial(data.register, stages.data_dir_for(run), class_names, aliases=aliases,
+                              coco_dir=out / "coco", splits=("train", "valid"))
+    return run, out, keep, setup, setup()
+
+
+def missing_done(kept_records, expected: dict, workers: int, keep: Path, job) -> dict:
+    """The kept records (``kept_records()``) once every one of ``expected`` (name -> (what its record
+    must hold, the job's arguments)) is there: ``job(*args)`` for each missing one, each in a spawned
+    process of its own (the job sets its 1 thread), ``workers`` at a time."""
+    kept = kept_records()
+    todo = [args for name, (_, args) in expected.items() if name not in kept]
+    if not todo:
+        return kept
+    print(f"{len(todo)} to score or train, {workers} at a time, 1 thread each; records kept in {keep}", flush=True)
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in pool.map(job, *zip(*todo)):
+            print("kept", done, flush=True)
+    return kept_records()
+
+
 def job_config(baseline: Path, out: Path, schedule: str, seed: int, a) -> object:
     return stages.finetune_config(baseline, out / job_name(schedule, seed), device="cpu", max_iter=a.iterations,
                                   ims_per_batch=a.batch, lr=a.lr, eval_period=a.eval_period, seed=seed,
@@ -166,14 +195,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if len(set(a.seeds)) != len(a.seeds) or len(set(a.schedules)) != len(a.schedules):
         ap.error("--seeds and --schedules must not repeat")
-    run = io.resolve(a.run_dir)
-    out = Path(a.out) if a.out else run / "finetune_schedules"
-    keep = Path(a.keep) if a.keep else out / "kept"
-    keep.mkdir(parents=True, exist_ok=True)
-    class_names, aliases = stages.classes_for(run)
-    setup = functools.partial(data.register, stages.data_dir_for(run), class_names, aliases=aliases,
-                              coco_dir=out / "coco", splits=("train", "valid"))
-    datasets = setup()
+    run, out, keep, setup, datasets = folders_and_data(a.run_dir, a.out, a.keep, "finetune_schedules")
     expected = {}
     for s in a.seeds:
         base = baseline_folder(run, out, s)
@@ -190,15 +212,8 @@ def main(argv=None) -> int:
         return {n: read_record(keep / f"{n}.json.gz", source, e) for n, (e, _) in expected.items()
                 if (keep / f"{n}.json.gz").is_file()}
 
-    kept = kept_records()
-    todo = [job for n, (_, job) in expected.items() if n not in kept]
-    if todo:
-        print(f"{len(todo)} to score or train, {a.workers} at a time, 1 thread each; records kept in {keep}", flush=True)
-        job = functools.partial(_job, str(run), str(out), str(keep), a=a, setup=setup, commit=code_version())
-        with ProcessPoolExecutor(min(a.workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in pool.map(job, *zip(*todo)):
-                print("kept", done, flush=True)
-        kept = kept_records()
+    kept = missing_done(kept_records, expected, a.workers, keep,
+                        functools.partial(_job, str(run), str(out), str(keep), a=a, setup=setup, commit=code_version()))
 
     limit = evaluate.coco_max_dets(base_cfg)
     matched = {n: evaluate.matched(datasets["valid"], r["detections"], limit) for n, r in kept.items()}
