@@ -97,3 +97,31 @@ def test_a_pair_shares_its_prefix_only_with_the_checkpoint_the_longer_one_kept()
     assert check.shared_prefix(longer, {"prefix": {"checkpoint_sha256": "b" * 64}}) is False
     assert check.shared_prefix(longer, {"prefix": None}) is False      # trained from the beginning
     assert check.shared_prefix({}, {"prefix": None}) is None             # kept before provenance was recorded
+
+
+def test_a_fine_tuning_schedule_passes_only_as_good_as_its_baseline_and_without_a_deep_dip(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))  # the tool imports convergence_check beside it
+    tool = _tool("finetune_schedules")
+    from wildlib import intervals
+
+    from .test_intervals import _detections, _gt
+
+    gt = _gt(n_images=60, seed=7)
+    good = intervals.match(gt, _detections(gt, seed=8, miss=0.05, extra=0))
+    bad = intervals.match(gt, _detections(gt, seed=9, miss=0.5, extra=3))
+    base_ap = intervals.ap50(good)
+    seeds = [0, 1]
+    records = {f"baseline_seed{s}": {"metrics": {"AP50": base_ap}, "curve": []} for s in seeds}
+    matched = {f"baseline_seed{s}": good for s in seeds}
+    curves = {"flat": [base_ap - 0.5, base_ap], "worse": [base_ap - 0.5, intervals.ap50(bad)],
+              "dips": [base_ap - 2.0, base_ap]}  # ends as good as the baseline, but falls 2 AP50 on the way
+    for name, curve in curves.items():
+        for s in seeds:
+            records[f"{name}_seed{s}"] = {"metrics": {"AP50": curve[-1]},
+                                          "curve": [{"iter": 50 * (k + 1), "AP50": v} for k, v in enumerate(curve)]}
+            matched[f"{name}_seed{s}"] = bad if name == "worse" else good
+    out = tool.verdicts(records, matched, list(curves), seeds)["schedules"]
+    assert out["flat"]["passes"] and out["flat"]["deepest_dip"] == pytest.approx(0.5)
+    assert not out["worse"]["passes"] and out["worse"]["ci95_over_seeds"][1] < 0
+    assert not out["dips"]["passes"] and out["dips"]["deepest_dip"] == pytest.approx(2.0)
+    assert out["dips"]["delta_seed_mean"] == pytest.approx(0.0, abs=1e-9)
