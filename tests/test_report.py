@@ -36,7 +36,7 @@ def test_frontier_section_and_goals_come_from_the_sweep(tmp_path):
     assert "![AP50 against sparsity" in text
     goals = text.split("Against the goals")[1]
     assert "sparsity within 1 AP50 of the reference: 0.700 — **not met** (goal >= 0.9)" in goals
-    assert "compression within 1 AP50 of the reference: 3.300 — **not met**" in goals
+    assert "compression within 1 AP50 of the reference: 3.3x — **not met** (goal >= 40x)" in goals
 
 
 def test_points_of_a_sweep_stopped_part_way_are_counted_without_a_time(tmp_path):
@@ -144,3 +144,10 @@ def test_the_evaluation_summary_gives_the_survey_slices_against_the_whole_image(
                     "slices of 240 px 63.25 (+21.75 [+15.50, +28.00] against the whole image).")
     ev.survey_slices = None
     assert not any("survey" in x for x in report._evaluate_lines(ev))
+
+
+def test_each_goal_is_written_with_its_unit():
+    assert report._met("make_run_minutes", 81.6) == "**not met** (goal <= 30 min)"
+    assert report._met("best_speedup_non_inferior", 4.49) == "met (goal >= 4x)"
+    assert report._met("max_sparsity_within_1ap50", 0.5) == "**not met** (goal >= 0.9)"
+    assert set(report.GOAL_FORMAT) == set(report.GOALS)

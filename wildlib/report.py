@@ -39,6 +39,10 @@ GOALS = {
                                              "non-inferior on `test` too (the drop's 95% upper end within 1 AP50)"),
     "make_run_minutes": ("<=", 30.0, "`make run`, 00 -> 05, minutes on an idle machine"),
 }
+# How each goal's value is written: its digits and its unit (a fraction, a ratio "x", minutes)
+GOAL_FORMAT = {"plateau_gain_ap50": (2, " AP50"), "max_sparsity_within_1ap50": (3, ""),
+               "best_compression_ratio_within_1ap50": (1, "x"), "best_speedup_within_1ap50": (2, "x"),
+               "best_speedup_non_inferior": (2, "x"), "make_run_minutes": (1, " min")}
 # Goals that are times or speedups: no verdict from a stage whose machine was busy (wildlib.contention)
 TIMED_GOALS = {"make_run_minutes": None, "best_speedup_within_1ap50": stages.EVALUATE,
                "best_speedup_non_inferior": stages.CHANNELS}
@@ -57,7 +61,7 @@ def _met(name: str, value) -> str:
     if value is None:
         return "not measured"
     ok = value <= target if op == "<=" else value >= target
-    return f"{'met' if ok else '**not met**'} (goal {op} {target:g})"
+    return f"{'met' if ok else '**not met**'} (goal {op} {target:g}{GOAL_FORMAT[name][1]})"
 
 
 def interval(ci) -> str:
@@ -207,7 +211,8 @@ def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[
         goals.update(from_sweep)  # the frontier's seed means decide these two, not one run's point
     out["goals"] = ["Against the goals" + (" (sparsity and compression: the frontier's seed means)" if from_sweep
                                            else "") + ":", ""]
-    out["goals"] += [f"* {GOALS[k][2]}: {_f(v, 3)} — " + (_met(k, v) if v is None or not _goal_contended(k, busy)
+    out["goals"] += [f"* {GOALS[k][2]}: {_f(v, GOAL_FORMAT[k][0])}{GOAL_FORMAT[k][1] if v is not None else ''} — "
+                     + (_met(k, v) if v is None or not _goal_contended(k, busy)
                                                           else "no verdict: measured on a contended machine")
                      for k, v in goals.items()]
     return out
