@@ -151,3 +151,11 @@ def test_each_goal_is_written_with_its_unit():
     assert report._met("best_speedup_non_inferior", 4.49) == "met (goal >= 4x)"
     assert report._met("max_sparsity_within_1ap50", 0.5) == "**not met** (goal >= 0.9)"
     assert set(report.GOAL_FORMAT) == set(report.GOALS)
+
+
+def test_a_difference_to_the_reference_is_written_one_way_signed():
+    row = {"name": "x", "AP50": 93.0, "AP50_ci95": [92.0, 94.0], "split": "test", "delta_ap50": -0.31,
+           "delta_ap50_ci95": [-1.03, 0.36], "reference_ap50": 93.31, "within_1ap50": True, "non_inferior": False}
+    assert report.signed_delta(row) == "-0.31 [-1.03, +0.36]"
+    assert "delta -0.31 [-1.03, +0.36] against the reference 93.31" in report.verdict_line("x", row)
+    assert report.signed_delta({"delta_ap50": None}) is None

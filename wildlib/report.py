@@ -71,11 +71,21 @@ def interval(ci) -> str:
     return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "[n/a]"
 
 
+def signed_delta(row: dict) -> str | None:
+    """A row's paired AP50 difference to the reference, variant - reference, signed, with its 95%
+    interval: ``-0.31 [-1.03, +0.36]`` (negative: the variant is worse), the one way every report
+    writes it; None where the row has none."""
+    if row.get("delta_ap50") is None or not row.get("delta_ap50_ci95"):
+        return None
+    lo, hi = row["delta_ap50_ci95"]
+    return f"{row['delta_ap50']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
 def verdict_line(name: str, row: dict) -> str:
     """One variant against the reference, both verdicts named by their rule (notebooks 02-05)."""
     yes = {True: "yes", False: "no"}
     return (f"{name}: AP50 {_f(row['AP50'])} {interval(row.get('AP50_ci95'))} on {row.get('split')}, "
-            f"delta {row['delta_ap50']:+.2f} {interval(row.get('delta_ap50_ci95'))} against the reference "
+            f"delta {signed_delta(row) or 'n/a'} against the reference "
             f"{_f(row.get('reference_ap50'))}; within {row.get('tolerance', AP50_TOLERANCE):g} AP50 (point estimate): "
             f"{yes[row['within_1ap50']]}, non-inferior (95% upper end of the drop): {yes[row['non_inferior']]}"
             + _drawn_again(row) + _beside_baseline(row))
@@ -427,11 +437,10 @@ def _channel_lines(c: ChannelsMetrics, **_) -> list[str]:
          f"Channels removed: {ratios or 'none'}; "
          f"then {ft and ft.iterations} fine-tuning iterations at batch {ft and ft.ims_per_batch} (within the dense "
          f"control's budget).", ""]
-    drop = lambda v: (f"{-v['delta_ap50']:.2f} [{-v['delta_ap50_ci95'][1]:.2f}, {-v['delta_ap50_ci95'][0]:.2f}]"  # noqa: E731
-                      if v.get("delta_ap50_ci95") else None)  # on valid, paired (rows of runs before it: none)
-    L += _table([{**v, "gmacs": v["macs"] / 1e9 if v.get("macs") else None, "drop": drop(v)} for v in _variant_rows(c)],
+    L += _table([{**v, "gmacs": v["macs"] / 1e9 if v.get("macs") else None, "delta": signed_delta(v)}
+                 for v in _variant_rows(c)],
                 [("variant", "name", None), ("AP50", "AP50", 2), ("AP", "AP", 2),
-                 ("drop vs reference [95%]", "drop", None), ("non-inferior", "non_inferior", None),
+                 ("delta vs reference [95%]", "delta", None), ("non-inferior", "non_inferior", None),
                  ("latency ms (median)", "latency_median_ms", 1), ("p90", "latency_p90_ms", 1),
                  ("its baseline ms", "baseline_ms_median", 1), ("speedup", "speedup", 2),
                  ("cold", "speedup_cold", 2), ("GMACs", "gmacs", 2),
