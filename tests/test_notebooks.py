@@ -369,6 +369,8 @@ def test_05_evaluate(smoke_run, smoke_data):
     assert tiled == {"whole": 0, "sliced": SMOKE["05"]["SURVEY_IMAGES"]} and m["survey_slices"][0]["name"] == "whole"
     prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
     assert m["reference_ap50"] == prune_metrics["reference_ap50"]
+    # the headlines pick among the compressed variants: never the reference or the baseline itself
+    assert {m["best_variant"], m["fastest_variant"]}.isdisjoint({"baseline", "dense control"})
     # the models 02-04 scored are taken from their detections once reloaded they reproduce them
     assert {r["scored_from"] for r in rows.values()} <= {"stored, reload checked", "evaluated"}
     assert rows["baseline"]["scored_from"] == "stored, reload checked"
