@@ -73,7 +73,8 @@ def _job(run: str, out: str, keep: str, arm: str, seed: int, a, setup, commit: s
     baseline, cfg = arm_config(run, out, arm, seed, a)
     end, every = prune.schedule_of(a.iterations)
     hooks = [functools.partial(prune.GradualPruning, "all", a.target, 0, end, every, ranking="lamp")]
-    teacher = stages.distillation(baseline, teacher_weights(a, seed), **ARMS[arm])
+    weights = teacher_weights(a, seed)
+    teacher = stages.distillation(baseline, weights, **ARMS[arm])
     if teacher is not None:
         hooks.append(teacher)
     folder = Path(cfg.OUTPUT_DIR)
@@ -93,7 +94,7 @@ def _job(run: str, out: str, keep: str, arm: str, seed: int, a, setup, commit: s
         "curve": curve_of(folder, cfg.SOLVER.MAX_ITER), "metrics": metrics, "detections": dets,
         "source": evaluate.source_of(cfg, datasets["valid"]), "sparsity": prune.sparsity(model),
         "s_per_iter": history.get("s_per_iter"), "distill": distill_state,
-        "teacher_sha256": sha256_file(teacher_weights(a, seed)) if teacher is not None else None,
+        "teacher_sha256": sha256_file(weights) if teacher is not None else None,
         "commit": commit, "cpu_model": io.cpu_model()})
     return name
 
@@ -161,10 +162,10 @@ def main(argv=None) -> int:
     for arm in a.arms:
         pairs = [(arm_m[(arm, s)], control_m[s]) for s in a.seeds]
         recs = [kept[arm_name(arm, s)] for s in a.seeds]
+        images_only = intervals.paired_mean(pairs)
         row = {"terms": ARMS[arm], "ap50": {str(s): r["metrics"]["AP50"] for s, r in zip(a.seeds, recs)},
                "sparsity": float(np.mean([r["sparsity"] for r in recs])),
-               "delta_vs_control": intervals.paired_mean(pairs)["delta"],
-               "ci95": intervals.paired_mean(pairs)["ci95"],
+               "delta_vs_control": images_only["delta"], "ci95": images_only["ci95"],
                "ci95_over_seeds": intervals.paired_mean(pairs, over_seeds=True)["ci95"],
                "s_per_iter": [r.get("s_per_iter") for r in recs]}
         teach = [r["distill"]["teacher_s_per_step"] for r in recs if r.get("distill")]

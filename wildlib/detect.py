@@ -78,8 +78,7 @@ def _sha256(data: bytes) -> str:
 
 
 class Deployable:
-    """A one-graph deployable folder, checked against its manifest, in one ONNX Runtime session.
-    Introduced in notebook 05_evaluate, section "Large survey images: slices against the whole"."""
+    """A one-graph deployable folder, checked against its manifest, in one ONNX Runtime session."""
 
     def __init__(self, folder, threads: int | None = None):
         self.folder = folder = Path(folder)
@@ -305,6 +304,7 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     det_rows, coco, counts, times, drawn, taken, shrunk, tiled = [], [], [], [], [], set(), 0, 0
+    fitting = []  # images read whose test size fits the canvas: what --baseline can time
     bar = tqdm(images, desc="detect", unit="img") if (tqdm and progress) else images
     for image_id, path in enumerate(bar):
         name = _label(path, roots, taken)
@@ -324,7 +324,10 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
         boxes, scores, cls = model.detect(rgb, size, over)
         times.append((time.perf_counter() - t0) * 1000)
         tiled += bool(size and max(h, w) > size)
-        shrunk += (not size) and model.test_size(h, w) != model.resize_size(h, w)
+        fits = model.test_size(h, w) == model.resize_size(h, w)
+        shrunk += (not size) and not fits
+        if fits:
+            fitting.append(str(path))
         keep = scores >= threshold
         if wanted is not None:
             keep &= np.isin(cls, wanted)
@@ -355,7 +358,7 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
     if benchmark:
         summary["benchmark"] = benchmark_model(model, images, max_pixels, runs=benchmark_runs)
         if baseline:
-            summary["benchmark_vs_pytorch"] = beside_pytorch(model, images, max_pixels, baseline, runs=benchmark_runs)
+            summary["benchmark_vs_pytorch"] = beside_pytorch(model, fitting[:8], baseline, runs=benchmark_runs)
     write_json(out / "summary.json", summary)
     return summary
 
@@ -383,23 +386,13 @@ def benchmark_model(model: Deployable, images: list[Path], max_pixels: int, warm
             "threads": model.threads, "cpu": cpu_model(), "load_avg_1min": os.getloadavg()[0]}
 
 
-def beside_pytorch(model: Deployable, images: list[Path], max_pixels: int, baseline, runs: int = 20,
-                   timeout: float = 1800) -> dict:
+def beside_pytorch(model: Deployable, fits: list[str], baseline, runs: int = 20, timeout: float = 1800) -> dict:
     """The deployable and the PyTorch baseline (``baseline``: a stage-01 folder) timed side by side
-    on up to 8 of the images (those that fit the graph's canvas at its test size), in one process at
-    the model's threads, as the notebooks' speed tables are (``python -m wildlib.speed photos``:
-    :func:`wildlib.speed.photo_benchmark`).  That process needs torch and Detectron2; this one never
-    imports them.  Where it cannot run, ``{"error": why}`` (the detections are written all the same)."""
-    fits = []
-    for p in images:
-        if len(fits) == 8:
-            break
-        try:
-            h, w = read_image(p, max_pixels).shape[:2]
-        except BadImage:
-            continue
-        if model.test_size(h, w) == model.resize_size(h, w):
-            fits.append(str(p))
+    on ``fits`` (images :func:`run` read whose test size fits the graph's canvas; it passes up to 8),
+    in one process at the model's threads, as the notebooks' speed tables are (``python -m
+    wildlib.speed photos``: :func:`wildlib.speed.photo_benchmark`).  That process needs torch and
+    Detectron2; this one never imports them.  Where it cannot run, ``{"error": why}`` (the
+    detections are written all the same)."""
     if not fits:
         return {"error": "no image fits the graph's canvas at its test size"}
     with tempfile.TemporaryDirectory(prefix="wildlib-bench-") as tmp:
