@@ -159,3 +159,17 @@ def test_a_difference_to_the_reference_is_written_one_way_signed():
     assert report.signed_delta(row) == "-0.31 [-1.03, +0.36]"
     assert "delta -0.31 [-1.03, +0.36] against the reference 93.31" in report.verdict_line("x", row)
     assert report.signed_delta({"delta_ap50": None}) is None
+
+
+def test_the_report_names_a_stale_stage(tmp_path):
+    """02 re-run alone after 03 had read it: the generated results say 03 is stale."""
+    import os
+
+    for stage, at in (("00_explore", 1), ("01_baseline", 2), ("02_prune", 5), ("03_share", 4)):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.json").write_text("{}")
+        os.utime(tmp_path / stage / "metrics.json", (at, at))
+    block = report.stale_block(tmp_path)
+    assert block[0].startswith("**Stale:** Stage 03_share is stale: it finished before 02_prune")
+    os.utime(tmp_path / "03_share" / "metrics.json", (6, 6))
+    assert report.stale_block(tmp_path) == []

@@ -193,3 +193,119 @@ def test_a_notebook_run_by_papermill_itself_stops_at_a_list_given_as_text(tmp_pa
     assert err.value.ename == "ParameterError"
     assert "SWEEP_RATIOS takes a list" in err.value.evalue and '-y "{SWEEP_RATIOS: []}"' in err.value.evalue
     assert not (tmp_path / "run").exists()  # stopped before the stage opened its folder
+
+
+def _finished(run, *stages_, at=None):
+    """Fake finished stages: each a folder with a metrics.json (its time ``at``, seconds since the epoch)."""
+    import os
+
+    for stage in stages_:
+        (run / stage).mkdir(parents=True, exist_ok=True)
+        (run / stage / "metrics.json").write_text("{}")
+        if at is not None:
+            os.utime(run / stage / "metrics.json", (at, at))
+
+
+def _no_kernel(monkeypatch):
+    """run_notebook replaced by a recorder: what each notebook would have been given."""
+    started = []
+    monkeypatch.setattr(runner, "run_notebook", lambda nb, params, out, **kw: started.append((nb.name[:2], params)))
+    return started
+
+
+def test_a_rerun_on_a_fresh_folder_is_refused_before_a_kernel_starts(tmp_path, monkeypatch):
+    """The README's example (`--only 02` into a new folder) used to start a kernel and fail a minute
+    later on 01_baseline/detectron2.yaml: now it stops first, naming the stage and the fix."""
+    started = _no_kernel(monkeypatch)
+    with pytest.raises(runner.ParameterError) as err:
+        runner.run_all(tmp_path / "x", only=["02"], overrides={"TARGET_SPARSITY": 0.9})
+    msg = str(err.value)
+    assert "02_prune_magnitude reads stage 00_explore" in msg and "--only 00 01" in msg and "--base-run" in msg
+    assert started == []
+
+
+def test_base_run_links_what_the_notebooks_read_and_nothing_else(tmp_path, monkeypatch):
+    started = _no_kernel(monkeypatch)
+    base, run = tmp_path / "default", tmp_path / "x"
+    _finished(base, "00_explore", "01_baseline", "02_prune", "03_share", "04_prune_channels")
+    runner.run_all(run, only=["02", "03"], overrides={"FT_ITER": 7}, scoped={"03": {"FT_ITER": 9}}, base_run=base)
+    linked = sorted(p.name for p in run.iterdir() if p.is_symlink())
+    assert linked == ["00_explore", "01_baseline"]  # 02 and 03 are made here; 04 is read by neither
+    assert (run / "01_baseline").resolve() == (base / "01_baseline").resolve()
+    assert [(n, p["FT_ITER"]) for n, p in started] == [("02", 7), ("03", 9)]  # -p 03:FT_ITER over -p FT_ITER
+    runner.run_all(run, only=["02"], base_run=base)  # again: the links are already there
+
+
+def test_base_run_never_replaces_a_stage_and_refuses_an_unfinished_one(tmp_path, monkeypatch):
+    _no_kernel(monkeypatch)
+    base, run = tmp_path / "default", tmp_path / "x"
+    _finished(base, "00_explore")
+    (base / "01_baseline").mkdir()  # stopped half-way: no metrics.json
+    with pytest.raises(runner.ParameterError, match="its stage 01_baseline has no metrics.json"):
+        runner.run_all(run, only=["02"], base_run=base)
+    _finished(run, "01_baseline")  # the run's own 01 is kept, not linked over
+    runner.run_all(run, only=["02"], base_run=base)
+    assert not (run / "01_baseline").is_symlink() and (run / "00_explore").is_symlink()
+
+
+def test_a_notebooks_own_parameter_is_checked_like_the_others(tmp_path, monkeypatch):
+    _no_kernel(monkeypatch)
+    _finished(tmp_path, "00_explore", "01_baseline", "02_prune")
+    with pytest.raises(runner.ParameterError, match="FT_ITER takes a number"):
+        runner.run_all(tmp_path, only=["03"], scoped={"03": {"FT_ITER": "200"}})
+    with pytest.raises(runner.ParameterError, match="notebook 04 is not selected"):
+        runner.run_all(tmp_path, only=["03"], scoped={"04": {"FT_ITER": 1}})
+    with pytest.raises(SystemExit):
+        runner.main(["--run-dir", str(tmp_path), "--only", "03", "-p", "3:FT_ITER", "1"])
+
+
+def test_a_stage_older_than_a_stage_it_read_is_stale(tmp_path):
+    _finished(tmp_path, "00_explore", "01_baseline", at=1000)
+    _finished(tmp_path, "02_prune", at=2000)
+    _finished(tmp_path, "03_share", "05_evaluate", at=3000)
+    assert runner.stale_lines(tmp_path) == []
+    _finished(tmp_path, "02_prune", at=4000)  # 02 re-run alone: 03 and 05 read the old one
+    lines = runner.stale_lines(tmp_path)
+    assert [ln.split()[1] for ln in lines] == ["03_share", "05_evaluate"]
+    assert "before 02_prune last did" in lines[0]
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """Every runner command the README and the notebooks' markdown show, in order, as argv."""
+    import re
+    import shlex
+
+    from wildlib.io import project_root
+
+    texts = [("README.md", (project_root() / "README.md").read_text())]
+    for nb in runner.list_notebooks():
+        cells = json.loads(nb.read_text())["cells"]
+        texts.append((nb.name, "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")))
+    found = []
+    for where, text in texts:
+        for cmd in re.findall(r"python -m wildlib\.runner ([^`\n]*)", text):
+            found.append((where, shlex.split(cmd)))
+    return found
+
+
+def test_every_documented_runner_command_works_on_a_fresh_folder(tmp_path, monkeypatch):
+    """Names, types and inputs of each command the docs show, run against fresh folders with the
+    kernels replaced by fakes that finish their stage: a Try-it-yourself that would clobber
+    runs/default or fail on a fresh folder fails here."""
+    from wildlib import layout
+
+    commands = _documented_commands()
+    assert len(commands) >= 8
+    _finished(tmp_path / "runs" / "default", *layout.STAGE_FOLDERS.values())
+
+    def fake(nb, params, out, **kw):
+        _finished(runner.resolve(params["RUN_DIR"]), layout.folder_of(nb.stem))
+
+    monkeypatch.setattr(runner, "run_notebook", fake)
+    for where, argv in commands:
+        argv = [str(tmp_path / v) if k in ("--run-dir", "--base-run") else v for k, v in zip([""] + argv, argv)]
+        assert "runs/default" not in argv[argv.index("--run-dir") + 1], f"{where}: {argv} writes into runs/default"
+        try:
+            runner.main(argv)
+        except SystemExit as exc:
+            pytest.fail(f"{where}: python -m wildlib.runner {' '.join(argv)} -> exit {exc.code}")

@@ -4,6 +4,13 @@ and the executed notebook kept (also when it fails) under ``RUN_DIR/notebooks/``
 
     python -m wildlib.runner --run-dir runs/default               # every notebook, in order
     python -m wildlib.runner --run-dir runs/smoke --only 00 01 -p MAX_ITER 20
+    python -m wildlib.runner --run-dir runs/x --base-run runs/default --only 02 -p TARGET_SPARSITY 0.9
+    python -m wildlib.runner --run-dir runs/x --only 03 -p 03:FT_ITER 200   # one notebook's parameter
+
+Before a kernel starts, every stage a selected notebook reads (:data:`wildlib.layout.STAGE_INPUTS`)
+must be in the run folder or made earlier in the same call; ``--base-run`` links the missing ones in
+from a finished run (as the sweep links its base run), never copying or writing them.  After the
+run, a stage older than a stage it read is named stale.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 import psutil  # installed with IPython and Dask: the kernel's process tree, to stop it on Ctrl-C
 import yaml
 
+from . import layout
 from .io import project_root, read_json, resolve, write_json, write_text
 
 PATH_PARAMS_SUFFIX = "_DIR"  # parameters whose name ends so are paths, made absolute
@@ -228,35 +236,97 @@ def run_notebook(nb_path, params: dict, out_path, timeout: float = 3600, cwd=Non
     return out_path
 
 
-def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 3600, echo: bool = True) -> dict:
-    """Run the notebooks in order.  ``overrides`` go to every notebook that declares them;
+def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 3600, echo: bool = True,
+            base_run=None, scoped: dict | None = None) -> dict:
+    """Run the notebooks in order.  ``overrides`` go to every notebook that declares them, ``scoped``
+    (``{"03": {"FT_ITER": 200}}``) to one notebook only, over ``overrides``; ``base_run``: link the
+    stages the selected notebooks read but do not make from that run (:func:`link_inputs`);
     ``echo``: stream the cells' output to this console too (always to each notebook's log)."""
     run_dir = resolve(run_dir)  # relative to the project root, as the notebooks resolve it
-    overrides = dict(overrides or {})
+    overrides, scoped = dict(overrides or {}), {k: dict(v) for k, v in (scoped or {}).items()}
     if not (math.isfinite(timeout) and 0 < timeout <= threading.TIMEOUT_MAX):
         raise ParameterError(f"the timeout must be positive and finite, not {timeout}")
     for k, flag in RESERVED.items():
-        if k in overrides:
+        if k in overrides or any(k in v for v in scoped.values()):
             raise ParameterError(f"{k} is set by the runner: use {flag}, not -p {k}")
     notebooks = select(list_notebooks(), only)
     declared = {p: parameters_of(p) for p in notebooks}
     stray = set(overrides) - set().union(*[set(v) for v in declared.values()])
     if stray:
         raise ParameterError(f"no selected notebook takes parameter(s) {sorted(stray)}")
-    for nb in notebooks:  # every value's type, before the first notebook starts
-        check_parameters(nb, {k: v for k, v in overrides.items() if k in declared[nb]})
+    params_of = {nb: {k: v for k, v in overrides.items() if k in declared[nb]} for nb in notebooks}
+    by_number = {nb.name[:2]: nb for nb in notebooks}
+    for number, given in scoped.items():
+        if number not in by_number:
+            raise ParameterError(f"-p {number}:NAME: notebook {number} is not selected (--only {' '.join(by_number)})")
+        params_of[by_number[number]].update(given)
+    for nb in notebooks:  # every name and value's type, before the first notebook starts
+        check_parameters(nb, params_of[nb])
+    if base_run is not None:
+        for stage in link_inputs(run_dir, resolve(base_run), notebooks):
+            print(f"[runner] {run_dir / stage} -> {resolve(base_run) / stage} (linked, read only)", flush=True)
+    check_inputs(run_dir, notebooks)
     times = {}
     for nb in notebooks:
-        params = {k: v for k, v in overrides.items() if k in declared[nb]}
+        params = dict(params_of[nb])
         if "RUN_DIR" in declared[nb]:
             params["RUN_DIR"] = str(run_dir)
         params = absolutize(params)
         t0 = time.perf_counter()
         run_notebook(nb, params, run_dir / "notebooks" / nb.name, timeout=timeout, echo=echo)
         times[nb.stem] = round(time.perf_counter() - t0, 1)
-    record_run(run_dir, times, {**source_version(), "overrides": overrides,
+    record_run(run_dir, times, {**source_version(), "overrides": overrides, "scoped_overrides": scoped,
                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+    for line in stale_lines(run_dir):
+        print(f"[runner] {line}", flush=True)
     return {**times, "total": round(sum(times.values()), 1)}
+
+
+def _made_here(notebooks: list[Path]) -> list[str]:
+    return [layout.folder_of(nb.stem) for nb in notebooks]
+
+
+def link_inputs(run_dir: Path, base_run: Path, notebooks: list[Path]) -> list[str]:
+    """Link into ``run_dir`` each stage the ``notebooks`` read and do not make, from ``base_run``,
+    where ``run_dir`` lacks it; the stages linked now.  A base stage that is not finished is refused."""
+    made = _made_here(notebooks)
+    wanted = [s for s in layout.STAGE_FOLDERS.values()
+              if s not in made and any(s in layout.STAGE_INPUTS[m] for m in made)]
+    linked = []
+    for stage in wanted:
+        here = run_dir / stage
+        if here.exists() and not here.is_symlink():
+            continue  # the run's own stage: kept (check_inputs says if it is unfinished)
+        if layout.finished_at(base_run, stage) is None:
+            raise ParameterError(f"--base-run {base_run}: its stage {stage} has no {layout.METRICS_FILE} "
+                                 f"(make it with python -m wildlib.runner --run-dir {base_run} --only {stage[:2]})")
+        if layout.link_stage(run_dir, base_run, stage):
+            linked.append(stage)
+    return linked
+
+
+def check_inputs(run_dir: Path, notebooks: list[Path]) -> None:
+    """Refuse, before any kernel starts, a run whose notebooks read a stage that is neither finished
+    in ``run_dir`` nor made earlier in this call; the error names the stage and the command that
+    makes it."""
+    made = []
+    for nb in notebooks:
+        folder = layout.folder_of(nb.stem)
+        missing = layout.missing_inputs(run_dir, folder, made)
+        if missing:
+            first = missing[0]
+            raise ParameterError(
+                f"{nb.stem} reads stage {first}, and {run_dir / first} has no {layout.METRICS_FILE}: make it with "
+                f"python -m wildlib.runner --run-dir {run_dir} --only {' '.join(s[:2] for s in missing)}, or link "
+                f"it from a finished run with --base-run RUN (e.g. --base-run runs/default)")
+        made.append(folder)
+
+
+def stale_lines(run_dir) -> list[str]:
+    """One sentence per stage of the run that finished before a stage it read finished again."""
+    return [f"stage {stage} is stale: it finished before {', '.join(newer)} last did; re-run it "
+            f"(--only {stage[:2]}) or read its results as those of the earlier {', '.join(newer)}"
+            for stage, newer in layout.stale_stages(resolve(run_dir)).items()]
 
 
 def record_run(run_dir, times: dict, info: dict) -> None:
@@ -326,20 +396,27 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Run the numbered notebooks with papermill.")
     ap.add_argument("--run-dir", default="runs/default")
     ap.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01")
-    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    ap.add_argument("--base-run", help="a finished run whose stages the selected notebooks read are linked in "
+                                      "where this run lacks them (read, never written)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a notebook parameter, for every selected notebook that takes it; NN:NAME for notebook NN only")
     ap.add_argument("--timeout", type=float, default=_timeout_default(),
                     help="seconds per notebook (default $WILDLIB_NB_TIMEOUT or 3600)")
     a = ap.parse_args(argv)
     if a.timeout is None:
         ap.error(f"WILDLIB_NB_TIMEOUT={os.environ['WILDLIB_NB_TIMEOUT']!r} is not a number of seconds")
-    params = {}
+    params, scoped = {}, {}
     for k, v in a.param:
-        if k in params:
+        number, _, name = k.rpartition(":")
+        if number and not (len(number) == 2 and number.isdigit() and name):
+            ap.error(f"-p {k}: a notebook's own parameter is NN:NAME, e.g. -p 03:FT_ITER 200")
+        target = scoped.setdefault(number, {}) if number else params
+        if name in target:
             ap.error(f"-p {k} given twice")
-        params[k] = _value(v)
+        target[name] = _value(v)
     signal.signal(signal.SIGTERM, as_interrupt)  # a SIGTERM stops the kernel too, like Ctrl-C
     try:
-        times = run_all(a.run_dir, a.only, params, a.timeout)
+        times = run_all(a.run_dir, a.only, params, a.timeout, base_run=a.base_run, scoped=scoped)
     except ParameterError as exc:
         ap.error(str(exc))
     except KeyboardInterrupt:
@@ -355,11 +432,14 @@ def as_interrupt(signum, frame):
 
 
 def unfinished_note(run_dir) -> str:
-    """Which stages of a run have no ``metrics.json`` (a stopped stage leaves none)."""
+    """Which stages of a run have no ``metrics.json`` (a stopped stage leaves none), and the command
+    that finishes them."""
     run = resolve(run_dir)
-    done = {d.name[:2] for d in run.glob("[0-9][0-9]_*") if (d / "metrics.json").exists()}
-    missing = [p.stem for p in list_notebooks() if p.name[:2] not in done]
-    return f"stages without results: {missing}" if missing else "every stage has its results"
+    missing = [stem for stem, folder in layout.STAGE_FOLDERS.items() if layout.finished_at(run, folder) is None]
+    if not missing:
+        return "every stage has its results"
+    return (f"stages without results: {missing}; resume with python -m wildlib.runner --run-dir {run_dir} "
+            f"--only {' '.join(m[:2] for m in missing)}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ from .config import get_config
 from .data import alias_map, class_list, ground_truth_sha256, register, resolve_data_dir
 from .evaluate import LATENCY_WARMUP, against, on_splits, scored_from_file, source_file
 from .fit import training_iterations
+# the stages' folders and inputs live in wildlib.layout (the runner reads them without torch); the
+# notebooks name them wl.stages.X
+from .layout import (BASELINE, CHANNELS, EVALUATE, EXPLORE, METRICS_FILE, PRUNE, SHARE, STAGE_FOLDERS,  # noqa: F401
+                     STAGE_INPUTS)
 from .io import copy_file, read_json, resolve, slug, stage_dir, write_json, write_text
 from .modeling import (D2_CONFIG_FILE, MODEL_FILE, count_parameters, load_trained, no_imagenet_init, resolve_weights,
                        save_weights, sha256_file)
@@ -37,18 +41,11 @@ from .tiles import ensure_registered, tile_setting
 from .distill import Distill
 from .train import final_eval, train, train_together, unwrap
 
-EXPLORE, BASELINE, PRUNE, SHARE = "00_explore", "01_baseline", "02_prune", "03_share"
-CHANNELS, EVALUATE = "04_prune_channels", "05_evaluate"
-# The stages in run order: each notebook and the folder it writes, RUN_DIR/<folder>/.  A new stage
-# is its notebook, its entries here (folder, record) and its files' names below; the generated
-# results read it once wildlib.report has a paragraph for it (report.stage_lines).
-STAGE_FOLDERS = {"00_explore_data": EXPLORE, "01_train_baseline": BASELINE, "02_prune_magnitude": PRUNE,
-                 "03_weight_sharing": SHARE, "04_prune_channels": CHANNELS, "05_evaluate": EVALUATE}
 # what each stage's metrics.json holds (wildlib.records)
 STAGE_RECORDS = {EXPLORE: ExploreMetrics, BASELINE: BaselineMetrics, PRUNE: PruneMetrics, SHARE: ShareMetrics,
                  CHANNELS: ChannelsMetrics, EVALUATE: EvaluateMetrics}
 
-CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.json"
+CONFIG_FILE = "config.yaml"  # METRICS_FILE: wildlib.layout
 # D2_CONFIG_FILE (each stage's model config) and MODEL_FILE (01 and 04: the stage's trained dense
 # model) are a model folder's files: wildlib.modeling names them
 DENSE_CONTROL_FILE = "model_dense_control.pth"  # 02: the baseline fine-tuned like the pruned model

@@ -54,7 +54,7 @@ from pathlib import Path
 import psutil  # installed with Dask: the points' processes, to stop them on Ctrl-C
 import yaml
 
-from . import evaluate, intervals, runner, stages
+from . import evaluate, intervals, layout, runner, stages
 from .evaluate import AP50_TOLERANCE, best_within
 from .io import cpu_model, read_json, resolve, save_figure, slug, write_csv, write_json, write_text
 from .modeling import sha256_file
@@ -63,7 +63,7 @@ from .report import frontier_lines
 
 POINT_FILE = "point.json"
 TIMING_FILE = "timing.json"  # every invocation's wall time, layout and CPU: the scaling table
-SHARED_STAGES = ("00_explore", "01_baseline")
+SHARED_STAGES = (layout.EXPLORE, layout.BASELINE)
 CONTROL_KEYS = ("FT_ITER", "FT_LR", "FT_SCHEDULE", "IMS_PER_BATCH", "SEED")  # what makes two dense controls one
 STAGGER_S = 3.0  # seconds between two kernel starts
 
@@ -205,12 +205,7 @@ def prepare_point(folder: Path, base: Path) -> None:
     """The point's folder with the base run's shared stages linked in (read, never written)."""
     folder.mkdir(parents=True, exist_ok=True)
     for stage in SHARED_STAGES:
-        link, target = folder / stage, base / stage
-        if link.is_symlink() and link.resolve() == target.resolve():
-            continue
-        if link.exists() or link.is_symlink():
-            raise FileExistsError(f"{link}: exists and is not a link to {target}")
-        link.symlink_to(target.resolve(), target_is_directory=True)
+        layout.link_stage(folder, base, stage)
 
 
 def run_point(point: dict, base: str, out: str, threads: int, timeout: float, *dependencies) -> dict:
