@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .evaluate import best_within, coco, side_by_side
+from .io import progress
 from .parts import BACKBONE_STAGES
 from .profile import macs
 from .widths import NUM_BLOCKS, block_parts, default_hidden_widths, hidden_width, narrow_block_, narrow_conv_, narrow_linear_
@@ -327,7 +328,7 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, image: dict, families=FAM
     import pandas as pd
 
     rows = []
-    for fam in families:
+    for fam in progress(families, "channel families"):
         for r in sorted(ratios):
             pruned = prune(model, {fam: r})
             m = coco(pruned, cfg, dataset, quiet=True)

@@ -49,13 +49,8 @@ import numpy as np
 import onnxruntime as ort  # the one engine of this command
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from .io import atomic_write, cpu_model, write_json, write_text
+from .io import atomic_write, cpu_model, progress as progress_bar, write_json, write_text
 from .slices import merge_slices, tile_grid
-
-try:
-    from tqdm import tqdm  # a progress bar where tqdm is installed (it is not needed)
-except ImportError:  # pragma: no cover - the ONNX-Runtime-only environment
-    tqdm = None
 
 IMAGE_TYPES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 150_000_000        # an image above this many pixels is refused from its header (below Pillow's own bomb error, 179M)
@@ -305,7 +300,7 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
     out.mkdir(parents=True, exist_ok=True)
     det_rows, coco, counts, times, drawn, taken, shrunk, tiled = [], [], [], [], [], set(), 0, 0
     fitting = []  # images read whose test size fits the canvas: what --baseline can time
-    bar = tqdm(images, desc="detect", unit="img") if (tqdm and progress) else images
+    bar = progress_bar(images, "detect", unit="img", enabled=progress)
     for image_id, path in enumerate(bar):
         name = _label(path, roots, taken)
         try:
@@ -343,7 +338,7 @@ def run(sources, model_dir, out_dir, *, score: float | None = None, classes=None
             im = draw(rgb, boxes, scores, cls, names)
             atomic_write(target, lambda tmp, im=im: im.save(tmp, format="JPEG", quality=90))
             drawn.append(str(target.relative_to(out)))
-        if tqdm and progress and len(times) > 1:
+        if hasattr(bar, "set_postfix") and len(times) > 1:
             bar.set_postfix(img_s=f"{1000 / np.median(times):.1f}")
     totals = np.sum([r[1:-1] for r in counts], axis=0).tolist() if counts else [0] * len(names)
     write_text(out / "detections.csv", _csv_text([["image", "class", "score", "x0", "y0", "x1", "y1"], *det_rows]))

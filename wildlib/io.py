@@ -13,7 +13,22 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+try:
+    from tqdm.auto import tqdm  # progress bars where tqdm is installed (wildlib[detect] runs without it)
+except ImportError:  # pragma: no cover - the ONNX-Runtime-only environment
+    tqdm = None
+
 MAX_GUNZIP_BYTES = 512 * 2**20  # a gzipped JSON file may unpack to this much (a bomb is refused before it fills memory)
+
+
+def progress(items, desc: str, total: int | None = None, unit: str = "it", enabled: bool = True):
+    """``items`` behind a progress bar (tqdm's: a widget in JupyterLab, a line under papermill and
+    in a terminal), redrawn at most every 2 s so that it costs nothing beside a timed loop; the items
+    themselves where tqdm is missing or ``enabled`` is false.  Every loop longer than about 10 s in
+    the notebooks and the library runs behind one.  Introduced in notebook 03_weight_sharing."""
+    if tqdm is None or not enabled:
+        return items
+    return tqdm(items, desc=desc, total=total, unit=unit, mininterval=2.0)
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:

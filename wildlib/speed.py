@@ -24,7 +24,7 @@ from .evaluate import (LATENCY_WARMUP, Scored, Variant, against, best_within, lo
                        with_interval)
 from .fast import (OneGraphDetector, OrtGraph, RuntimeSettings, canvas_of, deploy_bytes, export_graph, graph_inputs,
                    graph_part_of, load, quantize_graph, read_onnx, save_graph, test_time, test_time_of, with_test_time)
-from .io import cpu_model, read_json, write_json
+from .io import cpu_model, progress, read_json, write_json
 from .modeling import build_model, load_trained
 from .parts import PART_NAMES
 from .profile import macs
@@ -93,7 +93,7 @@ def sweep_test_time(model, cfg, dataset: str, records: list[dict], baseline, inp
     if reference is not None:
         keys += ("delta_ap50", "delta_ap50_ci95", "non_inferior")
     rows = []
-    for s in settings:
+    for s in progress(settings, "test-time settings"):
         c = with_test_time(cfg, s["pre_nms"], s["post_nms"], s["detections"], s["min_size"])
         m = test_time(copy.deepcopy(model), s["pre_nms"], s["post_nms"], s["detections"])
         xs = load_inputs(c, records[:len(inputs)]) if s["min_size"] != cfg.INPUT.MIN_SIZE_TEST else inputs
@@ -175,7 +175,7 @@ def choose_runtime(graphs: dict, canvas, pixel_mean, inputs: list[dict], candida
     models = {(label, s): OneGraphDetector(OrtGraph(path, settings=s), canvas, pixel_mean)
               for label, path in graphs.items() for s in candidates}
     times = {k: [] for k in models}
-    for i in range(warmup + runs):
+    for i in progress(range(warmup + runs), f"runtime settings ({len(models)} per turn)"):
         x = [inputs[i % len(inputs)]]
         for key, model in (list(models.items()) if i % 2 == 0 else list(models.items())[::-1]):
             t = time.perf_counter()

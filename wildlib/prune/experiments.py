@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .masks import group_of, prunable, layerwise_magnitude, make_permanent, pruned_copy, group_sparsity, sparsity
 from ..evaluate import AP50_TOLERANCE, COCO_KEYS, Variant, against, best_within, coco, coco_with_interval, scored as score_model
-from ..io import slug
+from ..io import progress as progress_bar, slug
 
 
 def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool = True, ranking: str = "l1"):
@@ -17,12 +17,10 @@ def one_shot_sweep(model, cfg, dataset: str, scopes_list, ratios, progress: bool
     fine-tuning, and evaluate it.  Sparsity is also reported over all prunable weights.
     Introduced in notebook 02_prune_magnitude, section "1 · One-shot global L1 pruning (the paper's experiment)"."""
     import pandas as pd
-    from tqdm.auto import tqdm
-
 
     rows = []
     grid = [(s, r) for s in scopes_list for r in ratios]
-    for scopes, r in tqdm(grid, desc="one-shot sweep", disable=not progress):
+    for scopes, r in progress_bar(grid, "one-shot sweep", enabled=progress):
         m = pruned_copy(model, scopes, r, ranking) if r > 0 else model
         met = coco_with_interval(m, cfg, dataset)
         rows.append({"scope": scopes, "ranking": ranking, "ratio": r, "sparsity_scope": sparsity(m, scopes),
@@ -37,13 +35,11 @@ def sensitivity_scan(model, cfg, dataset: str, ratios, groups=None, progress: bo
     ratio and evaluate: which parts of the detector tolerate pruning.
     Introduced in notebook 02_prune_magnitude, section "3 · Which parts are fragile? A sensitivity scan"."""
     import pandas as pd
-    from tqdm.auto import tqdm
-
 
     groups = groups or sorted({group_of(n) for n, _ in prunable(model, "all")})
     sizes = group_sparsity(model)["weights"]
     rows = []
-    for g, r in tqdm([(g, r) for g in groups for r in ratios], desc="sensitivity", disable=not progress):
+    for g, r in progress_bar([(g, r) for g in groups for r in ratios], "sensitivity", enabled=progress):
         m = copy.deepcopy(model)
         make_permanent(layerwise_magnitude(m, {g: r}))
         met = coco(m, cfg, dataset, quiet=True)
@@ -88,7 +84,7 @@ def reported_rows(models: dict, cfg, datasets: dict, split: str, reference, dete
     Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     scored = dict(scored or {})
     rows = []
-    for name, m in models.items():
+    for name, m in progress_bar(models.items(), f"scored on {split}", total=len(models)):
         s = scored.get(name) or score_model(m, cfg, datasets, split, detections_file=Path(detections_dir) / f"{slug(name)}.json")
         rows.append(reported_row(name, sparsity(m), against(s, reference, baseline=baseline)))
     return rows
