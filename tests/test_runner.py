@@ -309,3 +309,25 @@ def test_every_documented_runner_command_works_on_a_fresh_folder(tmp_path, monke
             runner.main(argv)
         except SystemExit as exc:
             pytest.fail(f"{where}: python -m wildlib.runner {' '.join(argv)} -> exit {exc.code}")
+
+
+@pytest.mark.parametrize("stem", list(EXPECTED))
+def test_each_intro_is_short_says_how_long_and_links_the_glossary(stem):
+    """Intros of at most 150 words (details where they are used), the last recorded run's time, and
+    the glossary one click away."""
+    nb = json.loads((runner.notebook_dir() / f"{stem}.ipynb").read_text())
+    intro = "".join(nb["cells"][0]["source"])
+    assert len(intro.split()) <= 150, f"{stem}: intro of {len(intro.split())} words"
+    assert "](../docs/glossary.md)" in intro and "*How long:" in intro
+
+
+def test_the_glossary_explains_the_jargon_the_notebooks_use():
+    import re
+
+    from wildlib.io import project_root
+
+    text = (project_root() / "docs" / "glossary.md").read_text()
+    defined = {t.lower() for t in re.findall(r"^- \*\*([^*]+)\*\*", text, flags=re.M)}
+    for term in ("reference", "dense control", "paired interval", "non-inferior", "cold", "twin",
+                 "qdq / qoperator", "delta", "stale", "contended", "base run", "lamp", "deployable"):
+        assert any(d == term or d.startswith(term) for d in defined), f"docs/glossary.md does not define {term!r}"
