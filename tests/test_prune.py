@@ -162,3 +162,17 @@ def test_sensitivity_ratios_pick_largest_within_tolerance():
     scan = pd.DataFrame({"group": ["a", "a", "a", "b", "b"], "ratio": [0.5, 0.8, 0.95, 0.5, 0.8],
                          "AP50": [80.0, 79.5, 60.0, 70.0, 60.0]})
     assert wp.ratios_from_sensitivity(scan, 80.2, 1.0) == {"a": 0.8, "b": 0.0}
+
+
+@pytest.mark.parametrize("ranking", ["l1", "lamp"])
+@pytest.mark.parametrize("amount", [0.8])
+def test_sparsity_at_is_what_global_pruning_does_without_pruning(model, ranking, amount):
+    """The slider's lookup (sorted scores, one threshold) against torch.nn.utils.prune on a copy."""
+    ranked = wp.ranked_scores(model, "all", rankings=(ranking,))
+    looked_up = wp.sparsity_at(ranked, amount)
+    pruned = wp.group_sparsity(wp.pruned_copy(model, "all", amount, ranking))
+    assert set(looked_up.index) == set(pruned.index)
+    for g in pruned.index:
+        assert looked_up.loc[g, ranking] == pytest.approx(pruned.loc[g, "sparsity"], abs=1e-4), g
+        assert looked_up.loc[g, "weights"] == pruned.loc[g, "weights"]
+    assert wp.sparsity_at(ranked, 0.0)[ranking].eq(0).all()

@@ -422,3 +422,78 @@ def frontier(rows, summary, tolerance: float = 1.0):
     bx.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+RANKING_LABELS = {"l1": "global L1 (the paper)", "lamp": "LAMP"}
+
+
+def ranking_sparsity(table, amount: float, frontier: dict | None = None):
+    """Per-group sparsity of global pruning at ``amount`` under each ranking (``table``:
+    :func:`wildlib.prune.sparsity_at`), side by side: where global L1 empties a group and LAMP keeps
+    it alive.  ``frontier``: the frontier sweep's seed mean at this target (``sparsity``,
+    ``AP50_mean``, ``delta_mean``, ``delta_lo``, ``delta_hi``), written in the title.
+    Introduced in notebook 02, section 2 (and its slider)."""
+    rankings = [c for c in table.columns if c != "weights"]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(table) + 1.6))
+    y = np.arange(len(table))
+    h = 0.8 / max(len(rankings), 1)
+    for i, r in enumerate(rankings):
+        ax.barh(y + (i - (len(rankings) - 1) / 2) * h, table[r] * 100, height=h, label=RANKING_LABELS.get(r, r))
+    ax.set_yticks(y, [f"{g} ({n / 1e3:.0f}k)" for g, n in zip(table.index, table["weights"])], fontsize=7)
+    ax.axvline(amount * 100, color="k", ls=":", lw=1, label=f"global target {amount:.0%}")
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    ax.set_xlabel("pruned weights in the group (%)")
+    title = f"one global threshold at {amount:.0%}: where the zeros land"
+    if frontier:
+        title += (f"\nfrontier sweep at {frontier['sparsity']:.0%} (LAMP, fine-tuned): AP50 {frontier['AP50_mean']:.1f}, "
+                  f"delta {frontier['delta_mean']:+.2f} [{frontier['delta_lo']:+.2f}, {frontier['delta_hi']:+.2f}]")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def weight_histogram(weights, cuts: dict | None = None, title: str = "", centroids=None, log: bool = True):
+    """Histogram of one layer's weights (``weights``: any array), with each of ``cuts`` (label ->
+    magnitude below which a weight is pruned) drawn at +/- its value, and ``centroids`` (the shared
+    values of weight sharing) as ticks on top.  Introduced in notebook 02, section 2 (and 03's
+    bits slider)."""
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    ax.hist(w[w != 0] if centroids is not None else w, bins=120, color="0.55", log=log)
+    for i, (label, cut) in enumerate((cuts or {}).items()):
+        for x in (-cut, cut):
+            ax.axvline(x, color=f"C{i}", ls="--", lw=1.2, label=label if x > 0 else None)
+    if centroids is not None:
+        for c in np.asarray(centroids).ravel():
+            ax.axvline(c, color="C3", lw=0.8, alpha=0.8)
+        ax.plot([], [], color="C3", lw=0.8, label=f"{len(np.asarray(centroids).ravel())} shared values")
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("weights" + (" (log)" if log else ""))
+    ax.set_title(title, fontsize=9)
+    if cuts or centroids is not None:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_heatmap(per_class, reference: str | None = None):
+    """AP50 per class (rows) and variant (columns) as a heatmap with its values, ``per_class`` a
+    DataFrame as notebook 05 writes it (``per_class_ap.csv``); with ``reference`` (a column) the
+    colour is each cell's difference to it, so the classes a compression costs stand out.
+    Introduced in notebook 05_evaluate."""
+    table = per_class.astype(float)
+    shown = table.sub(table[reference], axis=0) if reference in table else table
+    fig, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 3, 0.34 * table.shape[0] + 1.8))
+    lim = float(np.nanmax(np.abs(shown.to_numpy()))) if reference in table else None
+    im = ax.imshow(shown.to_numpy(), cmap="RdBu" if lim else "viridis", vmin=-lim if lim else None,
+                   vmax=lim if lim else None, aspect="auto")
+    for (i, j), v in np.ndenumerate(table.to_numpy()):
+        ax.text(j, i, "" if np.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=35, ha="right", fontsize=7)
+    ax.set_yticks(range(table.shape[0]), [str(i).removeprefix("AP-") for i in table.index], fontsize=7)
+    fig.colorbar(im, ax=ax, label=f"AP - {reference}" if lim else "AP")
+    ax.set_title("per-class AP" + (f" (colour: difference to the {reference})" if lim else ""), fontsize=9)
+    fig.tight_layout()
+    return fig

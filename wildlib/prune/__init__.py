@@ -25,13 +25,13 @@ from .experiments import (from_pick, one_shot_pick, one_shot_sweep, pick_name, r
                           reported_rows, sensitivity_scan)
 from .gradual import END_FRACTION, GradualPruning, cubic_schedule, schedule_of
 from .masks import (DEFAULT_SCOPES, RANKINGS, SCOPES, check_ranking, global_magnitude, group_of, group_sparsity,
-                    l1_scores, lamp_scores, layerwise_magnitude, make_permanent, parse_scopes, prunable, pruned_copy,
-                    register_ranking, scope_of, sparsity, sparsity_table, state_sparsity)
+                    l1_scores, lamp_scores, layerwise_magnitude, magnitude_cuts, make_permanent, parse_scopes, prunable, pruned_copy,
+                    ranked_scores, register_ranking, scope_of, sparsity, sparsity_at, sparsity_table, state_sparsity)
 from .sparse_file import SparseFileError, load_sparse, save_sparse
 
 __all__ = ["DEFAULT_SCOPES", "END_FRACTION", "RANKINGS", "SCOPES", "GradualPruning", "SparseFileError", "check_ranking",
            "cubic_schedule", "from_pick", "global_magnitude", "group_of", "group_sparsity", "l1_scores", "lamp_scores",
-           "layerwise_magnitude", "load_sparse", "make_permanent", "one_shot_pick", "one_shot_sweep", "parse_scopes",
-           "pick_name", "prunable", "pruned_copy", "ratios_from_sensitivity", "register_ranking", "reported_row",
-           "reported_rows", "save_sparse", "schedule_of", "scope_of", "sensitivity_scan", "sparsity", "sparsity_table",
+           "layerwise_magnitude", "load_sparse", "magnitude_cuts", "make_permanent", "one_shot_pick", "one_shot_sweep", "parse_scopes",
+           "pick_name", "prunable", "pruned_copy", "ranked_scores", "ratios_from_sensitivity", "register_ranking", "reported_row",
+           "reported_rows", "save_sparse", "schedule_of", "scope_of", "sensitivity_scan", "sparsity", "sparsity_at", "sparsity_table",
            "state_sparsity"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
@@ -50,7 +52,8 @@ def group_of(name: str) -> str:
 
 
 def prunable(model, scopes=DEFAULT_SCOPES) -> list[tuple[str, nn.Module]]:
-    """(module name, module) of every Conv2d/Linear whose scope is selected."""
+    """(module name, module) of every Conv2d/Linear whose scope is selected.
+    Introduced in notebook 03_weight_sharing, section "Bits per layer type" (02 prunes through it)."""
     scopes = parse_scopes(scopes)
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, (nn.Conv2d, nn.Linear)) and scope_of(n) in scopes]
@@ -173,8 +176,6 @@ def sparsity_table(model, scopes=SCOPES):
     """Per layer: scope, group, weights, nonzero, sparsity (masks included if attached).
 
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
-    import pandas as pd
-
     rows = []
     for name, m in prunable(model, scopes):
         w = m.weight.detach()
@@ -191,6 +192,58 @@ def group_sparsity(model, scopes="all"):
     Introduced in notebook 02_prune_magnitude, section "2 · Why global L1 empties layers, and a scale-free ranking"."""
     g = sparsity_table(model, scopes).groupby("group")[["weights", "nonzero"]].sum()
     return g.assign(sparsity=1 - g["nonzero"] / g["weights"])
+
+
+def ranked_scores(model, scopes="all", rankings=("l1", "lamp")) -> dict:
+    """Each ranking's scores of every prunable weight, sorted once per group, so that the group
+    sparsities of global pruning at any amount are a lookup (:func:`sparsity_at`): what a slider
+    needs, with no copy of the model pruned.  Introduced in notebook 02_prune_magnitude, section
+    "2 · Why global L1 empties layers, and a scale-free ranking"."""
+    out = {}
+    for ranking in rankings:
+        score = RANKINGS[check_ranking(ranking)]
+        by_group: dict[str, list] = {}
+        for name, m in prunable(model, scopes):
+            by_group.setdefault(group_of(name), []).append(score(m.weight).flatten().double().numpy())
+        groups = {g: np.sort(np.concatenate(v)) for g, v in by_group.items()}
+        out[ranking] = {"groups": groups, "all": np.sort(np.concatenate(list(groups.values())))}
+    return out
+
+
+def sparsity_at(ranked: dict, amount: float):
+    """Per group and ranking, the fraction of weights global pruning of ``amount`` of them removes
+    (the lowest scores first, across all groups together: :func:`global_magnitude`), from
+    :func:`ranked_scores`; a DataFrame indexed by group, one column per ranking, and ``weights``.
+    Ties at the threshold count as pruned (``global_magnitude`` breaks them by position: on
+    trained float weights they are vanishingly rare).
+    Introduced in notebook 02_prune_magnitude, section "2 · Why global L1 empties layers, and a scale-free ranking"."""
+    if not 0 <= amount < 1:
+        raise ValueError(f"amount must be in [0, 1), got {amount}")
+    cols = {}
+    for ranking, r in ranked.items():
+        k = int(round(amount * len(r["all"])))
+        if k == 0:
+            cols[ranking] = {g: 0.0 for g in r["groups"]}
+            continue
+        threshold = r["all"][k - 1]
+        cols[ranking] = {g: float(np.searchsorted(v, threshold, side="right") / len(v)) for g, v in r["groups"].items()}
+    first = next(iter(ranked.values()))["groups"]
+    return pd.DataFrame(cols).assign(weights={g: len(v) for g, v in first.items()})
+
+
+def magnitude_cuts(ranked: dict, weight: torch.Tensor, amount: float) -> dict[str, float]:
+    """Per ranking of ``ranked`` (:func:`ranked_scores`): the largest magnitude of ``weight``'s
+    entries that global pruning of ``amount`` removes (both rankings are monotone in magnitude
+    within a layer, so this one number is the layer's cut); 0.0 where it removes none.
+    Introduced in notebook 02_prune_magnitude, section "2 · Why global L1 empties layers, and a scale-free ranking"."""
+    out = {}
+    for ranking, r in ranked.items():
+        k = int(round(amount * len(r["all"])))
+        scores = RANKINGS[ranking](weight).flatten().double().numpy()
+        gone = scores <= r["all"][k - 1] if k else np.zeros(scores.shape, bool)
+        mags = weight.detach().abs().flatten().double().numpy()
+        out[ranking] = float(mags[gone].max()) if gone.any() else 0.0
+    return out
 
 
 def _zero_fraction(tensors) -> float:
