@@ -111,6 +111,8 @@ def test_02_prune(smoke_run):
     # the dense control: the same fine-tuning without pruning, and the reference it sets
     dc = m["dense_control"]
     assert dc["iterations"] == m["gradual"]["iterations"] == 10 and math.isfinite(dc["AP50"])
+    # five evaluations along each fine-tuning: the curves can show a dip (issue 35)
+    assert [e["iter"] for e in dc["evals"]] == [e["iter"] for e in m["gradual"]["evals"]] == [2, 4, 6, 8, 10]
     # the pruning run distilled from the dense control (its saved weights), every step, with the smoke weights
     d = m["gradual"]["distillation"]
     assert d["steps"] == 10 and d["weights"] == {"cls": 1.0, "rpn": 0.5, "fpn": 0.0} and d["teacher_s_per_step"] > 0

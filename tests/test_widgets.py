@@ -85,3 +85,18 @@ def test_per_class_heatmap_colours_the_difference_to_the_reference():
     assert image.tolist() == [[0.0, -2.0], [0.0, -20.0]]  # colour: the difference
     assert [t.get_text() for t in fig.axes[0].texts] == ["80", "78", "60", "40"]  # text: the AP itself
     assert "difference to the dense control" in fig.axes[0].get_title()
+
+
+def test_size_waterfall_writes_each_steps_ratio_to_the_dense_file():
+    fig = plots.size_waterfall([("dense", 8e6), ("sparse", 2e6), ("shared", 1e6)])
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == [" 8.00 MB (1.0x)", " 2.00 MB (4.0x)", " 1.00 MB (8.0x)"]
+
+
+def test_time_stack_stacks_the_parts_of_each_variant():
+    import pandas as pd
+
+    t = pd.DataFrame({"baseline": [30.0, 6.0], "one graph": [5.0, None]}, index=["backbone", "rpn"])
+    fig = plots.time_stack(t)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["36 ms", "5 ms"]
+    assert [p.get_height() for p in fig.axes[0].patches] == [30.0, 5.0, 6.0, 0.0]

@@ -497,3 +497,41 @@ def per_class_heatmap(per_class, reference: str | None = None):
     ax.set_title("per-class AP" + (f" (colour: difference to the {reference})" if lim else ""), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def size_waterfall(steps):
+    """Bytes at each step of a compression pipeline (``steps``: (label, bytes) in order, the first
+    the dense file), as bars with each one's ratio to the first: where the size goes.
+    Introduced in notebook 03_weight_sharing."""
+    labels, sizes = zip(*[(label, float(b)) for label, b in steps])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(steps) + 1.2))
+    y = np.arange(len(steps))
+    ax.barh(y, np.array(sizes) / 1e6, color=[f"C{i}" for i in range(len(steps))])
+    for i, s in enumerate(sizes):
+        ax.text(s / 1e6, i, f" {s / 1e6:.2f} MB ({sizes[0] / s:.1f}x)", va="center", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, sizes[0] / 1e6 * 1.35)
+    ax.set_xlabel("bytes on disk (MB); in brackets, times smaller than the dense file")
+    ax.set_title("where the size goes", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def time_stack(table, title: str = "where the time goes, per image"):
+    """Milliseconds per part of the detector (``table``: rows = parts, columns = variants), one
+    stacked bar per variant: which part a method made faster.  Introduced in notebook 04_prune_channels."""
+    t = table.fillna(0.0)
+    fig, ax = plt.subplots(figsize=(1.6 * t.shape[1] + 3, 3.6))
+    bottom = np.zeros(t.shape[1])
+    for i, (part, row) in enumerate(t.iterrows()):
+        ax.bar(range(t.shape[1]), row.to_numpy(), bottom=bottom, color=PALETTE[i % len(PALETTE)], label=str(part))
+        bottom += row.to_numpy()
+    for j, total in enumerate(bottom):
+        ax.text(j, total, f"{total:.0f} ms", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(t.shape[1]), [str(c) for c in t.columns], rotation=15, ha="right", fontsize=7)
+    ax.set_ylabel("ms per image (median)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
