@@ -416,3 +416,44 @@ def test_report_is_written_from_the_run(smoke_run, tmp_path):
     report.update_readme(readme, text)
     new = readme.read_text()
     assert new.startswith("intro\n") and new.endswith("rest\n") and "OLD-SECTION" not in new and text in new
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium package: .ci/run installs it
+
+
+def _screenshot(html, png, size=(1200, 3000)) -> None:
+    """``html`` drawn by headless Chromium into ``png``: the flags the machine needs (no sandbox as
+    root, no GPU, no background connections to a closed network), a fresh profile."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", "--hide-scrollbars",
+                        f"--screenshot={png}", html.as_uri()], check=True, capture_output=True, timeout=120)
+
+
+def test_the_run_reads_without_running_it(smoke_run, tmp_path):
+    """make report renders the executed notebooks to HTML; Chromium draws 02's page with its
+    figures, the slider's static figure among them (issue 35: read it without running it)."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    from wildlib import report
+
+    run_dir = smoke_run("02")
+    pages = report.render_html(run_dir)
+    page = run_dir / "html" / "02_prune_magnitude.html"
+    assert page in pages and page.stat().st_size > 100_000
+    text = page.read_text()
+    assert text.count("data:image/png;base64") >= 4  # the figures, embedded
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which("chromium")):
+        pytest.skip(f"{CHROMIUM} is not installed (.ci/run installs Debian's chromium)")
+    _screenshot(page, tmp_path / "page.png")
+    with Image.open(tmp_path / "page.png") as im:
+        px = np.asarray(im.convert("L"))
+    assert px.shape[0] > 1000
+    assert (px < 200).mean() > 0.02 and len(np.unique(px)) > 50  # text and figures drawn, not a blank page

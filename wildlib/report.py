@@ -584,6 +584,26 @@ def paired_line(run_a, run_b) -> str:
             f"(image-level bootstrap, 95%)")
 
 
+HTML_DIR = "html"  # RUN_DIR/html/: the run's executed notebooks, readable without running them
+
+
+def render_html(run_dir) -> list[Path]:
+    """Each executed notebook of a run (``RUN_DIR/notebooks/NN_*.ipynb``, as the runner keeps them)
+    rendered to ``RUN_DIR/html/NN_*.html`` by nbconvert, figures embedded, widgets as the static
+    figure of their default: the run read without running it.  Written atomically; the paths."""
+    # nbconvert is heavy (jinja2, bleach, mistune) and only this command needs it
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    run = resolve(run_dir)
+    exporter = HTMLExporter(template_name="lab")
+    written = []
+    for nb_path in sorted((run / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+        written.append(write_text(run / HTML_DIR / nb_path.with_suffix(".html").name, body))
+    return written
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Write the generated results (the README's headline and "
                                              "docs/results.md) from a run's files.")
@@ -614,7 +634,9 @@ def main(argv=None):
     write_text(docs, RESULTS_PREFACE + results_markdown(a.run_dir, bench, a.sweep or None, figure)
                + "".join(f"\n{line}" for line in scaling_lines(a.scaling)))
     update_readme(a.readme, headline_markdown(a.run_dir, a.sweep or None))
-    print(f"{docs} and the headline of {a.readme} rewritten from {resolve(a.run_dir)}")
+    pages = render_html(a.run_dir)
+    print(f"{docs} and the headline of {a.readme} rewritten from {resolve(a.run_dir)}; "
+          f"{len(pages)} executed notebooks rendered under {resolve(a.run_dir) / HTML_DIR}")
 
 
 if __name__ == "__main__":
