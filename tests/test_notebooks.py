@@ -88,6 +88,8 @@ def test_02_prune(smoke_run):
     run_dir = smoke_run("02")
     stage = run_dir / "02_prune"
     m = json.loads((stage / "metrics.json").read_text())
+    for fig in ['ranking_sparsity.png', 'fc1_weights.png']:  # the teaching figures (issue 35), each the static form of a slider or a plot
+        assert (stage / fig).stat().st_size > 5000, fig
     assert [(r["scope"], r["ratio"]) for r in m["one_shot"]] == [("all", 0.3), ("all", 0.6)]
     for r in m["one_shot"]:
         assert r["sparsity_all"] == pytest.approx(r["ratio"], abs=1e-3)
@@ -181,6 +183,8 @@ def test_03_weight_sharing(smoke_run):
     run_dir = smoke_run("03")
     stage = run_dir / "03_share"
     m = json.loads((stage / "metrics.json").read_text())
+    for fig in ['bits_histogram.png', 'size_waterfall.png']:  # the teaching figures (issue 35), each the static form of a slider or a plot
+        assert (stage / fig).stat().st_size > 5000, fig
     s = m["shared"]
     assert s["bit_exact"] is True
     assert m["reference_ap50"] == json.loads((run_dir / "02_prune" / "metrics.json").read_text())["reference_ap50"]
@@ -214,6 +218,8 @@ def test_04_prune_channels(smoke_run):
     run_dir = smoke_run("04")
     stage = run_dir / "04_prune_channels"
     m = json.loads((stage / "metrics.json").read_text())
+    for fig in ['time_stack.png']:  # the teaching figures (issue 35), each the static form of a slider or a plot
+        assert (stage / fig).stat().st_size > 5000, fig
     keys = {"name", "AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup", "macs", "params", "file_bytes"}
     keys |= {"speedup_cold", "delta_ap50", "delta_ap50_ci95", "non_inferior"}  # every row paired with the reference on valid
     assert all(keys <= set(v) for v in m["variants"]) and len(m["variants"]) == 13
@@ -228,9 +234,16 @@ def test_04_prune_channels(smoke_run):
     # for 3 smoke turns; a protocol that timed the two models' passes differently lands outside it)
     assert 0.5 < rows["baseline (fp32, PyTorch)"]["speedup"] < 2.0
     assert m["baseline_latency_ms_median"] == m["variants"][0]["baseline_ms_median"]
-    best = rows.get(m["best_variant"])  # the record names its pick, which carries the number and passes the rule
-    assert best is not None and best["speedup"] == m["best_speedup_within_1ap50"]
-    assert best["AP50"] >= m["reference_ap50"] - 1.0
+    # the timing noise: the largest of the baseline's speedups against itself (warm, cold), and 1
+    me = rows["baseline (fp32, PyTorch)"]
+    assert m["speed_noise"] == pytest.approx(max(1.0, me["speedup"], 1 / me["speedup"], me["speedup_cold"],
+                                                 1 / me["speedup_cold"]))
+    passing = [r for r in rows.values() if r["AP50"] >= m["reference_ap50"] - 1.0 and r["speedup"] > m["speed_noise"]]
+    if m["best_variant"] == "none":  # nothing beats the noise within 1 AP50
+        assert not passing and m["best_speedup_within_1ap50_valid"] == 0.0
+    else:  # the record names its pick, which carries the number, passes the rule and beats the noise
+        best = rows[m["best_variant"]]
+        assert best["speedup"] == m["best_speedup_within_1ap50_valid"] == max(r["speedup"] for r in passing)
     # each family pruned at the largest scanned ratio costing at most SCAN_DROP AP50 against the
     # baseline on valid, else kept whole: read from the scan's own table, not the library's picker
     scan = pd.read_csv(stage / "channel_scan.csv")
@@ -346,6 +359,8 @@ def test_05_evaluate(smoke_run, smoke_data):
     run_dir = smoke_run("05")
     stage = run_dir / "05_evaluate"
     m = json.loads((stage / "metrics.json").read_text())
+    for fig in ['per_class_ap.png', 'detections_viewer.png']:  # the teaching figures (issue 35), each the static form of a slider or a plot
+        assert (stage / fig).stat().st_size > 5000, fig
     rows = {r["name"]: r for r in m["variants"]}
     channel_m = json.loads((run_dir / "04_prune_channels" / "metrics.json").read_text())
     own_ni = channel_m["best_deploy_dir"] not in (None, channel_m["deploy_dir"])  # 04's goal variant, its own folder
@@ -390,8 +405,14 @@ def test_05_evaluate(smoke_run, smoke_data):
         assert r["latency_median_ms"] > 0 and r["latency_p90_ms"] >= r["latency_median_ms"]
         assert r["file_bytes"] > 0 and r["nonzero"] <= r["params"]
     assert 0.5 < rows["baseline"]["speedup"] < 2.0  # the baseline side by side with itself: no speedup
-    fastest = rows[m["fastest_variant"]]
-    assert fastest["speedup"] == m["best_speedup_within_1ap50"] and fastest["AP50"] >= m["reference_ap50"] - 1.0
+    me = rows["baseline"]  # the pickers pass over what timing alone gives the baseline against itself
+    assert m["speed_noise"] == pytest.approx(max(1.0, me["speedup"], 1 / me["speedup"], me["speedup_cold"],
+                                                 1 / me["speedup_cold"]))
+    fast = [r for n, r in rows.items() if n not in ("baseline", "dense control") and r["within_1ap50"]
+            and r["speedup"] > m["speed_noise"]]
+    assert m["best_speedup_within_1ap50"] == (max(r["speedup"] for r in fast) if fast else 0.0)
+    if fast:
+        assert rows[m["fastest_variant"]]["speedup"] == m["best_speedup_within_1ap50"]
     assert rows["channel-pruned + int8 + test-time (04)"]["file_bytes"] == channel_m["variants"][-1]["file_bytes"]
     assert "# wildlib evaluation report" in (stage / "report.md").read_text()
     for f in ("variants.csv", "per_class_ap.csv", "paper_vs_ours.csv", "pareto.png", "baseline_vs_compressed.png"):

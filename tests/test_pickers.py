@@ -80,3 +80,18 @@ def test_best_within_never_picks_a_nan():
     rows = [{"name": "a", "AP50": 95.0, "speedup": float("nan")}, {"name": "b", "AP50": 95.0, "speedup": 1.5}]
     assert evaluate.best_within(rows, "speedup", 95.0)["name"] == "b"
     assert evaluate.best_within(rows, "speedup", 95.0, lowest=True)["name"] == "b"
+
+
+def test_speed_noise_is_the_baselines_largest_speedup_against_itself():
+    assert evaluate.speed_noise({"speedup": 0.96, "speedup_cold": 1.03}) == pytest.approx(1 / 0.96)
+    assert evaluate.speed_noise({"speedup": 1.0}) == 1.0 and evaluate.speed_noise({}) == 1.0
+
+
+def test_a_speedup_within_the_noise_is_never_the_fastest():
+    """The smoke run once called an unstructured-sparse model (the dense model's compute) the
+    fastest variant at 1.04x: with the baseline against itself at 1.05x, that is noise."""
+    rows = [{"name": "80% sparse", "AP50": 95.0, "speedup": 1.04, "within_1ap50": True},
+            {"name": "int8", "AP50": 94.5, "speedup": 2.5, "within_1ap50": True}]
+    assert evaluate.best_within(rows, "speedup", verdict="within_1ap50", above=1.05)["name"] == "int8"
+    assert evaluate.best_within(rows[:1], "speedup", verdict="within_1ap50", above=1.05) is None
+    assert evaluate.best_within(rows[:1], "speedup", verdict="within_1ap50")["name"] == "80% sparse"

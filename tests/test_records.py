@@ -67,7 +67,7 @@ def test_every_stage_folder_has_a_record_and_each_record_round_trips():
         records.PruneMetrics: {k: v for k, v in _prune_json().items() if k not in ("variant_schema", "from_the_future")},
         records.ShareMetrics: {"shared": {"conv_bits": 5, "fc_bits": 4, "before_finetune": {}, "after_finetune": {},
                                           "finetune_iterations": 100, "bit_exact": True}},
-        records.ChannelsMetrics: {"best_speedup_within_1ap50": 1.5, "reloaded": {"name": "reloaded", "pid": 7},
+        records.ChannelsMetrics: {"best_speedup_within_1ap50_valid": 1.5, "reloaded": {"name": "reloaded", "pid": 7},
                                   "latency": {"runs": 30, "warmup": 5, "threads": 2, "images": 20}},
         records.EvaluateMetrics: {"variants": [{"name": "baseline", "AP50": 1.0, "latency_median_ms": float("nan")}],
                                   "best_compression_ratio_within_1ap50": 1.0, "best_speedup_within_1ap50": 1.0},

@@ -30,18 +30,29 @@ LATENCY_WARMUP = 5  # untimed passes of each model before a side-by-side latency
 
 
 def best_within(rows, key: str, reference: float | None = None, tolerance: float = AP50_TOLERANCE, *,
-                verdict: str | None = None, lowest: bool = False, ap_key: str = "AP50"):
+                verdict: str | None = None, lowest: bool = False, ap_key: str = "AP50", above: float | None = None):
     """The project's one picker.  Among ``rows`` (dicts, or a DataFrame) that pass — AP50 at least
     ``reference - tolerance`` (the point-estimate rule, on the split the rows were measured on), or,
     with ``verdict``, whose ``verdict`` field is true (``within_1ap50``, ``non_inferior``: verdicts
-    already made against the reference, with their rule) — the row with the largest ``key``
+    already made against the reference, with their rule) — and, with ``above``, whose ``key`` exceeds
+    it (a speedup beyond the timing noise: :func:`speed_noise`), the row with the largest ``key``
     (``lowest``: the smallest; ties: the first); None if no row passes.
     Introduced in notebook 02_prune_magnitude, section "Summary: every reported model on the report split, against the reference"."""
     if hasattr(rows, "to_dict"):
         rows = rows.to_dict(orient="records")
     ok = [r for r in rows if (r.get(verdict) if verdict else r[ap_key] >= reference - tolerance)
-          and r[key] == r[key]]  # a NaN key is never the best
+          and r[key] == r[key] and (above is None or r[key] > above)]  # a NaN key is never the best
     return (min if lowest else max)(ok, key=lambda r: r[key]) if ok else None
+
+
+def speed_noise(self_row: dict) -> float:
+    """The largest speedup the timing alone gave the baseline against itself (``self_row``: its row,
+    timed side by side with itself, warm and cold passes): ``max(s, 1/s)`` over both readings.  A
+    variant's speedup at or below it is not told apart from noise, and no picker calls it the fastest.
+    Introduced in notebook 04_prune_channels (05 uses it too)."""
+    readings = [self_row.get(k) for k in ("speedup", "speedup_cold")]
+    readings = [float(v) for v in readings if v is not None and v == v and v > 0]
+    return max([1.0] + [max(v, 1 / v) for v in readings])
 
 
 @contextlib.contextmanager

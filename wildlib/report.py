@@ -468,7 +468,7 @@ def _channel_lines(c: ChannelsMetrics, **_) -> list[str]:
               + verdict_line("combined", c.combined_on_test.row()) + "."]
     L += ["", f"Reloaded from `{c.deploy_dir}` in a fresh process: AP50 {_f(r.get('AP50'))}, "
               f"{_f(r.get('latency_median_ms'), 1)} ms median, **{_f(r.get('speedup'))}x**. "
-              f"`best_speedup_within_1ap50` = **{_f(c.best_speedup_within_1ap50, 3)}** ({c.best_variant})."]
+              f"`best_speedup_within_1ap50_valid` = **{_f(c.best_speedup_within_1ap50_valid, 3)}** ({c.best_variant})."]
     if c.best_on_test:
         name = c.best_non_inferior_variant or c.best_variant  # before the rule of its own: the point-rule best
         b = c.best_reloaded.row() if c.best_reloaded else {}
