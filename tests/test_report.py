@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from wildlib import records, report
+from wildlib import layout, records, report
 
 
 def _sweep(folder, within_sparsity=0.7):
@@ -101,10 +101,10 @@ def test_variant_rows_of_either_schema_read_the_same():
 
 
 def test_scaling_table_puts_the_layouts_side_by_side(tmp_path):
-    for layout, seconds in (("1x2", 800.0), ("2x1", 620.0)):
-        folder = tmp_path / f"scaling-{layout}" / "scaling"
+    for cores, seconds in (("1x2", 800.0), ("2x1", 620.0)):
+        folder = tmp_path / f"scaling-{cores}" / "scaling"
         folder.mkdir(parents=True)
-        w, t = layout.split("x")
+        w, t = cores.split("x")
         (folder / "timing.json").write_text(json.dumps({"runs": [
             {"started": "2026-11-30 19:00 UTC", "seconds": seconds, "points_run": 4, "points_failed": 0,
              "layout": f"{w} worker(s) x {t} thread(s)", "cpu_model": "Test CPU", "cpu_count": 2},
@@ -173,3 +173,21 @@ def test_the_report_names_a_stale_stage(tmp_path):
     assert block[0].startswith("**Stale:** Stage 03_share is stale: it finished before 02_prune")
     os.utime(tmp_path / "03_share" / "metrics.json", (6, 6))
     assert report.stale_block(tmp_path) == []
+
+
+def test_three_plain_sentences_above_the_numbers_come_from_the_records():
+    V = records.Variant.from_json
+    ev = records.EvaluateMetrics(evaluation_split="test", best_compression_ratio_within_1ap50=9.5, best_speedup_within_1ap50=3.1,
+                                 variants=[V({"name": "baseline", "AP50": 95.0, "ratio": 1.0, "non_inferior": True}),
+                                           V({"name": "pruned + shared", "AP50": 94.5, "ratio": 9.5, "non_inferior": True,
+                                              "delta_ap50": -0.5, "delta_ap50_ci95": [-0.9, -0.1]}),
+                                           V({"name": "int8", "AP50": 93.0, "ratio": 3.9, "non_inferior": False})])
+    ch = records.ChannelsMetrics(best_speedup_within_1ap50_valid=3.1, speed_noise=1.04,
+                                 variants=[V({"name": "80% sparse (stage 02, fp32, PyTorch)", "speedup": 0.98})],
+                                 reloaded=V({"name": "reloaded", "speedup": 3.52}))
+    text = report.takeaway_lines({layout.EVALUATE: ev, layout.CHANNELS: ch})[0]
+    assert "pruned + shared, is 9.5x smaller than the dense model's, at -0.50 [-0.90, -0.10] AP50" in text
+    assert "sparse model ran at 0.98x the baseline's speed (the baseline against itself: 1.04x)" in text
+    assert "ran 3.52x faster" in text
+    assert "Non-inferior (the data rule out a loss of more than 1 AP50): pruned + shared. 1 of 2 are not." in text
+    assert report.takeaway_lines({layout.EVALUATE: None}) == []
