@@ -437,6 +437,15 @@ def test_report_is_written_from_the_run(smoke_run, tmp_path):
     report.update_readme(readme, text)
     new = readme.read_text()
     assert new.startswith("intro\n") and new.endswith("rest\n") and "OLD-SECTION" not in new and text in new
+    # one run, one headline: every line of the README's block is a line of docs/results.md (issue 35)
+    head = report.headline_markdown(run_dir).splitlines()
+    body = set(report.results_markdown(run_dir).splitlines())
+    assert [ln for ln in head[:-1] if ln and not ln.startswith("![") and ln not in body] == []
+    assert any("make run" in ln for ln in head)
+    copies = report.copy_figures(run_dir, tmp_path / "figures")  # the README shows the run's figures
+    assert sorted(p.name for p in copies.values()) == [f"{run_dir.name}-pareto.png", f"{run_dir.name}-speed_vs_ap50.png"]
+    shown = report.headline_markdown(run_dir, figures={c: "x/" + p.name for c, p in copies.items()})
+    assert shown.count("![") == 2 and f"(x/{run_dir.name}-pareto.png)" in shown
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium package: .ci/run installs it

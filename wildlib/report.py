@@ -324,13 +324,30 @@ def takeaway_lines(m: dict) -> list[str]:
     return ["**In three sentences.** " + " ".join(out), ""]
 
 
-def headline_markdown(run_dir, sweep=None, results_link: str = RESULTS_FILE) -> str:
+def headline_markdown(run_dir, sweep=None, results_link: str = RESULTS_FILE, figures: dict | None = None) -> str:
     """The README's generated headline: the run and its machine, ``make run``'s time, the baseline,
-    and where each goal stands; the rest is in ``results_link``."""
+    and where each goal stands, with ``figures`` (caption -> path, copied from the run and the
+    sweep by :func:`main`); the rest is in ``results_link``."""
     p = _parts(run_dir, None, sweep)
     baseline = [line for line in p["stages"] if line.startswith("* **Baseline**")][:1]
-    return "\n".join(p["intro"] + p["time"] + baseline + [""] + p["goals"] + [
+    shown = [f"![{caption}]({path})" for caption, path in (figures or {}).items()]
+    return "\n".join(p["intro"] + p["time"] + baseline + [""] + p["goals"] + ([""] + shown if shown else []) + [
         "", f"Every stage's numbers, the frontier's table and figure: [{results_link}]({results_link})."]).rstrip() + "\n"
+
+
+RUN_FIGURES = {"every variant on test: AP50 against file size and speed (05)": (stages.EVALUATE, "pareto.png"),
+               "speed against AP50 on valid, side by side (04)": (stages.CHANNELS, "speed_vs_ap50.png")}
+
+
+def copy_figures(run_dir, dest_dir) -> dict[str, Path]:
+    """The run's headline figures (:data:`RUN_FIGURES`) copied to ``dest_dir`` as ``<run>-<name>``
+    (a README cannot link into an ignored run folder); caption -> copy, for those the run has."""
+    run = resolve(run_dir)
+    out = {}
+    for caption, (stage, name) in RUN_FIGURES.items():
+        if (run / stage / name).is_file():
+            out[caption] = copy_file(run / stage / name, Path(dest_dir) / f"{run.name}-{name}")
+    return out
 
 
 RESULTS_PREFACE = """# Results
@@ -663,7 +680,11 @@ def main(argv=None):
         figure = os.path.relpath(dest, docs.parent)
     write_text(docs, RESULTS_PREFACE + results_markdown(a.run_dir, bench, a.sweep or None, figure)
                + "".join(f"\n{line}" for line in scaling_lines(a.scaling)))
-    update_readme(a.readme, headline_markdown(a.run_dir, a.sweep or None))
+    copies = copy_figures(a.run_dir, Path(a.readme).parent / FIGURES)
+    if figure:
+        copies["the pruning frontier, seed means (make sweep)"] = docs.parent / figure
+    update_readme(a.readme, headline_markdown(a.run_dir, a.sweep or None, figures={
+        c: os.path.relpath(p, Path(a.readme).parent) for c, p in copies.items()}))
     pages = render_html(a.run_dir)
     print(f"{docs} and the headline of {a.readme} rewritten from {resolve(a.run_dir)}; "
           f"{len(pages)} executed notebooks rendered under {resolve(a.run_dir) / HTML_DIR}")
