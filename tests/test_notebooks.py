@@ -442,6 +442,8 @@ def test_report_is_written_from_the_run(smoke_run, tmp_path):
     body = set(report.results_markdown(run_dir).splitlines())
     assert [ln for ln in head[:-1] if ln and not ln.startswith("![") and ln not in body] == []
     assert any("make run" in ln for ln in head)
+    speed = report.speed_markdown(run_dir).splitlines()  # docs/results-speed.md: the same run's 04 and 05
+    assert [ln for ln in speed if ln and ln not in body] == [] and any("one graph" in ln for ln in speed)
     copies = report.copy_figures(run_dir, tmp_path / "figures")  # the README shows the run's figures
     assert sorted(p.name for p in copies.values()) == [f"{run_dir.name}-pareto.png", f"{run_dir.name}-speed_vs_ap50.png"]
     shown = report.headline_markdown(run_dir, figures={c: "x/" + p.name for c, p in copies.items()})

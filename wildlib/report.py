@@ -295,6 +295,23 @@ def results_markdown(run_dir, bench=None, sweep=None, figure: str = "") -> str:
     return "\n".join(p["intro"] + p["time"] + p["stages"] + p["sweep"] + p["goals"]).rstrip() + "\n"
 
 
+SPEED_FILE = "results-speed.md"  # beside RESULTS_FILE: the speed stages of the same run
+
+
+def speed_markdown(run_dir) -> str:
+    """The speed page: the run's intro (run, commit, machine, load), its three sentences, and stages
+    04 and 05 as :func:`results_markdown` writes them, from the same run (every line of it is a
+    line there)."""
+    p = _parts(run_dir)
+    run = resolve(run_dir)
+    body = []
+    for stage in (stages.CHANNELS, stages.EVALUATE):
+        rec = _stage_metrics(run, stage)
+        if rec is not None:
+            body += _STAGE_LINES[stage](rec)
+    return "\n".join(p["intro"] + p["time"] + body).rstrip() + "\n"
+
+
 def takeaway_lines(m: dict) -> list[str]:
     """Three plain sentences above the numbers, each computed from the run's records (05's table on
     the report split, 04's side-by-side speed on `valid`): what got smaller, whether zeros bought
@@ -361,6 +378,17 @@ speed) is against it, on `test`, with the paired bootstrap interval of the diffe
 in stage 03 trains a little beyond the dense control; the extra iterations are reported beside it.
 One run is one seed at one operating point per method: the sparsity and compression goals are read
 from the frontier sweep's seed means where it was collated.
+
+This file is written by `make report`; edit `wildlib/report.py`, not this file.
+
+"""
+
+
+SPEED_PREFACE = """# Results: speed (notebooks 04 and 05)
+
+The speed stages of the same run as [results.md](results.md), on their own page: what buys time and
+what does not, measured side by side with the baseline (how: [speed.md](speed.md); terms:
+[glossary.md](glossary.md)). Earlier runs' pages are in [archive/](archive/).
 
 This file is written by `make report`; edit `wildlib/report.py`, not this file.
 
@@ -680,6 +708,7 @@ def main(argv=None):
         figure = os.path.relpath(dest, docs.parent)
     write_text(docs, RESULTS_PREFACE + results_markdown(a.run_dir, bench, a.sweep or None, figure)
                + "".join(f"\n{line}" for line in scaling_lines(a.scaling)))
+    write_text(docs.parent / SPEED_FILE, SPEED_PREFACE + speed_markdown(a.run_dir))
     copies = copy_figures(a.run_dir, Path(a.readme).parent / FIGURES)
     if figure:
         copies["the pruning frontier, seed means (make sweep)"] = docs.parent / figure
