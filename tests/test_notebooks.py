@@ -183,6 +183,10 @@ def test_03_weight_sharing(smoke_run):
     run_dir = smoke_run("03")
     stage = run_dir / "03_share"
     m = json.loads((stage / "metrics.json").read_text())
+    # centroid fine-tuning distils from the dense control with stage 02's terms, every step (issue 33)
+    d = m["shared"]["distillation"]
+    assert d["steps"] == SMOKE["03"]["FT_ITER"] and d["weights"] == {"cls": 1.0, "rpn": 0.5, "fpn": 0.0}
+    assert d["teacher_weights"].endswith("model_dense_control.pth") and d["teacher_s_per_step"] > 0
     for fig in ['bits_histogram.png', 'size_waterfall.png']:  # the teaching figures (issue 35), each the static form of a slider or a plot
         assert (stage / fig).stat().st_size > 5000, fig
     s = m["shared"]

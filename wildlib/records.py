@@ -245,6 +245,7 @@ class SharingRun(_Part):
     finetune_seconds: float | None = None
     finetune_ims_per_batch: int | None = None
     extra_iterations_beyond_dense_control: int | None = None
+    distillation: dict | None = None  # the dense teacher's terms in centroid fine-tuning (wildlib.distill.Distill.state)
     after_finetune: dict
     from_file: dict | None = None  # decoded from the .wlc file
     bit_exact: bool

@@ -133,9 +133,12 @@ def detach_centroids(model, shared: dict[str, SharedLayer]) -> dict[str, SharedL
     return out
 
 
-def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, progress: bool = True) -> dict:
+def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, progress: bool = True,
+                       extra_hooks=()) -> dict:
     """Train only the centroids (assignments fixed) with Detectron2's SimpleTrainer on the
-    config's training set.  Returns updated ``shared`` and the loss history.  Seeded from
+    config's training set.  Returns updated ``shared``, the loss history and ``hook_states`` (each
+    of ``extra_hooks``' ``state()``: hook factories, as :func:`wildlib.train.train` takes them, e.g. the
+    dense teacher's :class:`wildlib.distill.Distill`, whose terms then join the loss).  Seeded from
     ``cfg.SEED`` as :func:`wildlib.train.train` is (the loader's image order would otherwise come
     from the process's global RNG), and run with PyTorch's deterministic algorithms: the centroid
     gradient is a scatter-add (``table[index]``'s backward) whose threaded float sums otherwise
@@ -157,7 +160,8 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     trainer = SimpleTrainer(model, build_detection_train_loader(cfg), opt)
     recorder = LossRecorder()
-    trainer.register_hooks([hooks.IterationTimer(), recorder] + ([ProgressBar()] if progress else []))
+    made = [make() for make in extra_hooks]
+    trainer.register_hooks([hooks.IterationTimer(), recorder] + made + ([ProgressBar()] if progress else []))
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     t = time.perf_counter()
@@ -168,7 +172,8 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     seconds = time.perf_counter() - t
     model.eval()
     new = detach_centroids(model, shared)
-    return {"shared": new, "losses": recorder.rows, "seconds": seconds}
+    return {"shared": new, "losses": recorder.rows, "seconds": seconds,
+            "hook_states": [h.state() for h in made if hasattr(h, "state")]}
 
 
 # ----------------------------------------------------------------------------- int8, BatchNorm
