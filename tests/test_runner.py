@@ -224,7 +224,7 @@ def test_a_rerun_on_a_fresh_folder_is_refused_before_a_kernel_starts(tmp_path, m
     assert started == []
 
 
-def test_base_run_links_what_the_notebooks_read_and_nothing_else(tmp_path, monkeypatch):
+def test_base_run_links_what_the_notebooks_read_and_nothing_else(tmp_path, monkeypatch, capsys):
     started = _no_kernel(monkeypatch)
     base, run = tmp_path / "default", tmp_path / "x"
     _finished(base, "00_explore", "01_baseline", "02_prune", "03_share", "04_prune_channels")
@@ -233,6 +233,7 @@ def test_base_run_links_what_the_notebooks_read_and_nothing_else(tmp_path, monke
     assert linked == ["00_explore", "01_baseline"]  # 02 and 03 are made here; 04 is read by neither
     assert (run / "01_baseline").resolve() == (base / "01_baseline").resolve()
     assert [(n, p["FT_ITER"]) for n, p in started] == [("02", 7), ("03", 9)]  # -p 03:FT_ITER over -p FT_ITER
+    assert "-p FT_ITER goes to notebooks 02, 03; -p NN:FT_ITER sets one of them only" in capsys.readouterr().out
     runner.run_all(run, only=["02"], base_run=base)  # again: the links are already there
 
 

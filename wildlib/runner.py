@@ -255,6 +255,10 @@ def run_all(run_dir, only=None, overrides: dict | None = None, timeout: float = 
     if stray:
         raise ParameterError(f"no selected notebook takes parameter(s) {sorted(stray)}")
     params_of = {nb: {k: v for k, v in overrides.items() if k in declared[nb]} for nb in notebooks}
+    for k in overrides:  # one name, several meanings (FT_ITER in 02-04): say where it went
+        takers = [nb.name[:2] for nb in notebooks if k in declared[nb]]
+        if len(takers) > 1:
+            print(f"[runner] -p {k} goes to notebooks {', '.join(takers)}; -p NN:{k} sets one of them only", flush=True)
     by_number = {nb.name[:2]: nb for nb in notebooks}
     for number, given in scoped.items():
         if number not in by_number:
