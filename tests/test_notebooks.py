@@ -222,7 +222,7 @@ def test_04_prune_channels(smoke_run):
     run_dir = smoke_run("04")
     stage = run_dir / "04_prune_channels"
     m = json.loads((stage / "metrics.json").read_text())
-    for fig in ['time_stack.png']:  # the teaching figures (issue 35), each the static form of a slider or a plot
+    for fig in ['time_stack.png', 'latency_strips.png']:  # the teaching figures (issue 35), each the static form of a slider or a plot
         assert (stage / fig).stat().st_size > 5000, fig
     keys = {"name", "AP50", "AP", "latency_median_ms", "latency_p90_ms", "speedup", "macs", "params", "file_bytes"}
     keys |= {"speedup_cold", "delta_ap50", "delta_ap50_ci95", "non_inferior"}  # every row paired with the reference on valid
@@ -240,6 +240,8 @@ def test_04_prune_channels(smoke_run):
     assert m["baseline_latency_ms_median"] == m["variants"][0]["baseline_ms_median"]
     # the timing noise: the largest of the baseline's speedups against itself (warm, cold), and 1
     me = rows["baseline (fp32, PyTorch)"]
+    assert len(me["latency_runs_ms"]) == len(me["baseline_runs_ms"]) == SMOKE["04"]["LATENCY_RUNS"]
+    assert min(me["latency_runs_ms"]) <= me["latency_median_ms"] <= max(me["latency_runs_ms"])
     assert m["speed_noise"] == pytest.approx(max(1.0, me["speedup"], 1 / me["speedup"], me["speedup_cold"],
                                                  1 / me["speedup_cold"]))
     passing = [r for r in rows.values() if r["AP50"] >= m["reference_ap50"] - 1.0 and r["speedup"] > m["speed_noise"]]

@@ -100,3 +100,11 @@ def test_time_stack_stacks_the_parts_of_each_variant():
     fig = plots.time_stack(t)
     assert [t.get_text() for t in fig.axes[0].texts] == ["36 ms", "5 ms"]
     assert [p.get_height() for p in fig.axes[0].patches] == [30.0, 5.0, 6.0, 0.0]
+
+
+def test_latency_strips_draw_every_pass_and_its_baseline():
+    rows = [{"name": "a", "latency_runs_ms": [1.0, 2.0, 3.0], "baseline_runs_ms": [10.0, 11.0, 12.0]},
+            {"name": "no passes"}]
+    fig = plots.latency_strips(rows)
+    sizes = sorted(len(c.get_offsets()) for c in fig.axes[0].collections)
+    assert sizes == [3, 3] and [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a"]

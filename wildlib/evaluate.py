@@ -517,6 +517,8 @@ def side_by_side(baseline, variant, inputs: list[dict], variant_inputs: list[dic
         out[f"{name}_ms_median"], out[f"{name}_ms_p90"] = float(np.median(t)), float(np.percentile(t, 90))
     out["speedup"] = out["baseline_ms_median"] / out["variant_ms_median"]
     out["speedup_cold"] = out["baseline_cold_ms_median"] / out["variant_cold_ms_median"]
+    for name in ("baseline", "variant"):  # every timed (warm) pass, in turn order: the strip plots' points
+        out[f"{name}_ms_runs"] = [round(t * 1000, 3) for t in times[name]]
     return out
 
 
@@ -585,6 +587,7 @@ def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baselin
                    bits_per_weight=8 * size / counts["params"], latency_median_ms=t["variant_ms_median"],
                    latency_p90_ms=t["variant_ms_p90"], baseline_ms_median=t["baseline_ms_median"],
                    speedup=t["speedup"], speedup_cold=t["speedup_cold"], threads=t["threads"], scored_from=source,
+                   latency_runs_ms=t["variant_ms_runs"], baseline_runs_ms=t["baseline_ms_runs"],
                    per_class={k[3:]: v for k, v in m.items() if k.startswith("AP-")}).row()
 
 

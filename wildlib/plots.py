@@ -535,3 +535,26 @@ def time_stack(table, title: str = "where the time goes, per image"):
     ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def latency_strips(rows, max_rows: int = 14):
+    """Every timed pass of each variant (``rows``: speed-table rows with ``latency_runs_ms`` and
+    ``baseline_runs_ms``) as a strip of points, its own baseline's passes in grey beside it, on a
+    log axis: the spread behind each median, and how much of a speedup the noise alone could give.
+    Introduced in notebook 04_prune_channels, section "Summary"."""
+    rows = [r for r in rows if r.get("latency_runs_ms")][:max_rows]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.4))
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(rows):
+        for values, dy, color in ((r.get("baseline_runs_ms") or [], 0.17, "0.6"), (r["latency_runs_ms"], -0.17, "C0")):
+            v = np.asarray(values, dtype=float)
+            ax.scatter(v, i + dy + rng.uniform(-0.07, 0.07, v.size), s=6, color=color, alpha=0.7, lw=0)
+            if v.size:
+                ax.plot([np.median(v)] * 2, [i + dy - 0.12, i + dy + 0.12], color="k", lw=1.2)
+    ax.set_yticks(range(len(rows)), [str(r["name"])[:48] for r in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per image, every timed pass (blue: the variant; grey: its baseline beside it; bar: median)")
+    ax.set_title("latency, pass by pass", fontsize=9)
+    fig.tight_layout()
+    return fig

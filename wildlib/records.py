@@ -139,6 +139,8 @@ class Variant(Verdict):
     baseline_ms_median: float | None = None  # the row's own baseline, measured beside it
     speedup: float | None = None
     speedup_cold: float | None = None  # timed right after the other model ran (wildlib.evaluate.side_by_side)
+    latency_runs_ms: list | None = None  # every timed pass of the variant, in turn order
+    baseline_runs_ms: list | None = None  # ... and of its own baseline beside it
     threads: int | None = None
     macs: float | None = None
     params: int | None = None

@@ -60,6 +60,7 @@ def measure(name: str, model, cfg, dataset: str, baseline, inputs: list[dict], *
     return Variant(name, AP50=m["AP50"], AP50_ci95=m["AP50_ci95"], AP=m["AP"], latency_median_ms=t["variant_ms_median"],
                    latency_p90_ms=t["variant_ms_p90"], baseline_ms_median=t["baseline_ms_median"], speedup=t["speedup"],
                    speedup_cold=t["speedup_cold"], threads=t["threads"], macs=macs(twin, x) if count_macs else None,
+                   latency_runs_ms=t["variant_ms_runs"], baseline_runs_ms=t["baseline_ms_runs"],
                    params=int(sum(p.numel() for p in twin.parameters())), file_bytes=int(file_bytes),
                    **verdict).row()
 
