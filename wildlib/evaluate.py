@@ -587,7 +587,6 @@ def variant_row(name: str, model, cfg, datasets: dict, split: str, path, baselin
                    bits_per_weight=8 * size / counts["params"], latency_median_ms=t["variant_ms_median"],
                    latency_p90_ms=t["variant_ms_p90"], baseline_ms_median=t["baseline_ms_median"],
                    speedup=t["speedup"], speedup_cold=t["speedup_cold"], threads=t["threads"], scored_from=source,
-                   latency_runs_ms=t["variant_ms_runs"], baseline_runs_ms=t["baseline_ms_runs"],
                    per_class={k[3:]: v for k, v in m.items() if k.startswith("AP-")}).row()
 
 
