@@ -42,6 +42,8 @@ def test_bits_slider_counts_codes_and_codebook():
     assert "1.2 kB" in _title(fig)
     box.children[0].children[0].value = 1
     assert "2 shared values" in _title(box.last_figure)
+    box.children[0].children[1].value = "density"
+    assert "2 shared values (density init)" in _title(box.last_figure)
 
 
 def test_detections_viewer_filters_by_variant_and_score(tmp_path):

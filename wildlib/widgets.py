@@ -23,7 +23,7 @@ from IPython.display import display
 from PIL import Image
 
 from . import plots
-from .cluster import kmeans_1d
+from .cluster import INITS, kmeans_1d
 from .io import read_json
 from .prune import sparsity_at
 
@@ -84,12 +84,13 @@ def sharing_bytes(n_weights: int, bits: int) -> int:
 def bits_slider(weights, name: str, bits: int = 5, init: str = "linear"):
     """One layer's nonzero weights with the ``2**bits`` shared values k-means gives them (``init``
     as notebook 03 shares), the bytes of its codes and codebook, and the error it costs (a figure),
-    and a slider over the bits (1-8; one 1-D k-means per position, well under a second).
+    and a slider over the bits (1-8) and a menu of the centroid initialisations (one 1-D k-means per
+    position, well under a second).
     Introduced in notebook 03_weight_sharing, section "Bits per layer type"."""
     w = np.asarray(weights, dtype=np.float64).ravel()
     nz = w[w != 0]
 
-    def draw(bits: int):
+    def draw(bits: int, init: str):
         centroids, labels = kmeans_1d(nz, 2 ** bits, init=init)
         rms = float(np.sqrt(np.mean((nz - centroids[labels]) ** 2))) if nz.size else 0.0
         title = (f"{name}: {nz.size:,} nonzero weights, {bits} bits = {len(centroids)} shared values ({init} init)\n"
@@ -98,7 +99,8 @@ def bits_slider(weights, name: str, bits: int = 5, init: str = "linear"):
         return plots.weight_histogram(nz, title=title, centroids=centroids)
 
     slider = ipywidgets.IntSlider(value=bits, min=1, max=8, description="bits", continuous_update=False)
-    return draw(bits), _redrawn([slider], draw)
+    menu = ipywidgets.Dropdown(options=list(INITS), value=init, description="init")
+    return draw(bits, init), _redrawn([slider, menu], draw)
 
 
 def detections_figure(records: list[dict], detections: list[dict], names, score: float, title: str = "", images=3):
