@@ -41,7 +41,7 @@ sweep: setup
 SWEEP_DIR ?= runs/sweeps/frontier
 SCALING_DIRS ?= $(wildcard runs/scaling-*/scaling)
 report: setup
-	$(PY) -m wildlib.report --run-dir $(RUN_DIR) --readme README.md $(if $(wildcard runs/bench/recipes.json),--bench runs/bench/recipes.json) $(if $(wildcard $(SWEEP_DIR)/headline.json),--sweep $(SWEEP_DIR)) $(if $(SCALING_DIRS),--scaling $(SCALING_DIRS))
+	$(PY) -m wildlib.report --run-dir $(RUN_DIR) --readme README.md --notebook-times notebooks $(if $(wildcard runs/bench/recipes.json),--bench runs/bench/recipes.json) $(if $(wildcard $(SWEEP_DIR)/headline.json),--sweep $(SWEEP_DIR)) $(if $(SCALING_DIRS),--scaling $(SCALING_DIRS))
 
 # Training-step and inference time of each recipe change, side by side (about 3 min on 2 cores)
 bench: setup

@@ -191,3 +191,22 @@ def test_three_plain_sentences_above_the_numbers_come_from_the_records():
     assert "ran 3.52x faster" in text
     assert "Non-inferior (the data rule out a loss of more than 1 AP50): pruned + shared. 1 of 2 are not." in text
     assert report.takeaway_lines({layout.EVALUATE: None}) == []
+
+
+def test_each_notebook_says_how_long_it_took_in_the_run(tmp_path):
+    run, nbs = tmp_path / "runs" / "idle9", tmp_path / "notebooks"
+    run.mkdir(parents=True)
+    nbs.mkdir()
+    (run / "run_times.json").write_text(json.dumps({"02_prune_magnitude": 1602.0, "total": 5478.0}))
+    (run / "run_info.json").write_text(json.dumps({"finished": "2026-12-07 23:20:00 UTC", "overrides": {}}))
+    intro = "# 02 · Pruning\n\nText.\n\n*How long: 26.7 min in run `idle1`.*\n"
+    cell = {"cell_type": "markdown", "id": "c00", "metadata": {}, "source": intro.splitlines(keepends=True)}
+    for stem in ("02_prune_magnitude", "03_weight_sharing"):
+        (nbs / f"{stem}.ipynb").write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4,
+                                                      "nbformat_minor": 5}, indent=1) + "\n")
+    changed = report.update_notebook_times(run, nbs)
+    assert [p.name for p in changed] == ["02_prune_magnitude.ipynb"]  # 03 was not timed in this run
+    text = "".join(json.loads((nbs / "02_prune_magnitude.ipynb").read_text())["cells"][0]["source"])
+    assert text.startswith("# 02 · Pruning\n\nText.\n\n*How long: 26.7 min with the default parameters in run `idle9` "
+                           "(2026-12-07, ") and "the whole `make run` took 91.3 min there" in text
+    assert text.count("*How long:") == 1 and report.update_notebook_times(run, nbs) == []  # once is enough

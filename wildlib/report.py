@@ -659,6 +659,50 @@ def paired_line(run_a, run_b) -> str:
             f"(image-level bootstrap, 95%)")
 
 
+TIME_LINE = "*How long:"  # the line of each notebook's intro that notebook_times rewrites
+
+
+def notebook_times(run_dir) -> dict[str, str]:
+    """Per notebook stem, the sentence its intro ends with: how long the stage took in ``run_dir``
+    (its ``run_times.json``), with which parameters, on which CPU and threads, whether the stage
+    was contended, and the whole run's time; for the notebooks the run timed."""
+    run = resolve(run_dir)
+    times, info = _load(run / "run_times.json") or {}, _load(run / "run_info.json") or {}
+    m = {s: _stage_metrics(run, s) for s in stages.STAGE_FOLDERS.values()}
+    env = (m[stages.BASELINE].environment if m.get(stages.BASELINE) else None) or {}
+    busy = contended_stages(m)
+    when = (info.get("finished") or "")[:10]
+    cpu = f"{env.get('cpu_model', 'a CPU')} with {env.get('cpu_capability', 'n/a')}, {env.get('torch_threads')} threads"
+    params = "other parameters (run_info.json)" if info.get("overrides") else "the default parameters"
+    out = {}
+    for stem, seconds in times.items():
+        if stem == "total":
+            continue
+        flag = " (contended there: its times are no headline)" if _stage_of(stem) in busy else ""
+        out[stem] = (f"{TIME_LINE} {seconds / 60:.1f} min with {params} in run `{run.name}` ({when}, {cpu}){flag}; "
+                     f"the whole `make run` took {times.get('total', 0) / 60:.1f} min there. Other CPUs take other times.*")
+    return out
+
+
+def update_notebook_times(run_dir, folder) -> list[Path]:
+    """Rewrite the time line of each notebook in ``folder`` that ``run_dir`` timed
+    (:func:`notebook_times`), in its first cell; the notebooks changed (written atomically)."""
+    lines, changed = notebook_times(run_dir), []
+    for nb_path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
+        if nb_path.stem not in lines:
+            continue
+        nb = json.loads(nb_path.read_text())
+        src = "".join(nb["cells"][0]["source"])
+        kept = [ln for ln in src.split("\n") if not ln.startswith(TIME_LINE)]
+        while kept and not kept[-1]:
+            kept.pop()
+        new = "\n".join(kept + ["", lines[nb_path.stem]]) + "\n"
+        if new != src:
+            nb["cells"][0]["source"] = new.splitlines(keepends=True)
+            changed.append(write_text(nb_path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n"))
+    return changed
+
+
 HTML_DIR = "html"  # RUN_DIR/html/: the run's executed notebooks, readable without running them
 
 
@@ -689,6 +733,8 @@ def main(argv=None):
     ap.add_argument("--sweep", default="", help="a collated sweep folder, e.g. runs/sweeps/frontier")
     ap.add_argument("--scaling", nargs="*", default=[], help="sweep folders of one spec run with other layouts "
                                                              "(e.g. runs/scaling-1x2/scaling runs/scaling-2x1/scaling)")
+    ap.add_argument("--notebook-times", default="", help="a notebooks folder whose intros' time lines are "
+                                                         "rewritten from the run (make report: notebooks/)")
     ap.add_argument("--paired", nargs=2, metavar=("RUN_A", "RUN_B"), help="print stage 01 of RUN_A against stage 01 "
                     "of RUN_B on the same images: AP50 and the paired difference, with 95%% intervals")
     a = ap.parse_args(argv)
@@ -715,6 +761,9 @@ def main(argv=None):
     update_readme(a.readme, headline_markdown(a.run_dir, a.sweep or None, figures={
         c: os.path.relpath(p, Path(a.readme).parent) for c, p in copies.items()}))
     pages = render_html(a.run_dir)
+    if a.notebook_times:
+        for nb_path in update_notebook_times(a.run_dir, a.notebook_times):
+            print(f"{nb_path}: its time line rewritten from {resolve(a.run_dir).name}")
     print(f"{docs} and the headline of {a.readme} rewritten from {resolve(a.run_dir)}; "
           f"{len(pages)} executed notebooks rendered under {resolve(a.run_dir) / HTML_DIR}")
 
