@@ -45,6 +45,7 @@ SMOKE = {
     "04": {"PROPOSALS": [[100, 50]], "COMBINED_PROPOSALS": [[100, 50]], "DETECTIONS": [20], "INPUT_SIZES": [208],
            "SCAN_RATIOS": [0.5], "FT_ITER": 4, "SCAN_FAMILIES": ["m5", "fpn", "rpn", "box_head"], "SCAN_DROP": 10.0,
            "LATENCY_RUNS": 3, "SWEEP_RUNS": 2, "RUNTIME_RUNS": 2, "NI_PROPOSALS": [[100, 50]], "NI_INPUT_SIZES": [208],
+           "QAT_ITER": 2,
            "SCAN_MIN_SPEEDUP": 0.0},  # a family costing <= 10 AP50 is pruned, whatever 2 passes of timing say
     "05": {"LATENCY_RUNS": 3, "N_SHOW": 2, "SURVEY_GRID": 2, "SURVEY_IMAGES": 2},  # 2 mosaics of 2 x 2 of the 8 test images
 }

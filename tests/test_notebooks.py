@@ -239,6 +239,11 @@ def test_04_prune_channels(smoke_run):
     assert 0.5 < rows["baseline (fp32, PyTorch)"]["speedup"] < 2.0
     assert m["baseline_latency_ms_median"] == m["variants"][0]["baseline_ms_median"]
     # the timing noise: the largest of the baseline's speedups against itself (warm, cold), and 1
+    # quantization-aware fine-tuning: its weights on ONNX Runtime's int8 grid, paired with PTQ on valid (issue 33)
+    q = m["qat"]
+    assert q["iterations"] == SMOKE["04"]["QAT_ITER"] and q["on_grid"] is True and q["layers"] > 10
+    assert q["against_post_training"]["split"] == "valid" and len(q["against_post_training"]["delta_ap50_ci95"]) == 2
+    assert q["distillation"]["steps"] == SMOKE["04"]["QAT_ITER"] and "combined + QAT, one graph (int8, ONNX Runtime)" in rows
     me = rows["baseline (fp32, PyTorch)"]
     assert len(me["latency_runs_ms"]) == len(me["baseline_runs_ms"]) == SMOKE["04"]["LATENCY_RUNS"]
     assert min(me["latency_runs_ms"]) <= me["latency_median_ms"] <= max(me["latency_runs_ms"])

@@ -19,7 +19,7 @@ EXPECTED = {  # the data (DATA_DIR, CLASSES, ALIASES) is given to stage 00 alone
     "04_prune_channels": {"RUN_DIR", "PROPOSALS", "COMBINED_PROPOSALS", "DETECTIONS", "INPUT_SIZES", "KNOB_DROP",
                           "SCAN_FAMILIES", "SCAN_RATIOS", "SCAN_DROP", "SCAN_MIN_SPEEDUP", "FT_ITER", "FT_LR",
                           "CALIBRATION", "COMBINED_DROP", "INT8_FORMATS", "RUNTIME_RUNS", "LATENCY_RUNS", "DEVICE",
-                          "NUM_THREADS", "NI_PROPOSALS", "NI_INPUT_SIZES", "SWEEP_RUNS"},
+                          "NUM_THREADS", "NI_PROPOSALS", "NI_INPUT_SIZES", "SWEEP_RUNS", "QAT_ITER", "QAT_LR"},
     "05_evaluate": {"RUN_DIR", "LATENCY_RUNS", "NUM_THREADS", "N_SHOW", "SURVEY_GRID", "SURVEY_IMAGES"},
 }
 

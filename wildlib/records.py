@@ -440,6 +440,7 @@ class ChannelsMetrics(ReportedMetrics):
     best_deploy_dir: str | None = None  # ... its deployable folder (relative to the run), which 05 evaluates
     runtime: dict | None = None  # ONNX Runtime settings chosen on this machine (cpu_model beside them)
     graph_profile_ms: dict | None = None  # part -> ms in the one graph (ONNX Runtime's profiler)
+    qat: dict | None = None  # quantization-aware fine-tuning of the combined model (wildlib.fast.qat), paired with PTQ on valid
 
 
 @dataclass(kw_only=True)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .cluster import kmeans_1d
 from .prune import SCOPES, prunable
-from .train import LossRecorder, ProgressBar
+from .train import short_finetune
 
 
 @dataclass
@@ -146,34 +146,11 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     CUDA some kernels have no deterministic version: PyTorch warns).  Like ``train``, it leaves the
     process's global RNGs seeded.
     Introduced in notebook 03_weight_sharing, section "The chosen variant, with centroid fine-tuning, written to disk"."""
-    from detectron2.data import build_detection_train_loader
-    from detectron2.engine import SimpleTrainer, hooks
-    from detectron2.utils.env import seed_all_rng
-
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
-
-
     for p in model.parameters():
         p.requires_grad_(False)
     params = attach_centroids(model, shared)
-    model.train()
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), opt)
-    recorder = LossRecorder()
-    made = [make() for make in extra_hooks]
-    trainer.register_hooks([hooks.IterationTimer(), recorder] + made + ([ProgressBar()] if progress else []))
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    t = time.perf_counter()
-    try:
-        trainer.train(0, iters)
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-    seconds = time.perf_counter() - t
-    model.eval()
-    new = detach_centroids(model, shared)
-    return {"shared": new, "losses": recorder.rows, "seconds": seconds,
-            "hook_states": [h.state() for h in made if hasattr(h, "state")]}
+    run = short_finetune(model, cfg, params, iters, lr, progress=progress, extra_hooks=extra_hooks, deterministic=True)
+    return {"shared": detach_centroids(model, shared), **run}
 
 
 # ----------------------------------------------------------------------------- int8, BatchNorm

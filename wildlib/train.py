@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectron2.engine import DefaultTrainer, HookBase, launch
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, hooks as d2_hooks, launch
+from detectron2.utils.env import seed_all_rng
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import JSONWriter
 
@@ -178,6 +180,35 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
         write_json(Path(cfg.OUTPUT_DIR) / HISTORY_FILE, history)
     comm.synchronize()
     return {**history, "model": model}
+
+
+def short_finetune(model, cfg, params, iters: int, lr: float, progress: bool = True, extra_hooks=(),
+                   deterministic: bool = False) -> dict:
+    """A short fine-tuning of ``params`` (the others stay as they are) of ``model``, in this process,
+    with Detectron2's ``SimpleTrainer`` on ``cfg``'s training set: SGD (momentum 0.9) at ``lr`` for
+    ``iters`` iterations, no checkpoints, no evaluations; ``extra_hooks``: hook factories (the dense
+    teacher's :class:`wildlib.distill.Distill`, a method's own hook).  Seeded from ``cfg.SEED`` as
+    :func:`train` is (the loader's image order would otherwise come from the process's global RNG);
+    ``deterministic``: with PyTorch's deterministic algorithms (a scatter-add's threaded float sums
+    otherwise differ run to run).  The model is left in eval mode.  Returns the loss rows, the
+    seconds and each hook's ``state()``."""
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
+    model.train()
+    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), torch.optim.SGD(params, lr=lr, momentum=0.9))
+    recorder = LossRecorder()
+    made = [make() for make in extra_hooks]
+    trainer.register_hooks([d2_hooks.IterationTimer(), recorder] + made + ([ProgressBar()] if progress else []))
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    t = time.perf_counter()
+    try:
+        trainer.train(0, iters)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    seconds = time.perf_counter() - t
+    model.eval()
+    return {"losses": recorder.rows, "seconds": seconds, "hook_states": [h.state() for h in made if hasattr(h, "state")]}
 
 
 def probe_steps(iterations: int) -> int:

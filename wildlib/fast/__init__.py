@@ -35,6 +35,7 @@ What is measured with them (speed tables, knob sweeps, a reload in a fresh proce
 experiment: :mod:`wildlib.speed`.  The notebooks call the names below as ``wl.fast.<name>``.
 """
 
+from . import qat  # quantization-aware fine-tuning: wl.fast.qat.finetune
 from .deployable import CONFIG, GRAPH_FILE, MANIFEST, PREDICTOR, deploy_bytes, load, save, save_graph
 from .graphs import CALIB_IMAGES, GRAPHS, calibration_data, export, quantize
 from .knobs import test_time, test_time_of, with_test_time
@@ -45,6 +46,6 @@ from .runtime import FLOAT_PARTS, OrtGraph, RuntimeSettings, attach, check_onnx,
 
 __all__ = ["CALIB_IMAGES", "CONFIG", "FLOAT_PARTS", "GRAPHS", "GRAPH_FILE", "GRAPH_PARTS", "MANIFEST", "PREDICTOR",
            "CachedAnchorGenerator", "OneGraphDetector", "OrtGraph", "RuntimeSettings", "TopKFirstRPN", "WholeDetector",
-           "attach", "calibration_data", "canvas_of", "check_onnx", "deploy_bytes", "export", "export_graph",
+           "attach", "calibration_data", "qat", "canvas_of", "check_onnx", "deploy_bytes", "export", "export_graph",
            "graph_inputs", "graph_part_of", "lean", "lean_config", "load", "quantize", "quantize_graph", "read_onnx",
            "save", "save_graph", "test_time", "test_time_of", "with_test_time"]
