@@ -73,7 +73,8 @@ def detach_fake_quant(model) -> None:
 
 
 def on_grid(model, atol: float = 1e-6) -> bool:
-    """Whether every weight of :func:`quantized_layers` lies on its own int8 grid."""
+    """Whether every weight of :func:`quantized_layers` lies on its own int8 grid.
+    Introduced in notebook 04_prune_channels, section 6."""
     with torch.no_grad():
         return all(torch.allclose(m.weight, fake_quantize(m.weight), rtol=0, atol=atol)
                    for _, m in quantized_layers(model))
