@@ -486,7 +486,9 @@ def per_class_heatmap(per_class, reference: str | None = None):
     table = per_class.astype(float)
     shown = table.sub(table[reference], axis=0) if reference in table else table
     fig, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 3, 0.34 * table.shape[0] + 1.8))
-    lim = float(np.nanmax(np.abs(shown.to_numpy()))) if reference in table else None
+    diffs = np.abs(shown.to_numpy())
+    lim = float(np.nanmax(diffs)) if reference in table and np.isfinite(diffs).any() else None
+    lim = lim if lim else None  # all equal: no diverging scale
     im = ax.imshow(shown.to_numpy(), cmap="RdBu" if lim else "viridis", vmin=-lim if lim else None,
                    vmax=lim if lim else None, aspect="auto")
     for (i, j), v in np.ndenumerate(table.to_numpy()):

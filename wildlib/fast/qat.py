@@ -41,7 +41,7 @@ def weight_scales(w: torch.Tensor) -> torch.Tensor:
 def fake_quantize(w: torch.Tensor) -> torch.Tensor:
     """``w`` on its per-channel symmetric int8 grid; the gradient passes straight through."""
     scale = weight_scales(w).float()
-    return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), 0, QMIN, QMAX)
+    return torch.fake_quantize_per_channel_affine(w.contiguous(), scale, torch.zeros_like(scale, dtype=torch.int32), 0, QMIN, QMAX)
 
 
 class WeightFakeQuant(nn.Module):
