@@ -1,12 +1,15 @@
 import os
 from pathlib import Path
 
+import matplotlib
 import pytest
 from PIL import Image
 
 from wildlib import runner, synth
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+# this process draws headless; the notebooks' kernels keep ipykernel's inline backend, so their
+# executed notebooks hold their figures as a make run's do (the HTML test reads them)
+matplotlib.use("Agg")
 
 # PyTorch threads of every notebook a test runs: 2 (the machine's cores) by default; 1 when
 # tools/test_lanes.py runs two lanes of tests side by side (`make test`), one core each.
