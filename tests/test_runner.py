@@ -235,6 +235,9 @@ def test_base_run_links_what_the_notebooks_read_and_nothing_else(tmp_path, monke
     assert [(n, p["FT_ITER"]) for n, p in started] == [("02", 7), ("03", 9)]  # -p 03:FT_ITER over -p FT_ITER
     assert "-p FT_ITER goes to notebooks 02, 03; -p NN:FT_ITER sets one of them only" in capsys.readouterr().out
     runner.run_all(run, only=["02"], base_run=base)  # again: the links are already there
+    with pytest.raises(runner.ParameterError, match="01_baseline is a link to .* would write into that run"):
+        runner.run_all(run, only=["01"])  # a linked stage is read, never written
+    assert len(started) == 3
 
 
 def test_base_run_never_replaces_a_stage_and_refuses_an_unfinished_one(tmp_path, monkeypatch):

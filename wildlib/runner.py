@@ -311,11 +311,14 @@ def link_inputs(run_dir: Path, base_run: Path, notebooks: list[Path]) -> list[st
 
 def check_inputs(run_dir: Path, notebooks: list[Path]) -> None:
     """Refuse, before any kernel starts, a run whose notebooks read a stage that is neither finished
-    in ``run_dir`` nor made earlier in this call; the error names the stage and the command that
-    makes it."""
+    in ``run_dir`` nor made earlier in this call (the error names the stage and the command that
+    makes it), or would write a stage that is a link into another run (``--base-run``'s)."""
     made = []
     for nb in notebooks:
         folder = layout.folder_of(nb.stem)
+        if (run_dir / folder).is_symlink():  # a base run's stage: running it here would write into that run
+            raise ParameterError(f"{run_dir / folder} is a link to {(run_dir / folder).resolve()} (linked from a base "
+                                 f"run): {nb.stem} would write into that run; remove the link to run it here")
         missing = layout.missing_inputs(run_dir, folder, made)
         if missing:
             first = missing[0]
