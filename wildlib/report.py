@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import contention, runner, stages
+from . import contention, layout, runner, stages
 from .evaluate import AP50_TOLERANCE
 from .intervals import SAMPLES
 from .io import copy_file, resolve, write_text
@@ -130,6 +130,11 @@ def _stage_metrics(run: Path, stage: str):
     return stages.read_metrics(path, stage) if path.exists() else None
 
 
+def _records(run: Path) -> dict:
+    """Every stage's record of ``run`` (None where a stage has not run), read once per page."""
+    return {s: _stage_metrics(run, s) for s in stages.STAGE_FOLDERS.values()}
+
+
 def _table(rows: list[dict], cols: list[tuple[str, str, int | None]]) -> list[str]:
     out = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -188,13 +193,13 @@ def _sweep_lines(sweep: Path, figure: str = "") -> tuple[list[str], dict]:
     return L, goals
 
 
-def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[str]]:
+def _parts(run_dir, bench=None, sweep=None, figure: str = "", records: dict | None = None) -> dict[str, list[str]]:
     """The generated results in parts: ``intro`` (the run, its commit and machine), ``time``
     (``make run``), ``stages`` (a paragraph per stage), ``sweep`` (the frontier) and ``goals``."""
     run = resolve(run_dir)
     info = _load(run / "run_info.json") or {}
     times = _load(run / "run_times.json") or {}
-    m = {s: _stage_metrics(run, s) for s in stages.STAGE_FOLDERS.values()}
+    m = records if records is not None else _records(run)
     commit = (info.get("commit") or "unknown")[:10] + (" plus uncommitted changes" if info.get("dirty") else "")
     by_commit = {}
     for stem, st in (info.get("stages") or {}).items():
@@ -230,9 +235,12 @@ def _parts(run_dir, bench=None, sweep=None, figure: str = "") -> dict[str, list[
 
 
 def _stage_of(notebook: str) -> str | None:
-    """The stage folder of a notebook's stem (``01_train_baseline`` -> ``01_baseline``)."""
-    return stages.STAGE_FOLDERS.get(notebook) or next(
-        (f for n, f in stages.STAGE_FOLDERS.items() if n[:2] == notebook[:2]), None)
+    """The stage folder of a notebook's stem (``01_train_baseline`` -> ``01_baseline``; by its number,
+    :func:`wildlib.layout.folder_of`), or None for a name that is no notebook's."""
+    try:
+        return layout.folder_of(notebook[:2])
+    except KeyError:
+        return None
 
 
 def contended_stages(m: dict) -> dict[str, list[str]]:
@@ -302,13 +310,12 @@ def speed_markdown(run_dir) -> str:
     """The speed page: the run's intro (run, commit, machine, load), its three sentences, and stages
     04 and 05 as :func:`results_markdown` writes them, from the same run (every line of it is a
     line there)."""
-    p = _parts(run_dir)
-    run = resolve(run_dir)
+    m = _records(resolve(run_dir))
+    p = _parts(run_dir, records=m)
     body = []
     for stage in (stages.CHANNELS, stages.EVALUATE):
-        rec = _stage_metrics(run, stage)
-        if rec is not None:
-            body += _STAGE_LINES[stage](rec)
+        if m[stage] is not None:
+            body += _STAGE_LINES[stage](m[stage])
     return "\n".join(p["intro"] + p["time"] + body).rstrip() + "\n"
 
 
@@ -668,7 +675,7 @@ def notebook_times(run_dir) -> dict[str, str]:
     was contended, and the whole run's time; for the notebooks the run timed."""
     run = resolve(run_dir)
     times, info = _load(run / "run_times.json") or {}, _load(run / "run_info.json") or {}
-    m = {s: _stage_metrics(run, s) for s in stages.STAGE_FOLDERS.values()}
+    m = _records(run)
     env = (m[stages.BASELINE].environment if m.get(stages.BASELINE) else None) or {}
     busy = contended_stages(m)
     when = (info.get("finished") or "")[:10]
