@@ -90,6 +90,19 @@ def test_a_kept_record_from_other_images_settings_or_training_is_refused_by_name
         check.read_record(tmp_path / "bare.json.gz", source, expect)
 
 
+def test_an_fp32_config_hashes_as_configs_did_before_the_precision_key():
+    """Records kept before SOLVER.PRECISION existed carry the hash of a config without it: an fp32
+    config (the default) must still match them; a bf16 one is another training."""
+    check = _tool("convergence_check")
+    cfg = config.get_config("mobilenet_fpn_cpu", freeze=False)
+    before = cfg.clone()
+    del before.SOLVER["PRECISION"]
+    before.OUTPUT_DIR = ""
+    assert check.config_sha256(cfg) == hashlib.sha256(before.dump().encode()).hexdigest()
+    cfg.SOLVER.PRECISION = "bf16"
+    assert check.config_sha256(cfg) != hashlib.sha256(before.dump().encode()).hexdigest()
+
+
 def test_a_pair_shares_its_prefix_only_with_the_checkpoint_the_longer_one_kept():
     check = _tool("convergence_check")
     longer = {"prefix_checkpoint_sha256": "a" * 64}

@@ -7,8 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from detectron2.data import build_detection_train_loader
+from detectron2.utils.events import EventStorage
 
-from wildlib import channels, config, data, evaluate, modeling, parts, profile, prune, stages, train
+from wildlib import channels, config, data, evaluate, modeling, parts, profile, prune, share, stages, train
+from wildlib.fast import qat
 
 
 def test_plateau_gain_and_learning_curve():
@@ -115,6 +118,94 @@ def test_a_training_resumed_under_another_schedule_keeps_its_momentum_and_takes_
     state = trainer.optimizer.state_dict()["state"]
     assert state.keys() == saved["trainer"]["optimizer"]["state"].keys()
     assert all(torch.equal(state[k]["momentum_buffer"], saved["trainer"]["optimizer"]["state"][k]["momentum_buffer"]) for k in state)
+
+
+def _bf16(cfg, out_dir=None, amp: bool = False, **solver):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.PRECISION = "bf16"
+    cfg.SOLVER.AMP.ENABLED = amp
+    for k, v in solver.items():
+        cfg.SOLVER[k] = v
+    if out_dir is not None:
+        cfg.OUTPUT_DIR = str(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)  # Detectron2's writers open their files there
+    return cfg
+
+
+def _fpn_dtypes(model) -> list:
+    seen = []
+    model.backbone.register_forward_hook(lambda m, a, out: seen.append(out["p2"].dtype))
+    return seen
+
+
+def test_bf16_precision_runs_the_forward_in_bfloat16_and_keeps_the_weights_fp32(tiny, tmp_path):
+    """SOLVER.PRECISION "bf16": each training step's forward under CPU autocast (the FPN's outputs in
+    bfloat16), the SGD step on fp32 weights, the losses logged in fp32; "fp32" (the default) leaves
+    Detectron2's own step as it was."""
+    def one_step(cfg):
+        trainer = train.Trainer(cfg)
+        seen = _fpn_dtypes(trainer.model)
+        trainer._trainer.iter = 0
+        with EventStorage(0) as storage:
+            trainer._trainer.run_step()
+        weights = {p.dtype for p in trainer.model.parameters()}
+        return type(trainer._trainer), seen, weights, storage
+
+    kind, seen, weights, storage = one_step(_bf16(tiny, tmp_path / "bf16"))
+    assert kind is train.AutocastTrainer and seen == [torch.bfloat16] and weights == {torch.float32}
+    assert np.isfinite(storage.history("total_loss").latest())
+    fp32 = tiny.clone()
+    fp32.defrost()
+    fp32.OUTPUT_DIR = str(tmp_path / "fp32")
+    (tmp_path / "fp32").mkdir()
+    kind, seen, weights, _ = one_step(fp32)
+    assert kind is not train.AutocastTrainer and seen == [torch.float32]
+    assert config.get_config("mobilenet_fpn_cpu").SOLVER.PRECISION == "fp32"
+    with pytest.raises(ValueError, match="SOLVER.PRECISION 'fp16'"):
+        train.train_dtype(_bf16(tiny, PRECISION="fp16"))
+    with pytest.raises(ValueError, match="AMP"):
+        train.Trainer(_bf16(tiny, tmp_path / "amp", amp=True))
+
+
+def test_a_bf16_training_trains_records_and_probes_at_its_precision(tiny, tmp_path, monkeypatch):
+    cfg = _bf16(tiny, tmp_path / "run", MAX_ITER=2)
+    probed = []
+    monkeypatch.setattr(train, "step_seconds", lambda *a, **kw: probed.append(kw.get("dtype")) or profile.step_seconds(*a, **kw))
+    result = train._train_worker(cfg, False)
+    assert probed == [torch.bfloat16]
+    assert len(result["losses"]) == 2 and all(np.isfinite(r["total_loss"]) for r in result["losses"])
+    assert result["probe_step_s"] > 0
+    saved = torch.load(tmp_path / "run" / train.TRAINED_FILE, weights_only=True)
+    assert {v.dtype for v in saved["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_short_finetunings_follow_the_precision_except_qat_and_centroids(tiny):
+    """A bf16 config's short fine-tunings run in bf16, but quantization-aware fine-tuning (the int8
+    grid ONNX Runtime computes exactly) and centroid fine-tuning (the centroids the .wlc stores) in fp32."""
+    cfg = _bf16(tiny)
+    m = modeling.build_model(cfg)
+    seen = _fpn_dtypes(m)
+    train.short_finetune(m, cfg, [p for p in m.parameters() if p.requires_grad], 1, 0.0, progress=False)
+    assert seen == [torch.bfloat16]
+    seen.clear()
+    qat.finetune(m, cfg, 1, 0.0, progress=False)
+    assert seen == [torch.float32]
+    seen.clear()
+    share.finetune_centroids(m, cfg, share.share_weights(m, bits=3, init="linear"), iters=1, lr=0.0, progress=False)
+    assert seen == [torch.float32]
+
+
+def test_the_probe_times_steps_at_the_training_precision(tiny):
+    """The probe a training's mean step is held against runs its forward as the training did: a bf16
+    training probed in fp32 would look slower than its probe whatever the machine's load."""
+    model = modeling.build_model(tiny)
+    seen = []  # the probe trains a copy of the model, hooks copied with it
+    model.backbone.register_forward_hook(lambda m, a, out: seen.append(out["p2"].dtype))
+    batches = iter(build_detection_train_loader(tiny))
+    profile.step_seconds(model, batches, runs=1, warmup=0, dtype=torch.bfloat16)
+    profile.step_seconds(model, batches, runs=1, warmup=0)
+    assert seen == [torch.bfloat16, torch.float32]
 
 
 @pytest.mark.slow

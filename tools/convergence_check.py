@@ -133,6 +133,8 @@ def config_sha256(cfg) -> str:
     c = cfg.clone()
     c.defrost()
     c.OUTPUT_DIR = ""
+    if c.SOLVER.get("PRECISION") == "fp32":  # the default, added after records were kept: they hash as before
+        del c.SOLVER["PRECISION"]
     return hashlib.sha256(c.dump().encode()).hexdigest()
 
 

@@ -17,7 +17,8 @@ def available() -> list[str]:
 
 
 def add_wildlib_config(cfg) -> None:
-    """Keys that Detectron2 does not have: the MobileNetV2 backbone's options, the memory format."""
+    """Keys that Detectron2 does not have: the MobileNetV2 backbone's options, the memory format, the
+    training precision."""
     from detectron2.config import CfgNode as CN
 
     if "MOBILENET" not in cfg.MODEL:
@@ -35,6 +36,10 @@ def add_wildlib_config(cfg) -> None:
         # NHWC weights and activations: oneDNN's CPU convolutions (MobileNet's depthwise ones
         # above all) run faster so; measured in notebook 01, "Where the time goes"
         cfg.MODEL.CHANNELS_LAST = False
+    if "PRECISION" not in cfg.SOLVER:
+        # "bf16": each training step's forward (losses included) under autocast at bfloat16, weights,
+        # gradients and the SGD step in fp32 (wildlib.train.AutocastTrainer); "fp32": none
+        cfg.SOLVER.PRECISION = "fp32"
 
 
 def _as_list(overrides) -> list:

@@ -66,6 +66,8 @@ def load_teacher(config_file, weights, device: str = "cpu"):
 def class_kl(student_logits, teacher_logits, temperature: float):
     """KL(teacher || student) of the softmax at ``temperature``, times its square, mean over rows."""
     t = float(temperature)
+    # in fp32 where the forward ran under bf16 autocast (SOLVER.PRECISION)
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
                     reduction="batchmean") * t * t
 
@@ -74,6 +76,7 @@ def objectness_kl(student_logits: list, teacher_logits: list):
     """The Bernoulli KL of each anchor's objectness, teacher || student, averaged per level, then over levels."""
     out = []
     for s, t in zip(student_logits, teacher_logits):
+        s, t = s.float(), t.float()
         p = torch.sigmoid(t)
         entropy = F.binary_cross_entropy_with_logits(t, p, reduction="none")
         out.append((F.binary_cross_entropy_with_logits(s, p, reduction="none") - entropy).mean())
@@ -98,7 +101,7 @@ def feature_imitation(student: dict, teacher: dict, strides: dict, gt_boxes: lis
     inside the boxes (a level whose mask is empty adds 0)."""
     out = []
     for name, s in student.items():
-        t = teacher[name]
+        s, t = s.float(), teacher[name].float()
         if s.shape != t.shape:
             raise ValueError(f"FPN level {name}: student {list(s.shape)} against teacher {list(t.shape)}; feature "
                              f"imitation needs the same channels (set its weight to 0 for a student whose FPN outputs "

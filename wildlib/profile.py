@@ -194,12 +194,13 @@ def _training_runs(model, loader_iter, optimizer, warmup, runs, results, data_ms
             opt_ms.append(opt * 1e3)
 
 
-def step_seconds(model, loader_iter, runs: int = 12, warmup: int = 1) -> float:
+def step_seconds(model, loader_iter, runs: int = 12, warmup: int = 1, dtype=None) -> float:
     """Mean wall time (s) of one plain training step (next batch, forward, backward, SGD step)
     on a copy of ``model``, without the profiler: the probe a training's own mean step is held
     against (:mod:`wildlib.contention`), taken right after it trained, in the same process.  A
     mean over batches of random sizes, like the training's: steps differ by up to 1.8x with the
     input size drawn (5 steps' median put run idle1's idle dense control at 1.39x its probe).
+    ``dtype``: the forward under autocast at it, as the training's own steps ran (``SOLVER.PRECISION``).
     Introduced in notebook 01_train_baseline, section "Training"."""
     import copy
 
@@ -207,14 +208,17 @@ def step_seconds(model, loader_iter, runs: int = 12, warmup: int = 1) -> float:
 
     work = copy.deepcopy(model).train()
     optimizer = torch.optim.SGD([p for p in work.parameters() if p.requires_grad], lr=0.0)
-    sync = torch.cuda.synchronize if next(work.parameters()).is_cuda else (lambda: None)
+    device = next(work.parameters()).device.type
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = []
     with EventStorage(0):
         for i in range(warmup + runs):
             t = time.perf_counter()
-            losses = work(next(loader_iter))
+            data = next(loader_iter)
+            with torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+                losses = work(data)
             optimizer.zero_grad()
-            sum(losses.values()).backward()
+            sum(v.float() for v in losses.values()).backward()
             optimizer.step()
             sync()
             if i >= warmup:

@@ -149,7 +149,9 @@ def finetune_centroids(model, cfg, shared, iters: int = 100, lr: float = 0.001, 
     for p in model.parameters():
         p.requires_grad_(False)
     params = attach_centroids(model, shared)
-    run = short_finetune(model, cfg, params, iters, lr, progress=progress, extra_hooks=extra_hooks, deterministic=True)
+    # fp32 whatever the training precision: the centroids the .wlc stores are what trained
+    run = short_finetune(model, cfg, params, iters, lr, progress=progress, extra_hooks=extra_hooks, deterministic=True,
+                         precision="fp32")
     return {"shared": detach_centroids(model, shared), **run}
 
 

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import pickle
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -73,18 +74,75 @@ class LossRecorder(HookBase):
             self.evals.append({"iter": done, **found})
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # SOLVER.PRECISION: the training forward's autocast dtype
+
+
+def train_dtype(cfg):
+    """The autocast dtype of ``cfg``'s training steps (``SOLVER.PRECISION``), None for fp32."""
+    name = str(cfg.SOLVER.get("PRECISION", "fp32"))
+    if name not in PRECISIONS:
+        raise ValueError(f"SOLVER.PRECISION {name!r}: one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
+
+
+class AutocastTrainer(SimpleTrainer):
+    """Detectron2's ``SimpleTrainer`` step with the forward, losses included, under ``torch.autocast``
+    at ``dtype`` (bfloat16: oneDNN's convolutions and matrix products at half the bytes, in
+    hardware on CPUs with AVX512-BF16 or AMX).  The backward follows the forward's dtypes; weights,
+    gradients and the SGD step stay fp32, as PyTorch's autocast recipe has it.  No loss scaling:
+    bfloat16 keeps fp32's exponent range.  Detectron2 0.6's ``AMPTrainer`` is CUDA's float16 only."""
+    def __init__(self, model, data_loader, optimizer, dtype=torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.dtype = dtype
+
+    @classmethod
+    def taking_over(cls, trainer: SimpleTrainer, dtype) -> "AutocastTrainer":
+        """``trainer``'s loop (its model, optimizer, loader and the loader's iterator) with its steps
+        autocast: no second iterator over the loader, which could draw from the global RNG."""
+        new = cls.__new__(cls)
+        new.__dict__.update(vars(trainer))
+        new.dtype = dtype
+        return new
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(next(self.model.parameters()).device.type, dtype=self.dtype):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        loss_dict = {k: v.float() for k, v in loss_dict.items()}  # logged and NaN-checked at fp32
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def step_trainer(model, data_loader, optimizer, dtype=None) -> SimpleTrainer:
+    """The loop that runs each training step: Detectron2's own, or :class:`AutocastTrainer` at
+    ``dtype`` (:func:`train_dtype`)."""
+    if dtype is None:
+        return SimpleTrainer(model, data_loader, optimizer)
+    return AutocastTrainer(model, data_loader, optimizer, dtype)
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the evaluator and writers that suit this project (no TensorBoard),
     loading ``MODEL.WEIGHTS`` and resumed checkpoints without running code from them."""
     def __init__(self, cfg):
-        import weakref
-
-
         super().__init__(cfg)
         self.checkpointer = SafeCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         for h in self._hooks:  # the periodic checkpointer saves through the same object
             if hasattr(h, "checkpointer"):
                 h.checkpointer = self.checkpointer
+        dtype = train_dtype(cfg)
+        if dtype is not None:  # DefaultTrainer built a plain SimpleTrainer: the same loop, its steps autocast
+            if cfg.SOLVER.AMP.ENABLED:
+                raise ValueError("SOLVER.PRECISION bf16 and SOLVER.AMP.ENABLED: one or the other (AMP is CUDA's float16)")
+            self._trainer = AutocastTrainer.taking_over(self._trainer, dtype)
 
     def state_dict(self):
         """Detectron2 0.6's trainer state (iteration, the LR scheduler's position) with the optimizer's
@@ -164,7 +222,8 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
     iters = cfg.SOLVER.MAX_ITER - trainer.start_iter
     model = unwrap(trainer.model)
     # the same step again, right after: a training far slower than this was slowed by something else
-    probe = (step_seconds(model, trainer._trainer._data_loader_iter, runs=probe_steps(iters)) if iters > 0
+    probe = (step_seconds(model, trainer._trainer._data_loader_iter, runs=probe_steps(iters), dtype=train_dtype(cfg))
+             if iters > 0
              else None)
     for h in extra:
         if hasattr(h, "finalize"):
@@ -183,18 +242,19 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
 
 
 def short_finetune(model, cfg, params, iters: int, lr: float, progress: bool = True, extra_hooks=(),
-                   deterministic: bool = False) -> dict:
+                   deterministic: bool = False, precision: str | None = None) -> dict:
     """A short fine-tuning of ``params`` (the others stay as they are) of ``model``, in this process,
     with Detectron2's ``SimpleTrainer`` on ``cfg``'s training set: SGD (momentum 0.9) at ``lr`` for
     ``iters`` iterations, no checkpoints, no evaluations; ``extra_hooks``: hook factories (the dense
     teacher's :class:`wildlib.distill.Distill`, a method's own hook).  Seeded from ``cfg.SEED`` as
     :func:`train` is (the loader's image order would otherwise come from the process's global RNG);
     ``deterministic``: with PyTorch's deterministic algorithms (a scatter-add's threaded float sums
-    otherwise differ run to run).  The model is left in eval mode.  Returns the loss rows, the
-    seconds and each hook's ``state()``."""
+    otherwise differ run to run); ``precision``: ``SOLVER.PRECISION``'s value for this run (None: ``cfg``'s).
+    The model is left in eval mode.  Returns the loss rows, the seconds and each hook's ``state()``."""
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     model.train()
-    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), torch.optim.SGD(params, lr=lr, momentum=0.9))
+    dtype = train_dtype(cfg) if precision is None else PRECISIONS[precision]
+    trainer = step_trainer(model, build_detection_train_loader(cfg), torch.optim.SGD(params, lr=lr, momentum=0.9), dtype)
     recorder = LossRecorder()
     made = [make() for make in extra_hooks]
     trainer.register_hooks([d2_hooks.IterationTimer(), recorder] + made + ([ProgressBar()] if progress else []))

@@ -104,8 +104,9 @@ def finetune(model, cfg, iters: int, lr: float, progress: bool = True, extra_hoo
     Introduced in notebook 04_prune_channels, section 6."""
     n = attach_fake_quant(model)
     try:
+        # fp32 whatever the training precision: bf16 would round the int8 grid's values that ORT computes exactly
         run = short_finetune(model, cfg, [p for p in model.parameters() if p.requires_grad], iters, lr,
-                             progress=progress, extra_hooks=extra_hooks)
+                             progress=progress, extra_hooks=extra_hooks, precision="fp32")
     finally:
         detach_fake_quant(model)
     return {**run, "layers": n}
