@@ -94,7 +94,7 @@ def test_an_fp32_config_hashes_as_configs_did_before_the_precision_key():
     """Records kept before SOLVER.PRECISION existed carry the hash of a config without it: an fp32
     config (the default) must still match them; a bf16 one is another training."""
     check = _tool("convergence_check")
-    cfg = config.get_config("mobilenet_fpn_cpu", freeze=False)
+    cfg = config.get_config("mobilenet_fpn_cpu", {"SOLVER.PRECISION": "fp32"}, freeze=False)
     before = cfg.clone()
     del before.SOLVER["PRECISION"]
     before.OUTPUT_DIR = ""

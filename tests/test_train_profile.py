@@ -3,6 +3,7 @@ AP50, and the per-part profile."""
 import functools
 import shutil
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,17 +156,32 @@ def test_bf16_precision_runs_the_forward_in_bfloat16_and_keeps_the_weights_fp32(
     kind, seen, weights, storage = one_step(_bf16(tiny, tmp_path / "bf16"))
     assert kind is train.AutocastTrainer and seen == [torch.bfloat16] and weights == {torch.float32}
     assert np.isfinite(storage.history("total_loss").latest())
-    fp32 = tiny.clone()
-    fp32.defrost()
-    fp32.OUTPUT_DIR = str(tmp_path / "fp32")
-    (tmp_path / "fp32").mkdir()
+    fp32 = _bf16(tiny, tmp_path / "fp32", PRECISION="fp32")
     kind, seen, weights, _ = one_step(fp32)
     assert kind is not train.AutocastTrainer and seen == [torch.float32]
-    assert config.get_config("mobilenet_fpn_cpu").SOLVER.PRECISION == "fp32"
     with pytest.raises(ValueError, match="SOLVER.PRECISION 'fp16'"):
         train.train_dtype(_bf16(tiny, PRECISION="fp16"))
     with pytest.raises(ValueError, match="AMP"):
         train.Trainer(_bf16(tiny, tmp_path / "amp", amp=True))
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_that_has_it_in_hardware():
+    """The default config asks for "auto": bf16 where /proc/cpuinfo lists AVX512-BF16 or AMX-BF16, fp32
+    on other CPUs (emulated bfloat16 is slower) and on a GPU; stage 01 writes the decision down."""
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+    sapphire = "flags\t\t: avx512f amx_tile amx_bf16 amx_int8\n"
+    assert train.resolve_precision("auto", "cpu", zen4) == "bf16"
+    assert train.resolve_precision("auto", "cpu", sapphire) == "bf16"
+    assert train.resolve_precision("auto", "cpu", zen3) == "fp32"
+    assert train.resolve_precision("auto", "cpu", "model name\t: avx512_bf16 in its name\n") == "fp32"
+    assert train.resolve_precision("auto", "cuda", zen4) == "fp32"
+    assert train.resolve_precision("fp32", "cpu", zen4) == "fp32"
+    assert config.get_config("mobilenet_fpn_cpu").SOLVER.PRECISION == "auto"
+    assert config.get_config("paper_r50_fpn").SOLVER.PRECISION == "fp32"
+    cfg = stages.baseline_config(Path("/nonexistent-run"), Path("/tmp"), "mobilenet_fpn_cpu", {}, ["zebra"], fitted=False,
+                                 device="cpu", max_iter=10, ims_per_batch=2, lr=0.01, eval_period=0, seed=0)
+    assert cfg.SOLVER.PRECISION == ("bf16" if train.native_bf16() else "fp32")
 
 
 def test_a_bf16_training_trains_records_and_probes_at_its_precision(tiny, tmp_path, monkeypatch):

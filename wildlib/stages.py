@@ -39,7 +39,7 @@ from .fast import load as load_deployable
 from .speed import LATENCY_IMAGES, twin_of
 from .tiles import ensure_registered, tile_setting
 from .distill import Distill
-from .train import final_eval, train, train_together, unwrap
+from .train import final_eval, resolve_precision, train, train_together, unwrap
 
 # what each stage's metrics.json holds (wildlib.records)
 STAGE_RECORDS = {EXPLORE: ExploreMetrics, BASELINE: BaselineMetrics, PRUNE: PruneMetrics, SHARE: ShareMetrics,
@@ -256,6 +256,8 @@ def baseline_config(run_dir, stage: Path, config_name: str, user: dict, classes,
     cfg = get_config(config_name, keys, freeze=False)
     if cfg.MODEL.WEIGHTS:  # the config's own model-zoo URL too: $WILDLIB_COCO_WEIGHTS stands in for it
         cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
+    # "auto" decided here, on this machine, and written down: later stages fine-tune as 01 trained
+    cfg.SOLVER.PRECISION = resolve_precision(cfg.SOLVER.PRECISION, cfg.MODEL.DEVICE)
     cfg.freeze()
     check_num_classes(cfg, classes)
     return cfg

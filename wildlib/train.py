@@ -75,14 +75,36 @@ class LossRecorder(HookBase):
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # SOLVER.PRECISION: the training forward's autocast dtype
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bfloat16 in hardware
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), from Linux's
+    ``/proc/cpuinfo`` (``cpuinfo``: its text, for a test); False where it cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    return any(f in flags for f in BF16_FLAGS)
+
+
+def resolve_precision(name: str, device: str = "cpu", cpuinfo: str | None = None) -> str:
+    """``SOLVER.PRECISION`` as a training runs it: ``"auto"`` is ``"bf16"`` on a CPU with bfloat16 in
+    hardware (:func:`native_bf16`; measured there to train 1.4x faster at the same accuracy,
+    docs/evidence.md) and ``"fp32"`` anywhere else (emulated bfloat16 is slower; a GPU has its own AMP)."""
+    name = str(name)
+    if name == "auto":
+        return "bf16" if str(device).startswith("cpu") and native_bf16(cpuinfo) else "fp32"
+    if name not in PRECISIONS:
+        raise ValueError(f"SOLVER.PRECISION {name!r}: one of auto, {', '.join(PRECISIONS)}")
+    return name
 
 
 def train_dtype(cfg):
-    """The autocast dtype of ``cfg``'s training steps (``SOLVER.PRECISION``), None for fp32."""
-    name = str(cfg.SOLVER.get("PRECISION", "fp32"))
-    if name not in PRECISIONS:
-        raise ValueError(f"SOLVER.PRECISION {name!r}: one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[name]
+    """The autocast dtype of ``cfg``'s training steps (``SOLVER.PRECISION``, :func:`resolve_precision`), None for fp32."""
+    return PRECISIONS[resolve_precision(cfg.SOLVER.get("PRECISION", "fp32"), cfg.MODEL.DEVICE)]
 
 
 class AutocastTrainer(SimpleTrainer):
