@@ -138,3 +138,17 @@ def test_a_fine_tuning_schedule_passes_only_as_good_as_its_baseline_and_without_
     assert not out["worse"]["passes"] and out["worse"]["ci95_over_seeds"][1] < 0
     assert not out["dips"]["passes"] and out["dips"]["deepest_dip"] == pytest.approx(2.0)
     assert out["dips"]["delta_seed_mean"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_precision_check_refuses_a_pair_not_trained_fp32_then_bf16(tmp_path):
+    """Its verdict means "bf16 against fp32": two runs in the other order, or both fp32, are refused
+    by name before anything is scored."""
+    check = _tool("precision_check")
+    for name, precision in [("a", "bf16"), ("b", "fp32"), ("c", "fp32")]:
+        folder = tmp_path / name / "01_baseline"
+        folder.mkdir(parents=True)
+        (folder / "detectron2.yaml").write_text(
+            config.get_config("mobilenet_fpn_cpu", {"SOLVER.PRECISION": precision}).dump())
+    for first, second in [("a", "b"), ("b", "c")]:
+        with pytest.raises(SystemExit, match="not fp32 then bf16"):
+            check.main([str(tmp_path / first), str(tmp_path / second), "--out", str(tmp_path / "out.json")])

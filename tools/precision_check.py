@@ -19,10 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from wildlib import config, data, evaluate, io, layout, stages
+from wildlib import config, data, evaluate, io, layout, stages, train
 from wildlib.modeling import D2_CONFIG_FILE, load_trained
 
-HISTORY = Path("train") / "history.json"
+HISTORY = Path("train") / train.HISTORY_FILE  # where stage 01's training left its history
 
 
 def precision_of(run: Path) -> str:
@@ -58,10 +58,10 @@ def main(argv=None) -> int:
     result = {"runs": [_run_facts(r) for r in runs], "cpu": io.cpu_model(), "rule": "valid: upper end of the paired "
               "95% interval of BF16 - FP32 >= 0"}
     for s in ("valid", split):
-        d = evaluate.against(bf16[s], fp32[s])
+        d = evaluate.beside_baseline(bf16[s], fp32[s])  # a paired difference, no verdict of its own
         result[s] = {"images": fp32[s].matched.num_images,
-                     "fp32_AP50": fp32[s].ap50, "bf16_AP50": bf16[s].ap50, "delta_ap50": d["delta_ap50"],
-                     "delta_ap50_ci95": d["delta_ap50_ci95"]}
+                     "fp32_AP50": fp32[s].ap50, "bf16_AP50": bf16[s].ap50, "delta_ap50": d["baseline_delta_ap50"],
+                     "delta_ap50_ci95": d["baseline_delta_ap50_ci95"]}
     result["holds"] = result["valid"]["delta_ap50_ci95"][1] >= 0
     io.write_json(a.out, result)
     print(result)
