@@ -152,3 +152,22 @@ def test_the_precision_check_refuses_a_pair_not_trained_fp32_then_bf16(tmp_path)
     for first, second in [("a", "b"), ("b", "c")]:
         with pytest.raises(SystemExit, match="not fp32 then bf16"):
             check.main([str(tmp_path / first), str(tmp_path / second), "--out", str(tmp_path / "out.json")])
+
+
+def test_one_baseline_folder_serves_every_seed_and_a_folder_without_weights_is_named(tmp_path, monkeypatch):
+    """``--baseline``: the schedules and ablation tools fine-tune that one folder with every seed
+    (nothing copied, no convergence-check training needed); a folder missing its weights is refused
+    by name before any training starts."""
+    monkeypatch.syspath_prepend(str(TOOLS))  # the tool imports convergence_check beside it
+    schedules = _tool("finetune_schedules")
+    stages = schedules.stages
+    shared = tmp_path / "01_baseline"
+    shared.mkdir()
+    (shared / stages.D2_CONFIG_FILE).write_text("x")
+    with pytest.raises(FileNotFoundError, match=stages.MODEL_FILE):
+        schedules.baseline_folder(tmp_path / "run", tmp_path / "out", 0, str(shared))
+    (shared / stages.MODEL_FILE).write_bytes(b"w")
+    assert [schedules.baseline_folder(tmp_path / "run", tmp_path / "out", s, str(shared)) for s in (0, 1)] == [shared] * 2
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match="convergence_check"):  # without it: the seed's own 1x training
+        schedules.baseline_folder(tmp_path / "run", tmp_path / "out", 0)

@@ -51,7 +51,7 @@ def arm_name(arm: str, seed: int) -> str:
 
 
 def arm_config(run: Path, out: Path, arm: str, seed: int, a):
-    baseline = Path(a.schedules_out) / f"baseline_seed{seed}"
+    baseline = baseline_folder(run, Path(a.schedules_out), seed, a.baseline)
     return baseline, stages.finetune_config(baseline, out / arm_name(arm, seed), device="cpu", max_iter=a.iterations,
                                             ims_per_batch=a.batch, lr=a.lr, eval_period=a.eval_period, seed=seed,
                                             lr_schedule=a.schedule)
@@ -59,7 +59,8 @@ def arm_config(run: Path, out: Path, arm: str, seed: int, a):
 
 def control_config(a, seed: int):
     """The dense control's config, as tools/finetune_schedules.py trained it (same schedule and budget)."""
-    return job_config(Path(a.schedules_out) / f"baseline_seed{seed}", Path(a.schedules_out), a.schedule, seed, a)
+    return job_config(baseline_folder(Path(a.run_dir), Path(a.schedules_out), seed, a.baseline), Path(a.schedules_out),
+                      a.schedule, seed, a)
 
 
 def teacher_weights(a, seed: int) -> Path:
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--eval-period", type=int, default=50, help="as tools/finetune_schedules.py: the control's config must match")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--baseline", default="", help="as tools/finetune_schedules.py's --baseline (the same one)")
     ap.add_argument("--schedules-out", default="", help="tools/finetune_schedules.py's OUT (default RUN/finetune_schedules)")
     ap.add_argument("--schedules-keep", default="docs/finetune-schedules", help="its kept records (the teachers' scores)")
     ap.add_argument("--out", default="", help="default: RUN/distill_ablation")
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     a.schedules_out = a.schedules_out or str(run / "finetune_schedules")
     controls = {}
     for s in a.seeds:
-        baseline_folder(run, Path(a.schedules_out), s)
+        baseline_folder(run, Path(a.schedules_out), s, a.baseline)
         path = Path(a.schedules_keep) / f"{job_name(a.schedule, s)}.json.gz"
         if not path.is_file() or not teacher_weights(a, s).is_file():
             raise FileNotFoundError(f"{path} or {teacher_weights(a, s)}: no {a.schedule} control of seed {s}; "
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
     kept = missing_done(kept_records, expected, a.workers, keep,
                         functools.partial(_job, str(run), str(out), str(keep), a=a, setup=setup, commit=code_version()))
 
-    limit = evaluate.coco_max_dets(get_config(str(Path(a.schedules_out) / f"baseline_seed{a.seeds[0]}" /
+    limit = evaluate.coco_max_dets(get_config(str(baseline_folder(run, Path(a.schedules_out), a.seeds[0], a.baseline) /
                                                   stages.D2_CONFIG_FILE)))
     match = functools.partial(evaluate.matched, datasets["valid"], max_dets_per_image=limit)
     control_m = {s: match(controls[s]["detections"]) for s in a.seeds}

@@ -7,7 +7,8 @@ deliverable 1).
 
 The baselines are the convergence check's 1x trainings of ``RUN`` (``tools/convergence_check.py``:
 ``RUN/convergence/x1_seed{s}``, stage 01's own config and schedule at seed ``s``), so that the seeds
-vary the baseline as well as the fine-tuning.  Each seed's baseline gets a model folder
+vary the baseline as well as the fine-tuning; ``--baseline DIR`` fine-tunes one model folder (such
+as ``RUN/01_baseline``) with every seed instead, and then the seeds vary the fine-tuning only.  Each seed's baseline gets a model folder
 (``OUT/baseline_seed{s}``: its Detectron2 config and weights) and is fine-tuned from there, with no
 pruning, exactly as stage 02 fine-tunes its dense control (:func:`wildlib.stages.finetune_config`:
 ``--iterations`` at ``--batch``, peak LR ``--lr``, every layer trainable, fine-tuning seed ``s``)
@@ -53,9 +54,16 @@ def job_name(schedule: str, seed: int) -> str:
     return f"{schedule}_seed{seed}"
 
 
-def baseline_folder(run: Path, out: Path, seed: int) -> Path:
+def baseline_folder(run: Path, out: Path, seed: int, shared: str = "") -> Path:
     """``OUT/baseline_seed{seed}``: the convergence check's 1x training of ``seed`` as a model
-    folder (its config, with that seed, and its final weights), made once."""
+    folder (its config, with that seed, and its final weights), made once.  With ``shared`` (a
+    model folder such as ``RUN/01_baseline``, ``--baseline``), that one folder for every seed."""
+    if shared:
+        folder = Path(shared)
+        for f in (stages.D2_CONFIG_FILE, stages.MODEL_FILE):
+            if not (folder / f).is_file():
+                raise FileNotFoundError(f"{folder / f}: not found (--baseline takes a model folder such as RUN/01_baseline)")
+        return folder
     src = run / "convergence" / record_name(seed, 1.0)
     weights = src / train.TRAINED_FILE
     if not weights.is_file():
@@ -119,7 +127,7 @@ def _job(run: str, out: str, keep: str, schedule: str, seed: int, a, setup, comm
     torch.set_num_threads(1)
     run, out, keep = Path(run), Path(out), Path(keep)
     datasets = setup()
-    baseline = baseline_folder(run, out, seed)
+    baseline = baseline_folder(run, out, seed, a.baseline)
     if schedule is None:
         cfg = get_config(str(baseline / stages.D2_CONFIG_FILE), {"OUTPUT_DIR": str(baseline)})
         model = build_model(cfg, weights=str(baseline / stages.MODEL_FILE), eval_mode=True)
@@ -190,6 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="stage 02's IMS_PER_BATCH")
     ap.add_argument("--eval-period", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--baseline", default="", help="one model folder every seed fine-tunes (RUN/01_baseline, say): "
+                    "the seeds then vary the fine-tuning only (default: each seed's convergence-check 1x training)")
     ap.add_argument("--out", default="", help="default: RUN/finetune_schedules")
     ap.add_argument("--keep", default="", help="where finished trainings' records go (default: OUT/kept)")
     a = ap.parse_args(argv)
@@ -198,7 +208,7 @@ def main(argv=None) -> int:
     run, out, keep, setup, datasets = folders_and_data(a.run_dir, a.out, a.keep, "finetune_schedules")
     expected = {}
     for s in a.seeds:
-        base = baseline_folder(run, out, s)
+        base = baseline_folder(run, out, s, a.baseline)
         base_cfg = get_config(str(base / stages.D2_CONFIG_FILE), {"OUTPUT_DIR": str(base)})
         expected[f"baseline_seed{s}"] = ({"seed": s, "weights_sha256": sha256_file(base / stages.MODEL_FILE)},
                                          (None, s))
