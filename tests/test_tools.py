@@ -171,3 +171,18 @@ def test_one_baseline_folder_serves_every_seed_and_a_folder_without_weights_is_n
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="convergence_check"):  # without it: the seed's own 1x training
         schedules.baseline_folder(tmp_path / "run", tmp_path / "out", 0)
+
+
+def test_the_lab_screenshot_runs_the_widgets_the_notebooks_call(monkeypatch):
+    """Each widget cell of tools/lab_screenshot.py calls the wildlib.widgets function its notebook
+    calls, and the set-up cell comes first: the screenshots show the notebooks' own widgets."""
+    tool = _tool("lab_screenshot")
+    nb = tool.widget_notebook(Path("runs/x"))
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert nb.metadata["kernelspec"]["name"] == "python3" and "load_stage" in code[0]
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    for name, nb_file in {"sparsity_slider": "02_prune_magnitude", "bits_slider": "03_weight_sharing",
+                          "detections_viewer": "05_evaluate"}.items():
+        assert sum(f"wl.widgets.{name}(" in c for c in code[1:]) == 1, name
+        assert f"wl.widgets.{name}(" in (notebooks / f"{nb_file}.ipynb").read_text(), nb_file
+    assert len(code) == 1 + len(tool.WIDGETS)
