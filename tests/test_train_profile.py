@@ -1,6 +1,7 @@
 """Training hand-over through files (the several-GPU path), convergence metrics, the reference
 AP50, and the per-part profile."""
 import functools
+import os
 import shutil
 import math
 from pathlib import Path
@@ -241,6 +242,27 @@ def test_trainings_side_by_side_each_train_in_a_process_of_their_own(tiny, smoke
     assert ra["machine"] is rb["machine"] and ra["machine"]["own_share"] > ra["machine"]["others_share"]
     with pytest.raises(RuntimeError, match=r"exited 1 \(its log: .*a[/\\]log\.txt\)"):
         train.train_together([(a, [])], setup=None)  # the child has no dataset registered: it fails, named
+
+
+@pytest.mark.slow
+@pytest.mark.alone
+@pytest.mark.timeout(600)
+def test_trainings_side_by_side_probe_together_and_a_failed_one_does_not_hold_the_others(tiny, smoke_data, tmp_path):
+    """The shorter training waits for the longer one before its probe, so that both probes share the
+    machine as their steps did; a sibling that fails breaks that wait (no hang) and is named."""
+    setup = functools.partial(data.register, smoke_data, coco_dir=tmp_path / "coco")
+    a, b = tiny.clone(), tiny.clone()
+    a.defrost(), b.defrost()
+    a.OUTPUT_DIR, a.SOLVER.MAX_ITER, a.SOLVER.STEPS, a.TEST.EVAL_PERIOD = str(tmp_path / "a"), 40, (30,), 0
+    b.OUTPUT_DIR, b.SOLVER.MAX_ITER, b.SOLVER.STEPS, b.TEST.EVAL_PERIOD = str(tmp_path / "b"), 4, (3,), 0
+    ra, rb = train.train_together([(a, []), (b, [])], threads_each=1, setup=setup)
+    assert ra["trained_until"] - rb["trained_until"] > 2.0  # b finished well before a ...
+    assert abs(ra["probe_started"] - rb["probe_started"]) < 1.0  # ... and probed when a did
+    b.DATASETS.TRAIN = ("no_such_dataset",)
+    with pytest.raises(RuntimeError, match=r"b[/\\]log\.txt") as err:
+        train.train_together([(a, []), (b, [])], threads_each=1, setup=setup)
+    assert "a" + os.sep + "log.txt" not in str(err.value)  # a trained to the end and probed alone
+    assert train.load_result(a)["probe_step_s"] > 0
 
 
 def test_unpicklable_hooks_are_refused_before_launch(tiny):

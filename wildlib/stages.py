@@ -497,10 +497,10 @@ def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruni
     """Stage 02's two fine-tunings on one schedule: the dense control (trained here, or taken from
     ``control_dir``, :func:`dense_control`) and the run that prunes while it trains (``pruning``: a
     hook factory).  With ``side_by_side`` (on a CPU, one process, no shared control, no tiles) both
-    train at once, each in its own 1-thread process (:func:`wildlib.train.train_together`); else, the
-    default, one after the other with the stage's threads.  Measured 1.55x the steps per second on a
-    2-core AMD EPYC (AVX2) (:func:`wildlib.train.train_together`), but off by default until the probe
-    of the training that ends last (it runs alone) can no longer raise a false contention flag.
+    train at once, each in its own 1-thread process (:func:`wildlib.train.train_together`: 1.55x the
+    steps per second on a 2-core AMD EPYC (AVX2); their probes run side by side as their steps did,
+    so neither looks slower than its probe for sharing the machine with its sibling); else one after
+    the other with the stage's threads.  Notebook 02 asks for it (``SIDE_BY_SIDE``).
     ``distill``: the keyword arguments of :func:`distillation`; with a weight above 0 the pruning run
     learns from the dense control too (its teacher), so the control trains first.
     Returns ``(control model, its record, the pruning run's result)``.

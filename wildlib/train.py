@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -222,10 +223,12 @@ HISTORY_FILE = "history.json"   # what a training run hands back, next to its ch
 TRAINED_FILE = "model_trained.pth"  # its final weights, with hooks' finishing touches applied
 
 
-def _train_worker(cfg, resume: bool, hooks=()) -> dict:
+def _train_worker(cfg, resume: bool, hooks=(), probe_together=None) -> dict:
     """What each process runs (one process, or one per GPU under ``launch``).  The main
     process writes the history and the final weights to ``cfg.OUTPUT_DIR``, so that the
-    results also come back from worker processes."""
+    results also come back from worker processes.  ``probe_together``: a barrier that the
+    trainings of :func:`train_together` meet at before each probes its step, so that each probe
+    shares the machine with its siblings as its steps did (a broken barrier: probed alone)."""
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
@@ -240,9 +243,15 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
     t0 = time.perf_counter()
     with contention.Watch(torch.get_num_threads()) as watch:
         trainer.train()
-    wall = time.perf_counter() - t0
+    wall, trained_until = time.perf_counter() - t0, time.time()
     iters = cfg.SOLVER.MAX_ITER - trainer.start_iter
     model = unwrap(trainer.model)
+    if probe_together is not None and iters > 0:
+        try:
+            probe_together.wait()
+        except threading.BrokenBarrierError:  # a sibling failed: this probe runs alone
+            pass
+    probe_started = time.time()
     # the same step again, right after: a training far slower than this was slowed by something else
     probe = (step_seconds(model, trainer._trainer._data_loader_iter, runs=probe_steps(iters), dtype=train_dtype(cfg))
              if iters > 0
@@ -254,6 +263,7 @@ def _train_worker(cfg, resume: bool, hooks=()) -> dict:
                "iterations_run": iters, "start_iter": trainer.start_iter,
                "s_per_iter": wall / iters if iters > 0 else math.nan,
                "step_s": mean_step(trainer.recorder.rows), "probe_step_s": probe, "machine": watch.summary,
+               "trained_until": trained_until, "probe_started": probe_started,
                "hook_states": [h.state() if hasattr(h, "state") else {} for h in extra],
                "world_size": comm.get_world_size()}
     if comm.is_main_process():
@@ -340,14 +350,15 @@ def mean_step(rows: list[dict]) -> float | None:
     return sum(times) / len(times) if times else None
 
 
-def train_in_process(cfg, hooks=(), threads: int = 1, setup=None, resume: bool = False) -> None:
+def train_in_process(cfg, hooks=(), threads: int = 1, setup=None, resume: bool = False, probe_together=None) -> None:
     """A training in a process of its own (one of :func:`train_together`'s, or a process pool's):
     its threads, its datasets (``setup``: a spawned process starts with none), its training; the
-    results come back through ``cfg.OUTPUT_DIR`` (:func:`load_result`)."""
+    results come back through ``cfg.OUTPUT_DIR`` (:func:`load_result`).  ``probe_together``: as
+    :func:`_train_worker`'s."""
     torch.set_num_threads(threads)
     if setup is not None:
         setup()
-    _train_worker(cfg, resume, hooks)
+    _train_worker(cfg, resume, hooks, probe_together)
 
 
 def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
@@ -359,10 +370,11 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
     2-core AMD EPYC (AVX2), nothing else running, two fine-tunings of the baseline of run ``idle1``
     (all layers training, 30 iterations at batch 4): 1.07 and 1.10 s per step side by side against
     0.84 s one after the other, 1.55x the steps per second (67 s against 92 s of wall time with the
-    start-up); an earlier ad-hoc 4-5 s per step was not reproduced.  No stage uses it by default yet
-    (:func:`wildlib.stages.fine_tunings`): the probe of the training that ends last runs alone, so
-    its steps look slower than its probe (1.22x in that measurement, against the 1.3 contention
-    limit).  What each costs, and its machine, is recorded as :func:`train` records it, the machine
+    start-up); an earlier ad-hoc 4-5 s per step was not reproduced.  The trainings meet at a barrier
+    before their probes, so that the probes run side by side as the steps did (before it, the probe
+    of the training that ended last ran alone: its steps looked 1.22x slower than its probe in that
+    measurement, against the 1.3 contention limit); one that fails breaks the barrier and the others
+    probe alone.  What each costs, and its machine, is recorded as :func:`train` records it, the machine
     of the whole span (this process's children counted as its own).  Returns each job's result (:func:`load_result`).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     jobs = [(cfg, list(hooks or ())) for cfg, hooks in jobs]
@@ -374,11 +386,16 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
         Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
         (Path(cfg.OUTPUT_DIR) / HISTORY_FILE).unlink(missing_ok=True)
     ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(jobs))
     with contention.Watch(torch.get_num_threads()) as watch:
-        procs = [ctx.Process(target=train_in_process, args=(cfg, hooks, threads_each, setup), daemon=False)
+        procs = [ctx.Process(target=train_in_process, args=(cfg, hooks, threads_each, setup, False, barrier), daemon=False)
                  for cfg, hooks in jobs]
         for p in procs:
             p.start()
+        while any(p.is_alive() for p in procs):
+            if any(p.exitcode not in (None, 0) for p in procs):
+                barrier.abort()  # a failed sibling never reaches the barrier: the others probe alone
+            time.sleep(1.0)
         for p in procs:
             p.join()
     failed = [(cfg.OUTPUT_DIR, p.exitcode) for (cfg, _), p in zip(jobs, procs) if p.exitcode != 0]
