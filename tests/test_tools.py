@@ -186,3 +186,15 @@ def test_the_lab_screenshot_runs_the_widgets_the_notebooks_call(monkeypatch):
         assert sum(f"wl.widgets.{name}(" in c for c in code[1:]) == 1, name
         assert f"wl.widgets.{name}(" in (notebooks / f"{nb_file}.ipynb").read_text(), nb_file
     assert len(code) == 1 + len(tool.WIDGETS)
+
+
+def test_the_ablation_draws_seed_means_from_the_baseline_each_in_a_colour_of_its_own(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    tool = _tool("distill_ablation")
+    rec = lambda *v: {"curve": [{"iter": 100, "AP50": v[0]}, {"iter": 200, "AP50": v[1]}]}  # noqa: E731
+    controls = {0: rec(90.0, 94.0), 1: rec(92.0, 96.0)}
+    kept = {"none_seed0": rec(80.0, 88.0), "none_seed1": rec(84.0, 90.0),
+            "logits_features_seed0": rec(86.0, 93.0), "logits_features_seed1": rec(88.0, 95.0)}
+    out = tool.arm_curves(controls, kept, ["none", "logits+features"], [0, 1], 95.5)
+    assert [[p["AP50"] for p in c] for c in out.values()] == [[95.5, 91.0, 95.0], [95.5, 82.0, 89.0], [95.5, 87.0, 94.0]]
+    assert len({label.split()[0] for label in out}) == 3  # plots.learning_curves colours by the first word

@@ -20,7 +20,7 @@ half the run, as notebook 02 does) and :class:`wildlib.distill.Distill` adds the
 drop against the control (images resampled; and a two-level interval, seeds drawn too), the paired
 difference to the ``none`` arm, and the teacher's seconds per step and share of the step (the
 trainings share the machine: absolute times are not a benchmark, the share is what to read).
-Writes ``OUT/ablation.json``.
+Writes ``OUT/ablation.json`` and ``OUT/learning_curves.png`` (seed means: the control and each arm).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 
 from convergence_check import code_version, config_sha256, curve_of
 from finetune_schedules import baseline_folder, folders_and_data, job_config, job_name, missing_done
-from wildlib import data, evaluate, intervals, io, prune, stages, train
+from wildlib import data, evaluate, intervals, io, plots, prune, stages, train
 from wildlib.config import get_config
 from wildlib.modeling import sha256_file
 
@@ -98,6 +98,20 @@ def _job(run: str, out: str, keep: str, arm: str, seed: int, a, setup, commit: s
         "teacher_sha256": sha256_file(weights) if teacher is not None else None,
         "commit": commit, "cpu_model": io.cpu_model()})
     return name
+
+
+def arm_curves(controls: dict, kept: dict, arms, seeds, baseline_ap50: float) -> dict:
+    """Seed-mean learning curves on `valid` (iteration 0: the baseline), the dense control's and each
+    arm's, labelled so that :func:`wildlib.plots.learning_curves` gives each its own colour."""
+    def mean_curve(recs):
+        at = [{p["iter"]: p["AP50"] for p in r["curve"]} for r in recs]
+        common = sorted(set.intersection(*(set(c) for c in at)))
+        return [{"iter": 0, "AP50": baseline_ap50}] + [{"iter": i, "AP50": float(np.mean([c[i] for c in at]))} for i in common]
+    out = {"control (the teacher, dense)": mean_curve([controls[s] for s in seeds])}
+    for arm in arms:
+        out[f"{arm}: 80% LAMP" if arm == "none" else f"{arm}: 80% LAMP, distilled"] = mean_curve(
+            [kept[arm_name(arm, s)] for s in seeds])
+    return out
 
 
 def main(argv=None) -> int:
@@ -184,6 +198,10 @@ def main(argv=None) -> int:
     summary["cpu_models"] = sorted({r.get("cpu_model", "") for r in kept.values()})
     summary["commits"] = sorted({r.get("commit", "") for r in kept.values()})
     io.write_json(out / "ablation.json", summary)
+    base_ap50 = float(np.mean([io.read_json(Path(a.schedules_keep) / f"baseline_seed{s}.json.gz")["metrics"]["AP50"]
+                               for s in a.seeds]))
+    io.save_figure(plots.learning_curves(arm_curves(controls, kept, a.arms, a.seeds, base_ap50), a.iterations),
+                   out / "learning_curves.png")
     return 0
 
 
