@@ -13,7 +13,7 @@ EXPECTED = {  # the data (DATA_DIR, CLASSES, ALIASES) is given to stage 00 alone
     "02_prune_magnitude": {"RUN_DIR", "AP50_FLOOR", "SWEEP_SCOPES", "SWEEP_RATIOS", "SENS_RATIOS", "RANKING",
                            "TARGET_SPARSITY", "FT_ITER", "FT_LR", "SEED", "IMS_PER_BATCH", "DEVICE", "NUM_GPUS",
                            "NUM_THREADS", "DENSE_CONTROL_DIR", "FT_SCHEDULE", "DISTILL_CLS", "DISTILL_RPN", "DISTILL_FPN", "DISTILL_T",
-                           "DISTILL_NEAR_OBJECTS"},
+                           "DISTILL_NEAR_OBJECTS", "SIDE_BY_SIDE"},
     "03_weight_sharing": {"RUN_DIR", "BITS_SWEEP", "INIT_BITS", "CONV_BITS", "FC_BITS", "FT_ITER", "FT_LR",
                           "IMS_PER_BATCH", "DEVICE", "NUM_THREADS"},
     "04_prune_channels": {"RUN_DIR", "PROPOSALS", "COMBINED_PROPOSALS", "DETECTIONS", "INPUT_SIZES", "KNOB_DROP",

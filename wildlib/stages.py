@@ -13,11 +13,11 @@ of its own run: the data is given to stage 00, the seed to stage 01.
 from __future__ import annotations
 
 import dataclasses
-import os
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
 import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -496,7 +496,7 @@ def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruni
                  control_dir="", side_by_side: bool = False, distill: dict | None = None):
     """Stage 02's two fine-tunings on one schedule: the dense control (trained here, or taken from
     ``control_dir``, :func:`dense_control`) and the run that prunes while it trains (``pruning``: a
-    hook factory).  With ``side_by_side`` (on a CPU, one process, no shared control, no tiles) both
+    hook factory).  With ``side_by_side`` (on a CPU, 2+ stage threads, no shared control, no tiles) both
     train at once, each in its own 1-thread process (:func:`wildlib.train.train_together`: 1.55x the
     steps per second on a 2-core AMD EPYC (AVX2); their probes run side by side as their steps did,
     so neither looks slower than its probe for sharing the machine with its sibling); else one after
@@ -509,7 +509,7 @@ def fine_tunings(baseline_dir, stage: Path, schedule: dict, ft_args: dict, pruni
     pruned_cfg = finetune_config(baseline_dir, stage / PRUNED_RUN, **ft_args)
     teacher = distillation(baseline_dir, Path(control_dir or stage) / DENSE_CONTROL_FILE, **(distill or {}))
     side_by_side = (side_by_side and teacher is None and not control_dir and num_gpus <= 1 and ft_args.get("device", "cpu") == "cpu"
-                    and (os.cpu_count() or 1) >= 2 and not tile_setting(pruned_cfg))
+                    and torch.get_num_threads() >= 2 and not tile_setting(pruned_cfg))
     if not side_by_side:
         model, record = dense_control(baseline_dir, stage, schedule, ft_args, num_gpus, control_dir)
         hooks = [pruning] if teacher is None else [pruning, teacher]
