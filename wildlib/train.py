@@ -373,8 +373,8 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
     start-up); an earlier ad-hoc 4-5 s per step was not reproduced.  The trainings meet at a barrier
     before their probes, so that the probes run side by side as the steps did (before it, the probe
     of the training that ended last ran alone: its steps looked 1.22x slower than its probe in that
-    measurement, against the 1.3 contention limit); one that fails breaks the barrier and the others
-    probe alone.  What each costs, and its machine, is recorded as :func:`train` records it, the machine
+    measurement, against the 1.3 contention limit); once one has ended (failed, or trained nothing),
+    the barrier is broken and the others probe alone.  What each costs, and its machine, is recorded as :func:`train` records it, the machine
     of the whole span (this process's children counted as its own).  Returns each job's result (:func:`load_result`).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     jobs = [(cfg, list(hooks or ())) for cfg, hooks in jobs]
@@ -393,8 +393,8 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
         for p in procs:
             p.start()
         while any(p.is_alive() for p in procs):
-            if any(p.exitcode not in (None, 0) for p in procs):
-                barrier.abort()  # a failed sibling never reaches the barrier: the others probe alone
+            if any(p.exitcode is not None for p in procs):
+                barrier.abort()  # one that ended (failed, or had no step to probe) never waits: the others probe alone
             time.sleep(1.0)
         for p in procs:
             p.join()
