@@ -33,6 +33,8 @@ from pathlib import Path
 
 import nbformat
 
+from wildlib import io
+
 SETUP = """\
 from pathlib import Path
 import wildlib as wl
@@ -169,17 +171,12 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     lab = Path(a.run_dir) / "lab"
-    lab.mkdir(exist_ok=True)
-    tmp = lab / "widgets.ipynb.tmp"
-    nbformat.write(widget_notebook(run), str(tmp))
-    os.replace(tmp, lab / "widgets.ipynb")
+    io.write_text(lab / "widgets.ipynb", nbformat.writes(widget_notebook(run)))
     token = secrets.token_hex(16)
     settings = lab / "lab-settings"  # every cell drawn (no windowing, for the screenshots), no news pop-up
     for plugin, values in {"notebook-extension/tracker": '{"windowingMode": "none"}',
                            "apputils-extension/notification": '{"fetchNews": "false"}'}.items():
-        folder, name = plugin.split("/")
-        (settings / "@jupyterlab" / folder).mkdir(parents=True, exist_ok=True)
-        (settings / "@jupyterlab" / folder / f"{name}.jupyterlab-settings").write_text(values)
+        io.write_text(settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings", values)
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={a.port}",
                                "--ServerApp.ip=127.0.0.1", "--allow-root", f"--IdentityProvider.token={token}",
                                f"--ServerApp.root_dir={root}",

@@ -246,10 +246,10 @@ def _train_worker(cfg, resume: bool, hooks=(), probe_together=None) -> dict:
     wall, trained_until = time.perf_counter() - t0, time.time()
     iters = cfg.SOLVER.MAX_ITER - trainer.start_iter
     model = unwrap(trainer.model)
-    if probe_together is not None and iters > 0:
+    if probe_together is not None:
         try:
             probe_together.wait()
-        except threading.BrokenBarrierError:  # a sibling failed: this probe runs alone
+        except threading.BrokenBarrierError:  # a sibling has ended (failed): this probe runs alone
             pass
     probe_started = time.time()
     # the same step again, right after: a training far slower than this was slowed by something else
@@ -373,9 +373,9 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
     start-up); an earlier ad-hoc 4-5 s per step was not reproduced.  The trainings meet at a barrier
     before their probes, so that the probes run side by side as the steps did (before it, the probe
     of the training that ended last ran alone: its steps looked 1.22x slower than its probe in that
-    measurement, against the 1.3 contention limit); once one has ended (failed, or trained nothing),
-    the barrier is broken and the others probe alone.  What each costs, and its machine, is recorded as :func:`train` records it, the machine
-    of the whole span (this process's children counted as its own).  Returns each job's result (:func:`load_result`).
+    measurement, against the 1.3 contention limit); once one has ended (a failure), the barrier is
+    broken and the others probe alone.  What each costs, and its machine, is recorded as
+    :func:`train` records it, the machine of the whole span (this process's children counted as its own).  Returns each job's result (:func:`load_result`).
     Introduced in notebook 02_prune_magnitude, section "The baseline, re-measured here, and the reference"."""
     jobs = [(cfg, list(hooks or ())) for cfg, hooks in jobs]
     try:
@@ -394,7 +394,7 @@ def train_together(jobs: list, threads_each: int = 1, setup=None) -> list[dict]:
             p.start()
         while any(p.is_alive() for p in procs):
             if any(p.exitcode is not None for p in procs):
-                barrier.abort()  # one that ended (failed, or had no step to probe) never waits: the others probe alone
+                barrier.abort()  # one that ended before the barrier never reaches it: the others probe alone
             time.sleep(1.0)
         for p in procs:
             p.join()
